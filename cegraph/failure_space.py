@@ -1,0 +1,43 @@
+"""One pass over the Failure Signature Space: failures -> signatures -> modes -> mass, and
+today's modes matched to yesterday's. Pure library code; storage is done by the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cegraph.failure import Failure
+from cegraph.mass import FailureMass, expected_failure_mass
+from cegraph.modes import (
+    DEFAULT_EPS,
+    DEFAULT_MIN_SIZE,
+    FailureMode,
+    PreviousMode,
+    find_modes,
+    match_modes,
+)
+from cegraph.signature import Signature, SignatureBuilder
+
+
+@dataclass
+class Analysis:
+    signatures: list[Signature]
+    modes: list[FailureMode]  # ranked by mass, with status and stable ids
+    noise_ids: list[str]
+    resolved: list[PreviousMode]
+    mass: FailureMass
+
+
+def analyze_failures(failures: Sequence[Failure], runs: int, builder: SignatureBuilder, *,
+                     previous: Sequence[PreviousMode] = (), eps: float = DEFAULT_EPS,
+                     min_size: int = DEFAULT_MIN_SIZE) -> Analysis:
+    """Signatures, modes and Expected Failure Mass of `failures` observed over `runs` runs."""
+    sigs = builder.build(failures)
+    found = find_modes(sigs, eps=eps, min_size=min_size)
+    mass = expected_failure_mass(runs, {m.mode_id: m.size for m in found.modes},
+                                 len(found.noise_ids))
+    for m in found.modes:
+        est = mass.per_mode[m.mode_id]
+        m.mass, m.mass_lo, m.mass_hi = est.mass, est.lo, est.hi
+    resolved = match_modes(previous, found.modes)
+    return Analysis(sigs, found.modes, found.noise_ids, resolved, mass)

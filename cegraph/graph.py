@@ -1,0 +1,245 @@
+"""The workflow graph: nodes running operators, wired into a DAG with one output.
+
+A node's input is wired to a *source*: `input` (the task's text), `<node>` (that node's
+first output) or `<node>.<port>`. A list of sources is a fallback chain: the first whose node
+ran is used, which together with `when` expresses conditional flow:
+
+    - {id: test, op: Test, inputs: {solution: gen.text}}
+    - {id: fix, op: Revise, when: not test.passed,
+       inputs: {input: input, solution: gen.text, feedback: test.feedback}}
+    - {id: final, op: Format, inputs: {input: input, solution: [fix.solution, gen.text]}}
+
+A workflow is content-hashed into a version id (name and description excluded, so two
+files with the same graph are the same version), loaded from and saved to YAML or JSON,
+validated with errors that name the node, and diffable node by node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cegraph.operators import REGISTRY, compatible
+
+WORKFLOW_INPUT = "input"
+
+
+class WorkflowError(ValueError):
+    """A workflow that cannot run; the message names the node and what to fix."""
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    op: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)
+    when: str | None = None  # "<node>.<bool port>" or "not <node>.<bool port>"
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_name(cls, v: str) -> str:
+        if not v.replace("_", "").replace("-", "").isalnum() or v == WORKFLOW_INPUT:
+            raise ValueError(f"node id {v!r} must be alphanumeric (with - or _), not 'input'")
+        return v
+
+    def sources(self, port: str) -> list[str]:
+        value = self.inputs[port]
+        return [value] if isinstance(value, str) else list(value)
+
+    def upstream(self) -> set[str]:
+        refs = [s for port in self.inputs for s in self.sources(port)]
+        if self.when:
+            refs.append(self.when.removeprefix("not ").strip())
+        return {r.split(".")[0] for r in refs} - {WORKFLOW_INPUT}
+
+
+@dataclass(frozen=True)
+class Condition:
+    node: str
+    port: str
+    negate: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        negate = text.strip().startswith("not ")
+        ref = text.strip().removeprefix("not ").strip()
+        node, _, port = ref.partition(".")
+        return cls(node, port, negate)
+
+
+class Workflow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    nodes: list[Node]
+    output: str  # "<node>" or "<node>.<port>"
+
+    # --- loading and saving --------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> Workflow:
+        path = Path(path)
+        data = (json.loads(path.read_text()) if path.suffix == ".json"
+                else yaml.safe_load(path.read_text()))
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Workflow:
+        try:
+            wf = cls.model_validate(data)
+        except Exception as exc:  # pydantic's error, re-raised as the one error type
+            raise WorkflowError(f"malformed workflow: {exc}") from exc
+        wf.validate_graph()
+        return wf
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        data = self.model_dump(exclude_defaults=True)
+        path.write_text(json.dumps(data, indent=2) if path.suffix == ".json"
+                        else yaml.safe_dump(data, sort_keys=False))
+
+    # --- identity ---------------------------------------------------------------------
+    @cached_property
+    def version_id(self) -> str:
+        canonical = {"nodes": sorted((n.model_dump() for n in self.nodes), key=lambda d: d["id"]),
+                     "output": self.output}
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
+
+    # --- structure --------------------------------------------------------------------
+    @cached_property
+    def by_id(self) -> dict[str, Node]:
+        return {n.id: n for n in self.nodes}
+
+    @cached_property
+    def order(self) -> list[str]:
+        """Node ids in a topological order (stable: file order among ready nodes)."""
+        remaining = {n.id: n.upstream() & set(self.by_id) for n in self.nodes}
+        order: list[str] = []
+        while remaining:
+            ready = [i for i, deps in remaining.items() if not deps - set(order)]
+            if not ready:
+                cycle = ", ".join(sorted(remaining))
+                raise WorkflowError(f"cycle among nodes {cycle}: a workflow must be acyclic")
+            order.extend(ready)
+            for i in ready:
+                del remaining[i]
+        return order
+
+    @cached_property
+    def depth(self) -> dict[str, int]:
+        """Longest path from the workflow input to each node (input-fed nodes are depth 1)."""
+        depth: dict[str, int] = {}
+        for nid in self.order:
+            ups = self.by_id[nid].upstream()
+            depth[nid] = 1 + max((depth[u] for u in ups), default=0)
+        return depth
+
+    def output_ref(self) -> tuple[str, str]:
+        node, _, port = self.output.partition(".")
+        return node, port or next(iter(REGISTRY[self.by_id[node].op].outputs))
+
+    def resolve(self, ref: str) -> tuple[str, str]:
+        """A source reference -> (node id, port); the port defaults to the first output."""
+        node, _, port = ref.partition(".")
+        if node == WORKFLOW_INPUT:
+            return WORKFLOW_INPUT, "text"
+        return node, port or next(iter(REGISTRY[self.by_id[node].op].outputs))
+
+    def _port_type(self, node_id: str, ref: str) -> str:
+        """Type of the output that `ref` names, raising a node-naming error if it is dangling."""
+        src, _, port = ref.partition(".")
+        if src == WORKFLOW_INPUT:
+            if port:
+                raise WorkflowError(f"node {node_id!r}: the workflow input has no port {port!r}")
+            return "text"
+        if src not in self.by_id:
+            raise WorkflowError(f"node {node_id!r}: input {ref!r} refers to no node "
+                                f"(nodes: {', '.join(self.by_id)})")
+        outputs = REGISTRY[self.by_id[src].op].outputs
+        port = port or next(iter(outputs))
+        if port not in outputs:
+            raise WorkflowError(f"node {node_id!r}: {src!r} ({self.by_id[src].op}) has no output "
+                                f"{port!r}; it has {', '.join(outputs)}")
+        return outputs[port]
+
+    def validate_graph(self) -> None:
+        """Raise `WorkflowError` naming the node for any reason this workflow cannot run."""
+        if not self.nodes:
+            raise WorkflowError("a workflow needs at least one node")
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.id in seen:
+                raise WorkflowError(f"node {node.id!r} is defined twice")
+            seen.add(node.id)
+        for node in self.nodes:
+            op = REGISTRY.get(node.op)
+            if op is None:
+                raise WorkflowError(f"node {node.id!r}: unknown operator {node.op!r}; "
+                                    f"the library has {', '.join(sorted(REGISTRY))}")
+            unknown = set(node.params) - set(op.params)
+            if unknown:
+                raise WorkflowError(f"node {node.id!r}: {op.name} has no param(s) "
+                                    f"{', '.join(sorted(unknown))}; it takes "
+                                    f"{', '.join(op.params) or 'none'}")
+            for port in node.inputs:
+                if port not in op.inputs:
+                    raise WorkflowError(f"node {node.id!r}: {op.name} has no input {port!r}; "
+                                        f"it reads {', '.join(op.inputs)}")
+                for ref in node.sources(port):
+                    found = self._port_type(node.id, ref)
+                    if not compatible(found, op.inputs[port]):
+                        raise WorkflowError(
+                            f"node {node.id!r}: input {port!r} wants {op.inputs[port]} but "
+                            f"{ref!r} gives {found}")
+            missing = set(op.inputs) - set(node.inputs) - op.optional_inputs
+            if missing:
+                raise WorkflowError(f"node {node.id!r}: {op.name} input(s) "
+                                    f"{', '.join(sorted(missing))} are not wired")
+            if node.when:
+                cond = Condition.parse(node.when)
+                if self._port_type(node.id, f"{cond.node}.{cond.port}") != "bool":
+                    raise WorkflowError(f"node {node.id!r}: when {node.when!r} must name a "
+                                        "bool output")
+        _ = self.order  # raises on a cycle
+        out_node = self.output.partition(".")[0]
+        if out_node not in self.by_id:
+            raise WorkflowError(f"output {self.output!r} names no node; set `output:` to one of "
+                                f"{', '.join(self.by_id)}")
+        self._port_type("output", self.output)
+
+    # --- diff -------------------------------------------------------------------------
+    def diff(self, other: Workflow) -> list[str]:
+        """Readable node-level changes from `self` to `other` (empty when the same version)."""
+        lines: list[str] = []
+        for nid in other.by_id.keys() - self.by_id.keys():
+            n = other.by_id[nid]
+            lines.append(f"+ node {nid} ({n.op}) inputs={dict(n.inputs)}"
+                         + (f" when={n.when!r}" if n.when else ""))
+        for nid in self.by_id.keys() - other.by_id.keys():
+            lines.append(f"- node {nid} ({self.by_id[nid].op})")
+        for nid in [i for i in self.order if i in other.by_id]:
+            a, b = self.by_id[nid], other.by_id[nid]
+            if a.op != b.op:
+                lines.append(f"~ node {nid}: op {a.op} -> {b.op}")
+            for key in sorted(a.params.keys() | b.params.keys()):
+                if a.params.get(key) != b.params.get(key):
+                    lines.append(f"~ node {nid}: param {key}: {a.params.get(key)!r} -> "
+                                 f"{b.params.get(key)!r}")
+            for port in sorted(a.inputs.keys() | b.inputs.keys()):
+                if a.inputs.get(port) != b.inputs.get(port):
+                    lines.append(f"~ node {nid}: input {port}: {a.inputs.get(port)!r} -> "
+                                 f"{b.inputs.get(port)!r}")
+            if a.when != b.when:
+                lines.append(f"~ node {nid}: when {a.when!r} -> {b.when!r}")
+        if self.output != other.output:
+            lines.append(f"~ output: {self.output} -> {other.output}")
+        return lines

@@ -1,0 +1,37 @@
+"""Extracts the final answer from a solution in the format the task is graded in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cegraph.answers import extract_answer
+from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, operator
+from cegraph.operators.prompts import ANSWER_FORMAT
+
+_INSTRUCTION = {
+    "math": "Give only the final answer to the problem, in \\boxed{}.",
+    "code": "Give only the final, complete Python function in one ```python code block.",
+    "qa": "Give only the short final answer (a few words), as 'Answer: <answer>'.",
+}
+
+
+@operator
+class Format(Operator):
+    name = "Format"
+    description = ("Turns a solution into the task's answer format (boxed number, code block, "
+                   "short answer); llm=false extracts by rule without a call.")
+    inputs = {"input": "text", "solution": "text"}
+    outputs = {"answer": "text"}
+    params = {**LLM_PARAMS, "max_tokens": 256, "llm": True}
+
+    async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
+        kind = ctx.task.kind
+        text = inputs["solution"]
+        if ctx.params["llm"]:
+            done = await ctx.ask(
+                f"Problem:\n{inputs['input']}\n\nSolution:\n{text}\n\n{_INSTRUCTION[kind]} "
+                f"{ANSWER_FORMAT[kind]}")
+            text = done.text
+        # No answer is not a node error: the evaluator records it as a format failure.
+        answer = extract_answer(kind, text) or ""
+        return {"answer": f"```python\n{answer}\n```" if kind == "code" and answer else answer}

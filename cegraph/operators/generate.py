@@ -1,0 +1,40 @@
+"""Single-call answering operators: a custom prompt, and step-by-step reasoning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, operator
+from cegraph.operators.prompts import ANSWER_FORMAT, task_prompt
+
+
+@operator
+class Generate(Operator):
+    name = "Generate"
+    description = "One LLM call with a custom prompt template over {input} and {context}."
+    inputs = {"input": "text", "context": "text"}
+    optional_inputs = frozenset({"context"})
+    outputs = {"text": "text"}
+    params = {**LLM_PARAMS, "prompt": "{input}\n\n{format}", "system": None}
+
+    async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
+        prompt = ctx.params["prompt"].format(
+            input=task_prompt(ctx.task.kind, inputs["input"], entry_point=ctx.task.entry_point),
+            context=inputs.get("context") or "", format=ANSWER_FORMAT[ctx.task.kind])
+        done = await ctx.ask(prompt, system=ctx.params["system"])
+        return {"text": done.text}
+
+
+@operator
+class ChainOfThought(Operator):
+    name = "ChainOfThought"
+    description = "Reasons step by step, then gives the answer in the task's format."
+    inputs = {"input": "text"}
+    outputs = {"solution": "text"}
+    params = {**LLM_PARAMS, "instruction": "Solve the problem. Think step by step."}
+
+    async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
+        kind = ctx.task.kind
+        prompt = (f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
+                  f"{ctx.params['instruction']} {ANSWER_FORMAT[kind]}")
+        return {"solution": (await ctx.ask(prompt)).text}

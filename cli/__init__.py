@@ -1,0 +1,1 @@
+"""The `cegraph` command line: the front door over flows, storage and the library."""

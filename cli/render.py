@@ -1,0 +1,49 @@
+"""Printing tables and summaries for the terminal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+_probe = Console()
+# a pipe or CI log gets wide tables instead of rich's 80-column default
+console = _probe if _probe.is_terminal else Console(width=200)
+
+
+def arrow_table(result: pa.Table, fmt: str = "table", *, title: str | None = None) -> None:
+    rows = result.to_pylist()
+    if fmt == "json":
+        print(json.dumps(rows, default=str, indent=1))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=result.column_names)
+        writer.writeheader()
+        writer.writerows(rows)
+        print(buf.getvalue(), end="")
+    else:
+        grid(result.column_names, [[r[c] for c in result.column_names] for r in rows],
+             title=title)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = "" if value is None else str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def grid(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None
+         ) -> None:
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(str(c), overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    console.print(table)

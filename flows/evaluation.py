@@ -1,0 +1,34 @@
+"""Evaluate a workflow on a benchmark slice and map its failures: the main job of the demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+
+from prefect import flow
+
+from cegraph.benchmarks import load
+from cegraph.failure_space import Analysis
+from cegraph.graph import Workflow
+from cegraph.seeds import seed
+from storage import Warehouse
+from tasks.execution import run_workflow, store_traces
+from tasks.failure_space import analyze_and_store
+
+
+@flow(name="evaluate-workflow", log_prints=True)
+def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-coder-1.5b",
+                      home: str | None = None, workflow_path: str | None = None,
+                      data_dir: str | None = None, seed_value: int = 0,
+                      concurrency: int = 2) -> Analysis:
+    """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
+    span and failure, embed and index the signatures, and compute the failure modes."""
+    wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
+    tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
+    night_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    with Warehouse(Path(home) if home else None) as wh:
+        traces = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency)
+        store_traces(wh, wf, traces, night_id=night_id, source="benchmark", dataset=dataset)
+        return analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
+                                 night_id=night_id)

@@ -1,0 +1,289 @@
+"""Every table of the warehouse, its columns documented, and the migrations between versions.
+
+This file is the single source of truth: the DDL, the Parquet schemas of the history tables,
+the migrations (each column and table says in which schema version it appeared) and
+`docs/schema.md` (`cegraph schema --markdown`) are all derived from `TABLES`.
+
+History tables (`runs`, `spans`, `failures`) live in Parquet partitioned by date and are
+read through views; all other tables live in the DuckDB catalog file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    doc: str
+    since: int = 1
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    history: bool = False  # Parquet under history/<name>/date=YYYY-MM-DD/
+    key: tuple[str, ...] = ()
+    since: int = 1
+    extra: tuple[str, ...] = field(default=())
+
+    def columns_at(self, version: int) -> list[Column]:
+        return [c for c in self.columns if c.since <= version]
+
+
+C = Column
+TABLES: tuple[Table, ...] = (
+    Table("schema_version", "One row per applied migration.", (
+        C("version", "INTEGER", "schema version reached"),
+        C("applied_at", "TIMESTAMP", "when it was applied"),
+    )),
+    Table("runs", "One workflow execution on one input.", (
+        C("run_id", "VARCHAR", "unique run id"),
+        C("night_id", "VARCHAR", "the job (nightly run, demo, bench) that produced it"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("version_id", "VARCHAR", "content hash of the workflow graph"),
+        C("task_id", "VARCHAR", "input / benchmark problem id"),
+        C("dataset", "VARCHAR", "benchmark name or 'production'"),
+        C("source", "VARCHAR", "benchmark | production | verification"),
+        C("started_at", "TIMESTAMP", "run start (UTC)"),
+        C("ended_at", "TIMESTAMP", "run end (UTC)"),
+        C("passed", "BOOLEAN", "evaluation verdict"),
+        C("outcome", "VARCHAR", "'pass' or the failure class"),
+        C("score", "DOUBLE", "evaluation score in [0, 1]"),
+        C("message", "VARCHAR", "failure message ('' when passed)"),
+        C("output", "VARCHAR", "the workflow's final output"),
+        C("tokens", "BIGINT", "tokens paid for (cached calls excluded)"),
+        C("cost", "DOUBLE", "USD paid (0 for local models)"),
+        C("llm_calls", "INTEGER", "LLM calls paid for"),
+    ), history=True),
+    Table("spans", "One node execution inside a run.", (
+        C("run_id", "VARCHAR", "the run (joins runs.run_id)"),
+        C("node_id", "VARCHAR", "node id in the workflow"),
+        C("operator", "VARCHAR", "operator type of the node"),
+        C("depth", "INTEGER", "longest path from the workflow input"),
+        C("position", "INTEGER", "index in the run's execution order"),
+        C("inputs", "VARCHAR", "JSON of the node's inputs"),
+        C("outputs", "VARCHAR", "JSON of the node's outputs"),
+        C("started_at", "TIMESTAMP", "node start (UTC)"),
+        C("latency_s", "DOUBLE", "wall seconds in the node"),
+        C("tokens_in", "BIGINT", "prompt tokens paid for"),
+        C("tokens_out", "BIGINT", "completion tokens paid for"),
+        C("cost", "DOUBLE", "USD paid"),
+        C("call_keys", "VARCHAR[]", "keys of its LLM calls (joins llm_calls.key)"),
+        C("error", "VARCHAR", "the node's failure, NULL when it succeeded"),
+        C("error_type", "VARCHAR", "exception type of the failure"),
+        C("skipped", "BOOLEAN", "condition false or an input's node did not run"),
+        C("truncated", "BOOLEAN", "an LLM call stopped at its token limit"),
+    ), history=True),
+    Table("failures", "The counterexample pool: one row per failed run.", (
+        C("failure_id", "VARCHAR", "unique failure id"),
+        C("run_id", "VARCHAR", "the failed run (joins runs.run_id)"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("version_id", "VARCHAR", "workflow version that failed"),
+        C("task_id", "VARCHAR", "input id"),
+        C("locus_node", "VARCHAR", "node the failure is attributed to"),
+        C("locus_operator", "VARCHAR", "operator of that node"),
+        C("locus_depth", "INTEGER", "depth of that node"),
+        C("failure_class", "VARCHAR", "wrong_answer | no_answer | truncated | test_failure | "
+                                      "exception | timeout"),
+        C("message", "VARCHAR", "failure message (expected vs got, assert, exception)"),
+        C("expected", "VARCHAR", "reference answer or failing assert"),
+        C("observed", "VARCHAR", "what the workflow produced"),
+        C("created_at", "TIMESTAMP", "when the run ended"),
+    ), history=True),
+    Table("signatures", "One failure signature per failure; its vector lives in LanceDB.", (
+        C("failure_id", "VARCHAR", "the failure (joins failures.failure_id)"),
+        C("run_id", "VARCHAR", "the failed run"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("version_id", "VARCHAR", "workflow version"),
+        C("locus_node", "VARCHAR", "signature component: node"),
+        C("locus_operator", "VARCHAR", "signature component: operator"),
+        C("locus_depth", "INTEGER", "signature component: depth"),
+        C("failure_class", "VARCHAR", "signature component: class"),
+        C("text", "VARCHAR", "normalized, class-prefixed message that was embedded"),
+        C("text_hash", "VARCHAR", "hash of text (joins embedding_cache.text_hash)"),
+        C("embedding_model", "VARCHAR", "sentence-transformers model of the meaning part"),
+        C("vector_id", "VARCHAR", "row key in the LanceDB table 'signatures'"),
+        C("created_at", "TIMESTAMP", "when the signature was computed"),
+        C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.signature)", 2),
+    ), key=("failure_id",)),
+    Table("embedding_cache", "Embeddings by normalized-text hash: a text is embedded once.", (
+        C("model", "VARCHAR", "embedding model"),
+        C("text_hash", "VARCHAR", "hash of the normalized text"),
+        C("vector", "FLOAT[]", "unit embedding"),
+    ), key=("model", "text_hash"), since=2),
+    Table("nights", "One mode computation (a nightly job, a demo, a bench run).", (
+        C("night_id", "VARCHAR", "job id"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("version_id", "VARCHAR", "workflow version analysed"),
+        C("computed_at", "TIMESTAMP", "when the modes were computed"),
+        C("runs", "INTEGER", "runs in the estimate"),
+        C("failures", "INTEGER", "failures in the estimate"),
+        C("modes", "INTEGER", "dense modes found"),
+        C("noise", "INTEGER", "failures in no mode (still in the mass)"),
+        C("mass", "DOUBLE", "Expected Failure Mass = failures / runs"),
+        C("mass_lo", "DOUBLE", "95% Wilson interval, low"),
+        C("mass_hi", "DOUBLE", "95% Wilson interval, high"),
+    ), key=("night_id", "workflow")),
+    Table("failure_modes", "Dense regions of the signature space, one row per mode per night.", (
+        C("night_id", "VARCHAR", "the computation (joins nights.night_id)"),
+        C("mode_id", "VARCHAR", "stable identity across nights"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("version_id", "VARCHAR", "workflow version"),
+        C("rank", "INTEGER", "1 = largest mass"),
+        C("label", "VARCHAR", "locus + message template"),
+        C("status", "VARCHAR", "new | growing | shrinking | stable | resolved"),
+        C("previous_mode_id", "VARCHAR", "the mode it matched in the previous night"),
+        C("size", "INTEGER", "failures in the mode"),
+        C("mass", "DOUBLE", "size / runs"),
+        C("mass_lo", "DOUBLE", "95% Wilson interval, low"),
+        C("mass_hi", "DOUBLE", "95% Wilson interval, high"),
+        C("density", "DOUBLE", "failures per unit mean squared radius"),
+        C("centroid", "FLOAT[]", "mean signature vector"),
+        C("representative_failure_ids", "VARCHAR[]", "failures nearest the centroid"),
+        C("locus_node", "VARCHAR", "most common locus node"),
+        C("locus_operator", "VARCHAR", "most common locus operator"),
+        C("template", "VARCHAR", "most common normalized message"),
+        C("computed_at", "TIMESTAMP", "when computed"),
+    ), key=("night_id", "mode_id")),
+    Table("failure_mode_members", "Which failure belongs to which mode in a night.", (
+        C("night_id", "VARCHAR", "the computation"),
+        C("mode_id", "VARCHAR", "the mode, or 'noise'"),
+        C("failure_id", "VARCHAR", "the failure"),
+    )),
+    Table("workflow_versions", "Every workflow version ever seen.", (
+        C("version_id", "VARCHAR", "content hash"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("parent_version_id", "VARCHAR", "version it was edited from"),
+        C("spec", "VARCHAR", "the graph as JSON"),
+        C("created_by", "VARCHAR", "'seed', 'user' or the edit id"),
+        C("created_at", "TIMESTAMP", "first seen"),
+    ), key=("version_id",)),
+    Table("edits", "Proposed graph edits (filled by the refinement loop).", (
+        C("edit_id", "VARCHAR", "unique edit id"),
+        C("night_id", "VARCHAR", "refinement job"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("base_version_id", "VARCHAR", "version edited"),
+        C("candidate_version_id", "VARCHAR", "version the edit produces"),
+        C("target_mode_id", "VARCHAR", "failure mode aimed at"),
+        C("operation", "VARCHAR", "edit operation from the vocabulary"),
+        C("payload", "VARCHAR", "the edit as JSON"),
+        C("rationale", "VARCHAR", "why the proposer chose it"),
+        C("status", "VARCHAR", "proposed | invalid | verified | accepted | rejected"),
+        C("reject_reason", "VARCHAR", "why it was not applied"),
+        C("created_at", "TIMESTAMP", "when proposed"),
+    )),
+    Table("verifications", "Re-runs of a candidate on counterexamples and regressions.", (
+        C("verification_id", "VARCHAR", "unique id"),
+        C("edit_id", "VARCHAR", "the edit verified"),
+        C("candidate_version_id", "VARCHAR", "candidate version"),
+        C("counterexamples", "INTEGER", "failures of the target mode re-run"),
+        C("regression", "INTEGER", "previously passing runs re-run"),
+        C("fixed", "INTEGER", "failures that now pass"),
+        C("broken", "INTEGER", "passes that now fail"),
+        C("mass_before", "DOUBLE", "estimated mass of the base version"),
+        C("mass_after", "DOUBLE", "estimated mass of the candidate"),
+        C("p_value", "DOUBLE", "paired test of fixed vs broken"),
+        C("accepted", "BOOLEAN", "acceptance rule verdict"),
+        C("tokens", "BIGINT", "tokens paid"),
+        C("cost", "DOUBLE", "USD paid"),
+        C("created_at", "TIMESTAMP", "when verified"),
+    )),
+    Table("gate_results", "Data-quality checks on verification results.", (
+        C("gate_id", "VARCHAR", "unique id"),
+        C("verification_id", "VARCHAR", "the verification checked"),
+        C("edit_id", "VARCHAR", "the edit"),
+        C("expectation", "VARCHAR", "the check"),
+        C("success", "BOOLEAN", "passed"),
+        C("observed", "VARCHAR", "observed value"),
+        C("details", "VARCHAR", "JSON result"),
+        C("created_at", "TIMESTAMP", "when checked"),
+    )),
+    Table("deployments", "Promotions of a version to the active one.", (
+        C("deployment_id", "VARCHAR", "unique id"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("version_id", "VARCHAR", "version made active"),
+        C("previous_version_id", "VARCHAR", "version replaced"),
+        C("edit_id", "VARCHAR", "edit that produced it"),
+        C("reason", "VARCHAR", "why"),
+        C("deployed_at", "TIMESTAMP", "when"),
+    )),
+    Table("quarantine", "Records that could not be stored, with the reason.", (
+        C("quarantine_id", "VARCHAR", "unique id"),
+        C("source", "VARCHAR", "file or stream it came from"),
+        C("line_no", "INTEGER", "line in the source"),
+        C("raw", "VARCHAR", "the record as received"),
+        C("reason", "VARCHAR", "why it was rejected"),
+        C("received_at", "TIMESTAMP", "when"),
+    )),
+    Table("llm_calls", "The call store: every answered LLM call, for exact replay.", (
+        C("key", "VARCHAR", "hash of (model, messages, params, sample)"),
+        C("model", "VARCHAR", "litellm model string"),
+        C("messages", "VARCHAR", "JSON messages"),
+        C("params", "VARCHAR", "JSON params"),
+        C("sample", "INTEGER", "sample index"),
+        C("text", "VARCHAR", "the completion"),
+        C("tokens_in", "BIGINT", "prompt tokens"),
+        C("tokens_out", "BIGINT", "completion tokens"),
+        C("cost", "DOUBLE", "USD"),
+        C("latency_s", "DOUBLE", "seconds"),
+        C("finish_reason", "VARCHAR", "stop | length | ..."),
+        C("created_at", "TIMESTAMP", "when first answered"),
+    ), key=("key",)),
+)
+TABLE = {t.name: t for t in TABLES}
+
+_ARROW = {"VARCHAR": pa.string(), "DOUBLE": pa.float64(), "BIGINT": pa.int64(),
+          "INTEGER": pa.int32(), "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us"),
+          "FLOAT[]": pa.list_(pa.float32()), "VARCHAR[]": pa.list_(pa.string())}
+
+
+def arrow_schema(name: str) -> pa.Schema:
+    return pa.schema([(c.name, _ARROW[c.type]) for c in TABLE[name].columns])
+
+
+def _create(table: Table, version: int) -> str:
+    cols = [f"{c.name} {c.type}" for c in table.columns_at(version)]
+    if table.key:
+        cols.append(f"PRIMARY KEY ({', '.join(table.key)})")
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({', '.join(cols)})"
+
+
+def migration(version: int) -> list[str]:
+    """The statements that take a catalog from `version - 1` to `version`."""
+    stmts: list[str] = []
+    for table in TABLES:
+        if table.history:
+            continue
+        if table.since == version:
+            stmts.append(_create(table, version))
+        elif table.since < version:
+            stmts += [f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {c.name} {c.type}"
+                      for c in table.columns if c.since == version]
+    return stmts
+
+
+def markdown() -> str:
+    """The documented schema, as written to docs/schema.md."""
+    out = ["# Warehouse schema", "",
+           f"Schema version {SCHEMA_VERSION}. Generated from `storage/schema.py` "
+           "(`cegraph schema --markdown`). History tables are Parquet under "
+           "`<home>/history/<table>/date=YYYY-MM-DD/`, read through views of the same name "
+           "(plus the partition column `date`); the others live in `<home>/catalog.duckdb`. "
+           "Signature vectors live in LanceDB at `<home>/vectors` (table `signatures`).", ""]
+    for t in TABLES:
+        where = "Parquet history" if t.history else "catalog"
+        out += [f"## `{t.name}` ({where})", "", t.doc, "", "| column | type | meaning |",
+                "| --- | --- | --- |"]
+        out += [f"| {c.name} | {c.type} | {c.doc}"
+                + (f" (since v{c.since})" if c.since > 1 else "") + " |" for c in t.columns]
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,104 @@
+"""The LanceDB index of signature vectors: nearest past failures, local density, dedup.
+
+Appends are idempotent (`merge_insert` on failure_id), so a job that crashed after writing
+vectors and before its catalog rows can simply run again. An IVF_FLAT index is built once
+the table holds `INDEX_MIN_ROWS` vectors; rows added later are searched exactly until the
+index is optimized, so results stay correct in between.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.index import IvfFlat
+
+from cegraph.signature import Signature
+
+TABLE = "signatures"
+INDEX_MIN_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    failure_id: str
+    distance: float  # euclidean
+    workflow: str
+    locus_node: str
+    failure_class: str
+
+
+class VectorIndex:
+    def __init__(self, path: str | Path, dim: int) -> None:
+        self.db = lancedb.connect(str(path))
+        self.dim = dim
+        self.schema = pa.schema([
+            ("failure_id", pa.string()), ("workflow", pa.string()), ("version_id", pa.string()),
+            ("locus_node", pa.string()), ("failure_class", pa.string()),
+            ("created_at", pa.float64()), ("vector", pa.list_(pa.float32(), dim))])
+        names = self.db.list_tables()
+        names = getattr(names, "tables", names)
+        self.table = (self.db.open_table(TABLE) if TABLE in names
+                      else self.db.create_table(TABLE, schema=self.schema))
+
+    def __len__(self) -> int:
+        return self.table.count_rows()
+
+    def add(self, sigs: Sequence[Signature], *, workflow: str, version_id: str) -> int:
+        """Insert signatures not yet indexed; returns how many were new."""
+        if not sigs:
+            return 0
+        flat = np.stack([s.vector for s in sigs]).astype(np.float32).ravel()
+        data = pa.table({
+            "failure_id": [s.failure_id for s in sigs], "workflow": [workflow] * len(sigs),
+            "version_id": [version_id] * len(sigs),
+            "locus_node": [s.locus_node for s in sigs],
+            "failure_class": [s.failure_class for s in sigs],
+            "created_at": [time.time()] * len(sigs),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim)},
+            schema=self.schema)
+        before = len(self)
+        if before == 0:
+            self.table.add(data)
+        else:
+            (self.table.merge_insert("failure_id").when_not_matched_insert_all().execute(data))
+        self.maybe_index()
+        return len(self) - before
+
+    def has_index(self) -> bool:
+        return any("vector" in i.columns for i in self.table.list_indices())
+
+    def maybe_index(self) -> bool:
+        """Build the IVF index once the table is large enough; True if one exists."""
+        rows = len(self)
+        if self.has_index():
+            return True
+        if rows < INDEX_MIN_ROWS:
+            return False
+        self.table.create_index(config=IvfFlat(distance_type="l2",
+                                               num_partitions=max(8, int(math.sqrt(rows)))),
+                                vector_column_name="vector")
+        return True
+
+    def nearest(self, vector: np.ndarray, k: int = 20, *, workflow: str | None = None,
+                nprobes: int = 20) -> list[Neighbour]:
+        """The `k` past failures whose signatures are closest to `vector`."""
+        q = self.table.search(np.asarray(vector, dtype=np.float32)).limit(k).nprobes(nprobes)
+        if workflow:
+            q = q.where(f"workflow = '{workflow.replace(chr(39), chr(39) * 2)}'", prefilter=True)
+        rows = q.select(["failure_id", "workflow", "locus_node", "failure_class"]).to_list()
+        return [Neighbour(r["failure_id"], math.sqrt(max(r["_distance"], 0.0)), r["workflow"],
+                          r["locus_node"], r["failure_class"]) for r in rows]
+
+    def count_within(self, vector: np.ndarray, radius: float, *, limit: int = 10_000) -> int:
+        """How many stored failures lie within `radius`: a local density estimate."""
+        rows = (self.table.search(np.asarray(vector, dtype=np.float32))
+                .distance_range(upper_bound=radius * radius).limit(limit)
+                .select(["failure_id"]).to_list())
+        return len(rows)

@@ -1,0 +1,49 @@
+"""Running a workflow over tasks, its LLM calls stored in (and replayed from) the warehouse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cegraph.evaluators import evaluate
+from cegraph.executor import Executor, stable_run_id
+from cegraph.graph import Workflow
+from cegraph.llm import LLM
+from cegraph.task import Task
+from cegraph.trace import Trace
+from storage import Warehouse
+
+
+@task(name="run-workflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
+                 concurrency: int = 2) -> list[Trace]:
+    """Run and grade every task; a retry replays finished calls from the call store."""
+    log = get_run_logger()
+    llm = LLM(model, store=wh, concurrency=concurrency)
+    done = 0
+
+    def progress(trace: Trace) -> None:
+        nonlocal done
+        done += 1
+        verdict = "pass" if trace.outcome and trace.outcome.passed else (
+            trace.outcome.failure_class if trace.outcome else "?")
+        log.info("%d/%d %s: %s", done, len(tasks), trace.task_id, verdict)
+
+    # One run id per (version, model, input): re-running a slice replays from the call store
+    # and is recognised as the same run instead of being counted twice.
+    traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
+        workflow, tasks, evaluate=evaluate, on_done=progress,
+        run_id=lambda t: stable_run_id(workflow.version_id, model, t.id)))
+    log.info("LLM meter: %s", llm.meter.summary())
+    return traces
+
+
+@task(name="store-traces", cache_policy=NO_CACHE)
+def store_traces(wh: Warehouse, workflow: Workflow, traces: Sequence[Trace], *, night_id: str,
+                 source: str, dataset: str) -> int:
+    """Write runs, spans and failures to the history; returns the number of failures."""
+    wh.record_version(workflow, created_by="seed")
+    return len(wh.record_traces(traces, night_id=night_id, source=source, dataset=dataset))

@@ -1,0 +1,36 @@
+"""Signatures into the catalog and LanceDB, modes and mass into `nights`/`failure_modes`."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cegraph.failure_space import Analysis, analyze_failures
+from cegraph.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
+from storage import VectorIndex, Warehouse
+
+
+@task(name="analyze-failures", cache_policy=NO_CACHE)
+def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id: str,
+                      locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> Analysis:
+    """Embed the version's failures (cache first), index them, find and store its modes."""
+    log = get_run_logger()
+    failures = wh.failures(workflow, version_id)
+    runs = wh.run_count(workflow, version_id)
+    builder = SignatureBuilder(MiniLMEmbedder(), cache=wh, locus_weight=locus_weight)
+    analysis = analyze_failures(failures, runs, builder, previous=wh.previous_modes(workflow))
+    new = set(f.failure_id for f in failures) - wh.known_signatures(
+        [f.failure_id for f in failures])
+    fresh = [s for s in analysis.signatures if s.failure_id in new]
+    wh.record_signatures(failures, fresh, embedding_model=builder.embedder.name,
+                         locus_weight=locus_weight)
+    added = VectorIndex(wh.vectors_path, builder.dim).add(fresh, workflow=workflow,
+                                                          version_id=version_id)
+    m = analysis.mass.total
+    wh.record_night(night_id=night_id, workflow=workflow, version_id=version_id, runs=runs,
+                    modes=analysis.modes, resolved=analysis.resolved,
+                    noise_ids=analysis.noise_ids, mass=(m.mass, m.lo, m.hi))
+    log.info("%d failures / %d runs: mass %.3f [%.3f, %.3f], %d modes, %d noise, %d new "
+             "vectors", len(failures), runs, m.mass, m.lo, m.hi, len(analysis.modes),
+             len(analysis.noise_ids), added)
+    return analysis

@@ -1,0 +1,73 @@
+"""Test environment: offline litellm, a private Prefect home, and a scripted LLM provider."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cegraph-prefect-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import litellm  # noqa: E402
+import pytest  # noqa: E402
+from litellm import CustomLLM  # noqa: E402
+
+Reply = Callable[[list[dict[str, str]]], str]
+
+
+class ScriptedLLM(CustomLLM):
+    """A litellm provider whose answers come from a test's function of the messages; counts
+    the calls that reach it (so replay from the call store is observable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply: Reply = lambda messages: "42"
+        self.calls: list[list[dict[str, str]]] = []
+        self.fail_first: int = 0
+        self.finish_reason = "stop"
+
+    def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(messages)
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            raise litellm.ServiceUnavailableError("scripted outage", llm_provider="scripted",
+                                                  model=model)
+        text = self.reply(messages)
+        return litellm.ModelResponse(
+            model=model, choices=[{"index": 0, "finish_reason": self.finish_reason,
+                                   "message": {"role": "assistant", "content": text}}],
+            usage={"prompt_tokens": sum(len(m["content"].split()) for m in messages),
+                   "completion_tokens": len(text.split()),
+                   "total_tokens": 0})
+
+    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
+        return self.completion(model, messages, *args, **kwargs)
+
+
+_HANDLER = ScriptedLLM()
+litellm.custom_provider_map.append({"provider": "scripted", "custom_handler": _HANDLER})
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedLLM]:
+    _HANDLER.reply = lambda messages: "42"
+    _HANDLER.calls = []
+    _HANDLER.fail_first = 0
+    _HANDLER.finish_reason = "stop"
+    yield _HANDLER
+
+
+def last_user(messages: list[dict[str, str]]) -> str:
+    return messages[-1]["content"]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    from cegraph.signature import MiniLMEmbedder
+
+    return MiniLMEmbedder()

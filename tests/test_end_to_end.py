@@ -1,0 +1,74 @@
+"""End to end: the real local model through the executor, and the Prefect flow into the
+warehouse."""
+
+import asyncio
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from cegraph.benchmarks import load
+from cegraph.evaluators import evaluate
+from cegraph.executor import Executor
+from cegraph.llm import LLM
+from cegraph.local_model import fetch, verify
+from cegraph.seeds import seed
+from cli.main import app
+
+
+@pytest.fixture(scope="module")
+def prefect():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.mark.slow
+def test_real_local_model_on_two_gsm8k_problems():
+    fetch("smollm2-135m")  # cached by `make test`; verifies the assembled GGUF
+    assert verify("smollm2-135m")
+    llm = LLM("smollm2-135m", concurrency=1)
+    tasks = load("gsm8k", n=2, seed=0)
+    traces = asyncio.run(Executor(llm, concurrency=2).run_many(seed("math"), tasks,
+                                                                evaluate=evaluate))
+    assert [t.task_id for t in traces] == [t.id for t in tasks]
+    for trace in traces:
+        assert trace.outcome is not None and trace.output is not None
+        assert [s.node_id for s in trace.spans] == ["solve", "format"]
+        for span in trace.spans:
+            assert span.error is None and span.ended > span.started
+            [call] = span.calls
+            assert call.model == "cegraph-local/smollm2-135m" and call.text
+            assert call.tokens_in > 0 and call.tokens_out > 0 and call.latency_s > 0
+            assert call.finish_reason in ("stop", "length")
+        if not trace.outcome.passed:
+            assert trace.outcome.message
+    assert llm.meter.calls == 4 and llm.meter.tokens_out > 0
+    # replay from the call store: identical text, no new model calls
+    again = asyncio.run(Executor(LLM("smollm2-135m", store=llm.store)).run_many(
+        seed("math"), tasks, evaluate=evaluate))
+    assert [t.output for t in again] == [t.output for t in traces]
+
+
+def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, prefect):
+    from flows.evaluation import evaluate_workflow
+    from storage import Warehouse
+
+    scripted.reply = lambda messages: "The answer is \\boxed{0}."
+    first = evaluate_workflow(dataset="gsm8k", n=6, model="scripted/m", home=str(tmp_path))
+    assert first.mass.total.failures == 6 and first.mass.total.runs == 6
+    assert [m.status for m in first.modes] == ["new"]
+    calls = len(scripted.calls)
+    second = evaluate_workflow(dataset="gsm8k", n=6, model="scripted/m", home=str(tmp_path))
+    assert len(scripted.calls) == calls  # replayed from the stored calls
+    assert [m.status for m in second.modes] == ["stable"]
+    assert second.modes[0].mode_id == first.modes[0].mode_id
+    with Warehouse(tmp_path, read_only=True) as wh:
+        assert wh.rows("SELECT count(*) FROM runs")[0][0] == 6  # re-run not double-counted
+        assert wh.rows("SELECT count(*) FROM signatures")[0][0] == 6
+        assert wh.rows("SELECT count(DISTINCT night_id), count(*) FROM failure_modes") == [(2, 2)]
+        assert wh.rows("SELECT count(*) FROM failure_mode_members m JOIN failures f "
+                       "USING (failure_id)")[0][0] == 12
+    out = CliRunner().invoke(app, ["modes", "--home", str(tmp_path)])
+    assert out.exit_code == 0
+    assert "format (Format)" in out.output or "solve (ChainOfThought)" in out.output
+    assert "stable" in out.output and "expected" in out.output

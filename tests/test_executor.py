@@ -1,0 +1,202 @@
+"""Operators, the executor and the LLM layer, with a scripted litellm provider."""
+
+import asyncio
+import re
+
+import pytest
+
+from cegraph.evaluators import evaluate
+from cegraph.executor import Executor
+from cegraph.graph import Workflow
+from cegraph.llm import LLM, BudgetExceeded, MemoryCallStore, Meter
+from cegraph.seeds import seed
+from cegraph.task import Task
+from tests.conftest import last_user
+
+MATH = Task("m1", "gsm8k", "Tom has 3 apples and buys 4 more. How many?", "7")
+CODE = Task("c1", "mbpp", "Write add(a, b) returning the sum.",
+            "assert add(1, 2) == 3\nassert add(-1, 1) == 0",
+            public_tests=("assert candidate(1, 2) == 3",), metadata={"entry_point": "add"})
+
+TEST_REVISE = {
+    "name": "code-with-tests",
+    "nodes": [
+        {"id": "gen", "op": "Generate", "inputs": {"input": "input"}},
+        {"id": "test", "op": "Test", "inputs": {"solution": "gen.text"}},
+        {"id": "fix", "op": "Revise", "when": "not test.passed",
+         "inputs": {"input": "input", "solution": "gen.text", "feedback": "test.feedback"}},
+        {"id": "fmt", "op": "Format", "params": {"llm": False},
+         "inputs": {"input": "input", "solution": ["fix.solution", "gen.text"]}},
+    ],
+    "output": "fmt.answer",
+}
+
+
+def run(workflow, tasks, llm, **kw):
+    return asyncio.run(Executor(llm, **kw).run_many(workflow, tasks, evaluate=evaluate))
+
+
+def test_cot_format_trace_is_complete(scripted):
+    scripted.reply = lambda m: ("\\boxed{7}" if "final answer" in last_user(m)
+                                else "3 + 4 = 7. The answer is \\boxed{7}.")
+    llm = LLM("scripted/m")
+    [trace] = run(seed("math"), [MATH], llm)
+    assert trace.outcome.passed and trace.output == "7"
+    assert [s.node_id for s in trace.spans] == ["solve", "format"]
+    for span in trace.spans:
+        assert span.calls and span.ended >= span.started and span.error is None
+        assert span.tokens_out > 0 and span.inputs and span.outputs
+    assert trace.llm_calls == 2 == llm.meter.calls
+
+
+def test_wrong_answer_message_and_truncation(scripted):
+    scripted.reply = lambda m: "so the total is \\boxed{12}"
+    [trace] = run(seed("math"), [MATH], LLM("scripted/m"))
+    assert trace.outcome.failure_class == "wrong_answer"
+    assert trace.outcome.message == "expected 7, got 12"
+    scripted.finish_reason = "length"
+    [cut] = run(seed("math"), [MATH], LLM("scripted/m"))
+    assert cut.outcome.failure_class == "truncated"
+    assert "cut off at the token limit in ChainOfThought" in cut.outcome.message
+
+
+def test_test_then_revise_loop(scripted):
+    def reply(messages):
+        prompt = last_user(messages)
+        if "Feedback:" in prompt:  # the Revise call sees the failing assert
+            assert "assert candidate(1, 2) == 3" in prompt
+            return "```python\ndef add(a, b):\n    return a + b\n```"
+        return "```python\ndef add(a, b):\n    return a - b\n```"
+
+    scripted.reply = reply
+    [trace] = run(Workflow.from_dict(TEST_REVISE), [CODE], LLM("scripted/m"))
+    spans = {s.node_id: s for s in trace.spans}
+    assert spans["test"].outputs["passed"] is False
+    assert not spans["fix"].skipped and spans["fix"].calls
+    assert trace.outcome.passed, trace.outcome
+
+
+def test_revise_is_skipped_when_test_passes(scripted):
+    scripted.reply = lambda m: "```python\ndef add(a, b):\n    return a + b\n```"
+    [trace] = run(Workflow.from_dict(TEST_REVISE), [CODE], LLM("scripted/m"))
+    spans = {s.node_id: s for s in trace.spans}
+    assert spans["fix"].skipped and not spans["fix"].calls
+    assert trace.outcome.passed and len(scripted.calls) == 1
+
+
+def test_failing_node_is_recorded_not_raised(scripted):
+    wf = Workflow.from_dict({"name": "pot", "nodes": [
+        {"id": "code", "op": "Programmer", "inputs": {"input": "input"}},
+        {"id": "fmt", "op": "Format", "params": {"llm": False},
+         "inputs": {"input": "input", "solution": "code.solution"}}], "output": "fmt.answer"})
+    scripted.reply = lambda m: "```python\nprint(undefined_name)\n```"
+    good = Task("m2", "gsm8k", "2+2?", "4")
+    traces = run(wf, [MATH, good], LLM("scripted/m"))
+    for trace in traces:
+        code, fmt = trace.spans
+        assert code.error_type == "OperatorError" and "NameError" in code.error
+        assert fmt.skipped and trace.output is None
+        assert trace.outcome.failure_class == "exception"
+        assert "NameError" in trace.outcome.message
+
+
+def test_programmer_runs_its_code(scripted):
+    wf = Workflow.from_dict({"name": "pot", "nodes": [
+        {"id": "code", "op": "Programmer", "inputs": {"input": "input"}}],
+        "output": "code.solution"})
+    scripted.reply = lambda m: "```python\nprint(3 + 4)\n```"
+    [trace] = run(wf, [MATH], LLM("scripted/m"))
+    assert trace.output == "7" and trace.outcome.passed
+
+
+def test_self_consistency_majority_vote(scripted):
+    answers = iter(["\\boxed{7}", "\\boxed{9}", "\\boxed{7}", "\\boxed{5}", "\\boxed{7}"])
+    scripted.reply = lambda m: next(answers)
+    wf = Workflow.from_dict({"name": "sc", "nodes": [
+        {"id": "sc", "op": "SelfConsistency", "params": {"n": 5}, "inputs": {"input": "input"}}],
+        "output": "sc.solution"})
+    llm = LLM("scripted/m", concurrency=1)
+    [trace] = run(wf, [MATH], llm)
+    assert trace.outcome.passed and len(trace.spans[0].calls) == 5
+    assert len({c.key for c in trace.spans[0].calls}) == 5  # distinct samples, distinct keys
+
+
+def test_review_flags_and_approves(scripted):
+    wf = Workflow.from_dict({"name": "rv", "nodes": [
+        {"id": "solve", "op": "ChainOfThought", "inputs": {"input": "input"}},
+        {"id": "review", "op": "Review", "inputs": {"input": "input",
+                                                    "solution": "solve.solution"}},
+        {"id": "fix", "op": "Revise", "when": "not review.approved",
+         "inputs": {"input": "input", "solution": "solve", "feedback": "review.critique"}}],
+        "output": "fix"})
+    scripted.reply = lambda m: ("The sum is wrong: 3+4 is 7." if "Check the solution" in
+                                last_user(m) else
+                                "\\boxed{7}" if "Feedback" in last_user(m) else "\\boxed{8}")
+    [trace] = run(wf, [MATH], LLM("scripted/m"))
+    assert trace.spans[1].outputs["approved"] is False
+    assert trace.outcome.passed
+
+
+def test_call_store_replays_without_new_calls(scripted):
+    scripted.reply = lambda m: "\\boxed{7}"
+    store = MemoryCallStore()
+    first = LLM("scripted/m", store=store)
+    run(seed("math"), [MATH, Task("m3", "gsm8k", "1+6?", "7")], first)
+    made = len(scripted.calls)
+    assert made == 4 and first.meter.calls == 4
+    second = LLM("scripted/m", store=store)
+    [a, b] = run(seed("math"), [MATH, Task("m3", "gsm8k", "1+6?", "7")], second)
+    assert len(scripted.calls) == made  # zero new calls reached the provider
+    assert second.meter.calls == 0 and second.meter.cached_calls == 4
+    assert a.outcome.passed and all(c.cached for s in a.spans for c in s.calls)
+
+
+def test_transient_errors_are_retried(scripted):
+    scripted.fail_first = 2
+    llm = LLM("scripted/m", max_retries=3)
+    done = asyncio.run(llm.complete([{"role": "user", "content": "hi"}]))
+    assert done.text == "42" and len(scripted.calls) == 3
+
+
+def test_retries_give_up_and_the_node_records_it(scripted):
+    scripted.fail_first = 10
+    [trace] = run(seed("math"), [MATH], LLM("scripted/m", max_retries=1))
+    assert trace.spans[0].error_type == "ServiceUnavailableError"
+    assert trace.outcome.failure_class == "exception"
+
+
+def test_budget_fails_closed(scripted):
+    llm = LLM("scripted/m", meter=Meter(max_tokens=5))
+    with pytest.raises(BudgetExceeded):
+        run(seed("math"), [MATH, MATH], llm, concurrency=1)
+
+
+def test_litellm_mock_response_path():
+    llm = LLM("openai/gpt-4o-mini", mock_response="\\boxed{7}")
+    [trace] = run(seed("math"), [MATH], llm)
+    assert trace.outcome.passed
+    assert re.fullmatch(r"[0-9a-f]{64}", trace.spans[0].calls[0].key)
+
+
+def test_concurrency_is_bounded(scripted):
+    in_flight, peak = 0, 0
+    import threading
+
+    lock = threading.Lock()
+
+    def reply(messages):
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        import time
+        time.sleep(0.01)
+        with lock:
+            in_flight -= 1
+        return "\\boxed{7}"
+
+    scripted.reply = reply
+    tasks = [Task(f"t{i}", "gsm8k", f"{i}+7-{i}?", "7") for i in range(8)]
+    traces = run(seed("math"), tasks, LLM("scripted/m"), concurrency=3)
+    assert [t.task_id for t in traces] == [t.id for t in tasks]
+    assert all(t.outcome.passed for t in traces)

@@ -1,0 +1,125 @@
+"""The warehouse: catalog, Parquet history, migrations, LanceDB, and the read-only SQL CLI."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cegraph.evaluators import evaluate
+from cegraph.executor import Executor
+from cegraph.llm import LLM
+from cegraph.seeds import seed
+from cegraph.signature import SignatureBuilder
+from cegraph.task import Task
+from cli.main import app
+from storage import VectorIndex, Warehouse
+from storage.schema import SCHEMA_VERSION, TABLES
+
+TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(6)]
+
+
+def traces(scripted, llm=None):
+    # right for even i, wrong (off by 10) for odd i
+    def reply(messages):
+        i = int(messages[-1]["content"].split("What is ")[1].split(" ")[0])
+        return f"\\boxed{{{i + 1 if i % 2 == 0 else i + 11}}}"
+
+    scripted.reply = reply
+    return asyncio.run(Executor(llm or LLM("scripted/m")).run_many(
+        seed("math"), TASKS, evaluate=evaluate, run_id=lambda t: f"run-{t.id}"))
+
+
+def test_traces_are_stored_once_and_survive_reopen(tmp_path, scripted):
+    with Warehouse(tmp_path) as wh:
+        failures = wh.record_traces(traces(scripted), night_id="n1", source="benchmark",
+                                    dataset="gsm8k")
+        assert len(failures) == 3
+        assert wh.record_traces(traces(scripted), night_id="n2", source="benchmark",
+                                dataset="gsm8k") == []  # same run ids: not double-counted
+    with Warehouse(tmp_path, read_only=True) as wh:
+        assert wh.rows("SELECT count(*), sum(passed::INT) FROM runs") == [(6, 3)]
+        assert wh.rows("SELECT count(*) FROM spans")[0][0] == 12
+        joined = wh.rows("SELECT f.message FROM failures f JOIN runs r USING (run_id) "
+                         "WHERE r.task_id = 't1'")
+        assert joined == [("expected 2, got 12",)]
+        assert wh.run_count("math-solver") == 6
+    assert list((tmp_path / "history" / "runs").glob("date=*/part-*.parquet"))
+
+
+def test_call_store_in_the_catalog_replays(tmp_path, scripted):
+    with Warehouse(tmp_path) as wh:
+        traces(scripted, LLM("scripted/m", store=wh))
+        made = len(scripted.calls)
+    with Warehouse(tmp_path) as wh:
+        llm = LLM("scripted/m", store=wh)
+        again = traces(scripted, llm)
+        assert len(scripted.calls) == made and llm.meter.calls == 0
+        assert sum(t.outcome.passed for t in again) == 3
+        assert wh.rows("SELECT count(*) FROM llm_calls")[0][0] == made
+
+
+def test_migration_from_previous_schema_version(tmp_path):
+    with Warehouse(tmp_path, target_version=SCHEMA_VERSION - 1) as old:
+        assert old.schema_version() == SCHEMA_VERSION - 1
+        old.con.execute("INSERT INTO signatures (failure_id, text) VALUES ('f1', 'kept')")
+        cols = {r[0] for r in old.rows("SELECT column_name FROM information_schema.columns "
+                                       "WHERE table_name = 'signatures'")}
+        assert "locus_weight" not in cols
+    with Warehouse(tmp_path) as new:
+        assert new.schema_version() == SCHEMA_VERSION
+        assert new.rows("SELECT text, locus_weight FROM signatures") == [("kept", None)]
+        assert new.rows("SELECT count(*) FROM embedding_cache")[0][0] == 0
+        tables = {r[0] for r in new.rows("SELECT table_name FROM information_schema.tables")}
+        assert {t.name for t in TABLES if not t.history} <= tables
+
+
+def test_embedding_cache_and_vectors_persist(tmp_path, embedder, scripted):
+    from cegraph.failure import failure_from_trace
+
+    with Warehouse(tmp_path) as wh:
+        failures = [f for f in map(failure_from_trace, traces(scripted)) if f]
+        builder = SignatureBuilder(embedder, cache=wh)
+        sigs = builder.build(failures)
+        index = VectorIndex(wh.vectors_path, builder.dim)
+        assert index.add(sigs, workflow="math-solver", version_id="v") == 3
+        assert index.add(sigs, workflow="math-solver", version_id="v") == 0  # idempotent
+    with Warehouse(tmp_path) as wh:
+        calls = embedder.calls
+        again = SignatureBuilder(embedder, cache=wh).build(failures)
+        assert embedder.calls == calls
+        index = VectorIndex(wh.vectors_path, builder.dim)
+        near = index.nearest(again[0].vector, k=2, workflow="math-solver")
+        assert near[0].failure_id == failures[0].failure_id and near[0].distance < 1e-3
+        assert index.count_within(again[0].vector, 0.01) == 3  # all share one signature
+        assert index.nearest(np.zeros(builder.dim), k=5, workflow="other") == []
+
+
+runner = CliRunner()
+
+
+def test_sql_is_read_only_and_formats(tmp_path, scripted):
+    with Warehouse(tmp_path) as wh:
+        wh.record_traces(traces(scripted), night_id="n1", source="benchmark", dataset="gsm8k")
+    ok = runner.invoke(app, ["sql", "SELECT outcome, count(*) AS n FROM runs GROUP BY 1 "
+                             "ORDER BY 1", "--home", str(tmp_path), "--format", "json"])
+    assert ok.exit_code == 0, ok.output
+    assert '"outcome": "pass"' in ok.output and '"n": 3' in ok.output
+    csv = runner.invoke(app, ["sql", "SELECT 1 AS a", "--home", str(tmp_path), "-f", "csv"])
+    assert csv.output.splitlines() == ["a", "1"]
+    for write in ("DELETE FROM llm_calls", "CREATE TABLE x (a INT)",
+                  "INSERT INTO quarantine (reason) VALUES ('x')"):
+        refused = runner.invoke(app, ["sql", write, "--home", str(tmp_path)])
+        assert refused.exit_code == 2 and "read-only" in refused.output.lower(), refused.output
+
+
+def test_sql_without_a_home_says_what_to_do(tmp_path):
+    result = runner.invoke(app, ["sql", "SELECT 1", "--home", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "cegraph demo" in result.output
+
+
+@pytest.mark.parametrize("cmd", [[], ["model"], ["workflow"], ["bench"], ["sql"], ["modes"],
+                                 ["demo"], ["run"], ["bench", "seed"], ["bench", "fss"]])
+def test_every_command_has_help(cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
