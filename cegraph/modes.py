@@ -49,6 +49,7 @@ class FailureMode:
     mass: float = 0.0
     mass_lo: float = 0.0
     mass_hi: float = 0.0
+    llm_label: str | None = None  # see cegraph.mode_label
 
     @property
     def size(self) -> int:
@@ -56,7 +57,8 @@ class FailureMode:
 
     @property
     def label(self) -> str:
-        return f"{self.locus_node} ({self.locus_operator}): {self.template}"
+        rule = f"{self.locus_node} ({self.locus_operator}): {self.template}"
+        return f"{self.llm_label} [{rule}]" if self.llm_label else rule
 
 
 @dataclass

@@ -133,7 +133,9 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
          n: Annotated[int, typer.Option("--n")] = 12, model: Model = SETTINGS.model,
          home: Home = Path(SETTINGS.home),
          data_dir: Annotated[str | None, typer.Option("--data-dir")] = SETTINGS.data_dir,
-         seed: int = 0) -> None:
+         seed: int = 0,
+         llm_labels: Annotated[bool, typer.Option(help="let the LLM name each mode")] = False
+         ) -> None:
     """The main job on the embedded defaults: run the seed workflow with the local model on a
     benchmark slice (Prefect flow), store runs/spans/failures/signatures/modes in the
     warehouse, and print the traces' summary and the failure modes."""
@@ -145,7 +147,7 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     started = time.time()
     analysis = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                  data_dir=data_dir, seed_value=seed,
-                                 concurrency=SETTINGS.concurrency)
+                                 concurrency=SETTINGS.concurrency, llm_labels=llm_labels)
     from storage import Warehouse
 
     with Warehouse(home, read_only=True) as wh:

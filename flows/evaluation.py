@@ -21,7 +21,7 @@ from tasks.failure_space import analyze_and_store
 def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-coder-1.5b",
                       home: str | None = None, workflow_path: str | None = None,
                       data_dir: str | None = None, seed_value: int = 0,
-                      concurrency: int = 2) -> Analysis:
+                      concurrency: int = 2, llm_labels: bool = False) -> Analysis:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
     span and failure, embed and index the signatures, and compute the failure modes."""
     wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
@@ -31,4 +31,4 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
         traces = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency)
         store_traces(wh, wf, traces, night_id=night_id, source="benchmark", dataset=dataset)
         return analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
-                                 night_id=night_id)
+                                 night_id=night_id, label_model=model if llm_labels else None)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cegraph.failure_space import Analysis, analyze_failures
+from cegraph.llm import LLM
+from cegraph.mode_label import llm_label
 from cegraph.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
 from storage import VectorIndex, Warehouse
 
 
 @task(name="analyze-failures", cache_policy=NO_CACHE)
 def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id: str,
-                      locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> Analysis:
-    """Embed the version's failures (cache first), index them, find and store its modes."""
+                      locus_weight: float = DEFAULT_LOCUS_WEIGHT,
+                      label_model: str | None = None) -> Analysis:
+    """Embed the version's failures (cache first), index them, find and store its modes;
+    with `label_model`, an LLM also names each mode (kept only when its answer parses)."""
     log = get_run_logger()
     failures = wh.failures(workflow, version_id)
     runs = wh.run_count(workflow, version_id)
@@ -26,6 +32,15 @@ def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id
                          locus_weight=locus_weight)
     added = VectorIndex(wh.vectors_path, builder.dim).add(fresh, workflow=workflow,
                                                           version_id=version_id)
+    if label_model:
+        messages = {f.failure_id: f.message for f in failures}
+        llm = LLM(label_model, store=wh)
+
+        async def label_all() -> None:
+            for mode in analysis.modes:
+                await llm_label(mode, [messages[i] for i in mode.representative_ids], llm)
+
+        asyncio.run(label_all())
     m = analysis.mass.total
     wh.record_night(night_id=night_id, workflow=workflow, version_id=version_id, runs=runs,
                     modes=analysis.modes, resolved=analysis.resolved,

@@ -124,3 +124,25 @@ def test_modes_matched_across_nights(embedder):
     assert by_locus["test"].status == "new" and by_locus["test"].mode_id not in (wrong_id, name_id)
     assert [p.mode_id for p in second.resolved] == [name_id]
     assert second.mass.total.failures == 29
+
+
+def test_llm_mode_label_is_parsed_or_rejected(scripted):
+    import asyncio
+
+    from cegraph.llm import LLM
+    from cegraph.mode_label import llm_label
+
+    vec = np.ones(8, dtype=np.float32)
+    mode = find_modes([Signature(f"f{i}", "solve", "ChainOfThought", 1, "wrong_answer",
+                                 "[wrong_answer] expected <NUM>, got <NUM>", "h", vec)
+                       for i in range(3)]).modes[0]
+    rule = mode.label
+    scripted.reply = lambda m: 'Sure! {"label": "Arithmetic slip in final step"}'
+    assert asyncio.run(llm_label(mode, ["expected 18, got 16"], LLM("scripted/m"))) == \
+        "Arithmetic slip in final step"
+    assert mode.label.startswith("Arithmetic slip") and rule in mode.label
+    scripted.reply = lambda m: "I think it is about arithmetic"
+    assert asyncio.run(llm_label(mode, ["expected 18, got 16"], LLM("scripted/m"))) is None
+    assert mode.label == rule
+    scripted.reply = lambda m: '{"label": ""}'
+    assert asyncio.run(llm_label(mode, ["x"], LLM("scripted/m"))) is None

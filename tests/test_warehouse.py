@@ -123,3 +123,13 @@ def test_sql_without_a_home_says_what_to_do(tmp_path):
 def test_every_command_has_help(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_docs_schema_is_generated_from_the_code():
+    from pathlib import Path
+
+    from storage.schema import markdown
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
+    assert doc.read_text().strip() == markdown().strip(), "run: cegraph schema --markdown > " \
+        "docs/schema.md"
