@@ -23,6 +23,7 @@ from cegraph.signature import Signature
 
 TABLE = "signatures"
 INDEX_MIN_ROWS = 20_000
+REINDEX_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -71,19 +72,26 @@ class VectorIndex:
         self.maybe_index()
         return len(self) - before
 
+    def _index_name(self) -> str | None:
+        return next((i.name for i in self.table.list_indices() if "vector" in i.columns), None)
+
     def has_index(self) -> bool:
-        return any("vector" in i.columns for i in self.table.list_indices())
+        return self._index_name() is not None
 
     def maybe_index(self) -> bool:
-        """Build the IVF index once the table is large enough; True if one exists."""
+        """Build the IVF index once the table is large enough, and fold appended rows into it
+        once they pass `REINDEX_FRACTION` of the table; True if an index exists."""
         rows = len(self)
-        if self.has_index():
+        name = self._index_name()
+        if name is not None:
+            stats = self.table.index_stats(name)
+            if stats is not None and stats.num_unindexed_rows > REINDEX_FRACTION * rows:
+                self.table.optimize()  # incremental: new rows join the existing partitions
             return True
         if rows < INDEX_MIN_ROWS:
             return False
-        self.table.create_index(config=IvfFlat(distance_type="l2",
-                                               num_partitions=max(8, int(math.sqrt(rows)))),
-                                vector_column_name="vector")
+        self.table.create_index("vector", config=IvfFlat(
+            distance_type="l2", num_partitions=max(8, int(math.sqrt(rows)))))
         return True
 
     def nearest(self, vector: np.ndarray, k: int = 20, *, workflow: str | None = None,

@@ -133,3 +133,27 @@ def test_docs_schema_is_generated_from_the_code():
     doc = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
     assert doc.read_text().strip() == markdown().strip(), "run: cegraph schema --markdown > " \
         "docs/schema.md"
+
+
+def test_vector_index_is_built_and_kept_current(tmp_path, monkeypatch):
+    import storage.vectors as vectors
+    from cegraph.signature import Signature
+
+    monkeypatch.setattr(vectors, "INDEX_MIN_ROWS", 400)
+    rng = np.random.default_rng(0)
+
+    def sigs(start, n):
+        vecs = rng.normal(0, 1, (n, 16)).astype(np.float32)
+        return [Signature(f"f{start + i}", "n", "Op", 1, "c", "t", "h", v)
+                for i, v in enumerate(vecs)]
+
+    index = VectorIndex(tmp_path, 16)
+    first = sigs(0, 300)
+    index.add(first, workflow="w", version_id="v")
+    assert not index.has_index()
+    index.add(sigs(300, 200), workflow="w", version_id="v")
+    assert index.has_index()
+    index.add(sigs(500, 100), workflow="w", version_id="v")  # > 10% unindexed: folded in
+    name = index._index_name()
+    assert index.table.index_stats(name).num_unindexed_rows == 0
+    assert index.nearest(first[7].vector, k=1, nprobes=64)[0].failure_id == "f7"
