@@ -14,7 +14,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm fetches it otherwise
@@ -34,23 +34,8 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True)
 class Completion:
-    """One answered LLM call, as stored and replayed."""
-
-    key: str
-    model: str
-    text: str
-    tokens_in: int
-    tokens_out: int
-    cost: float
-    latency_s: float
-    finish_reason: str
-    sample: int
-    cached: bool = False
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """What the call store keeps for one key: the request and its completion."""
+    """One answered LLM call: the request, its answer, and what it cost. The call store keeps
+    these; a replayed one comes back with `cached=True` (and costs nothing this time)."""
 
     key: str
     model: str
@@ -64,27 +49,28 @@ class CallRecord:
     latency_s: float
     finish_reason: str
     created_at: float = field(default_factory=time.time)
+    cached: bool = False
 
 
 class CallStore(Protocol):
     """Where answered calls are kept for replay. Contract: `get` returns None for an
     unknown key and never raises for a miss; `put` of an existing key keeps the first."""
 
-    def get(self, key: str) -> CallRecord | None: ...
+    def get(self, key: str) -> Completion | None: ...
 
-    def put(self, record: CallRecord) -> None: ...
+    def put(self, record: Completion) -> None: ...
 
 
 class MemoryCallStore:
     """A call store for one process (tests, notebooks); `storage.CallStore` persists."""
 
     def __init__(self) -> None:
-        self.records: dict[str, CallRecord] = {}
+        self.records: dict[str, Completion] = {}
 
-    def get(self, key: str) -> CallRecord | None:
+    def get(self, key: str) -> Completion | None:
         return self.records.get(key)
 
-    def put(self, record: CallRecord) -> None:
+    def put(self, record: Completion) -> None:
         self.records.setdefault(record.key, record)
 
 
@@ -168,9 +154,7 @@ class LLM:
         key = call_key(model, messages, params, sample)
         stored = self.store.get(key)
         if stored is not None:
-            done = Completion(key, model, stored.text, stored.tokens_in, stored.tokens_out,
-                              stored.cost, stored.latency_s, stored.finish_reason, sample,
-                              cached=True)
+            done = replace(stored, cached=True)
             self.meter.add(done)
             return done
         self.meter.check()
@@ -187,11 +171,9 @@ class LLM:
         except Exception:  # unknown model price (local, custom): free
             cost = 0.0
         text = choice.message.content or ""
-        record = CallRecord(key, model, messages, params, sample, text, tokens_in, tokens_out,
-                            cost, latency, str(choice.finish_reason or "stop"))
-        self.store.put(record)
-        done = Completion(key, model, text, tokens_in, tokens_out, cost, latency,
-                          record.finish_reason, sample)
+        done = Completion(key, model, messages, params, sample, text, tokens_in, tokens_out,
+                          cost, latency, str(choice.finish_reason or "stop"))
+        self.store.put(done)
         self.meter.add(done)
         return done
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from cegraph.failure import Failure
 from cegraph.graph import Workflow
-from cegraph.llm import CallRecord
+from cegraph.llm import Completion
 from cegraph.modes import FailureMode, PreviousMode
 from cegraph.signature import Signature
 from cegraph.trace import Trace
@@ -303,7 +303,7 @@ class Warehouse:
                 raise
 
     # --- call store ---------------------------------------------------------------------
-    def get(self, key: str) -> CallRecord | None:
+    def get(self, key: str) -> Completion | None:
         """CallStore: a stored call by key."""
         rows = self.rows("SELECT key, model, messages, params, sample, text, tokens_in, "
                          "tokens_out, cost, latency_s, finish_reason, epoch(created_at) "
@@ -311,9 +311,9 @@ class Warehouse:
         if not rows:
             return None
         r = rows[0]
-        return CallRecord(r[0], r[1], json.loads(r[2]), json.loads(r[3]), *r[4:])
+        return Completion(r[0], r[1], json.loads(r[2]), json.loads(r[3]), *r[4:])
 
-    def put(self, record: CallRecord) -> None:
+    def put(self, record: Completion) -> None:
         """CallStore: keep an answered call (the first answer for a key wins)."""
         self._insert("llm_calls", [{
             "key": record.key, "model": record.model, "messages": json.dumps(record.messages),
