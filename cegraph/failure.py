@@ -1,8 +1,9 @@
 """A counterexample: one failed run, reduced to where it went wrong (its locus) and how.
 
 Locus attribution, in order: the node that raised; else the node whose LLM call hit its
-token limit; else the earliest node whose output already shows the wrong final answer
-(the answer was born there, later nodes only carried it); else the output node.
+token limit; else the earliest node whose output already gives the wrong final answer as
+its own answer (it was born there, later nodes only carried it), else the earliest that
+mentions it; else the output node.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from cegraph.answers import extract_answer
 from cegraph.trace import Span, Trace
 
 
@@ -30,8 +32,18 @@ class Failure:
     created_at: float
 
 
-def _shows(span: Span, observed: str) -> bool:
-    return bool(observed) and any(observed in str(v) for v in span.outputs.values())
+def _final(text: str) -> set[str]:
+    """What a text may give as its final answer, for any task kind."""
+    return {a for a in (extract_answer("math", text), extract_answer("qa", text), text.strip())
+            if a}
+
+
+def _gives(span: Span, observed: str) -> bool:
+    return any(observed in _final(str(v)) for v in span.outputs.values())
+
+
+def _mentions(span: Span, observed: str) -> bool:
+    return any(observed in str(v) for v in span.outputs.values())
 
 
 def locate(trace: Trace) -> Span:
@@ -42,8 +54,12 @@ def locate(trace: Trace) -> Span:
         if hit is not None:
             return hit
     observed = trace.outcome.observed if trace.outcome else ""
-    first = next((s for s in ran if _shows(s, observed)), None)
-    return first or (ran[-1] if ran else trace.spans[-1])
+    if observed:  # where the wrong answer was first given, else first mentioned
+        for shows in (_gives, _mentions):
+            hit = next((s for s in ran if shows(s, observed)), None)
+            if hit is not None:
+                return hit
+    return ran[-1] if ran else trace.spans[-1]
 
 
 def failure_from_trace(trace: Trace) -> Failure | None:

@@ -130,7 +130,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
 
 @app.command("demo")
 def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
-         n: Annotated[int, typer.Option("--n")] = 12, model: Model = SETTINGS.model,
+         n: Annotated[int, typer.Option("--n")] = 8, model: Model = SETTINGS.model,
          home: Home = Path(SETTINGS.home),
          data_dir: Annotated[str | None, typer.Option("--data-dir")] = SETTINGS.data_dir,
          seed: int = 0,

@@ -200,3 +200,21 @@ def test_concurrency_is_bounded(scripted):
     traces = run(seed("math"), tasks, LLM("scripted/m"), concurrency=3)
     assert [t.task_id for t in traces] == [t.id for t in tasks]
     assert all(t.outcome.passed for t in traces)
+
+
+def test_locus_is_where_the_wrong_answer_was_born(scripted):
+    from cegraph.failure import failure_from_trace
+
+    # CoT mentions 12 along the way but concludes 9; Format then boxes 12: Format's fault
+    scripted.reply = lambda m: ("\\boxed{12}" if "Solution:" in last_user(m)
+                                else "3 * 4 = 12, minus 3 gives \\boxed{9}.")
+    [trace] = run(seed("math"), [MATH], LLM("scripted/m"))
+    assert failure_from_trace(trace).locus_node == "format"
+    # CoT concludes 12 and Format carries it: the CoT node is the locus
+    scripted.reply = lambda m: "\\boxed{12}"
+    [trace] = run(seed("math"), [MATH], LLM("scripted/m"))
+    fail = failure_from_trace(trace)
+    assert (fail.locus_node, fail.locus_operator, fail.locus_depth) == ("solve",
+                                                                        "ChainOfThought", 1)
+    assert failure_from_trace(run(seed("math"), [Task("ok", "gsm8k", "q", "12")],
+                                  LLM("scripted/m"))[0]) is None
