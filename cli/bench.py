@@ -183,9 +183,11 @@ def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
             "node_id": ["solve", "format", "test", "revise"] * (n // 4) + ["solve"] * (n % 4),
             "operator": ["ChainOfThought"] * n, "depth": [1] * n, "position": [i % 4 for i in
                                                                               range(n)],
-            "inputs": ['{"input": "..."}'] * n, "outputs": ['{"solution": "..."}'] * n,
+            "inputs": [f'{{"input": "problem {i // 4}"}}' for i in range(n)],
+            "outputs": [f'{{"solution": "step {i}: the answer is {i % 997}"}}' for i in range(n)],
             "started_at": [None] * n, "latency_s": [0.5] * n, "tokens_in": [100] * n,
-            "tokens_out": [50] * n, "cost": [0.0] * n, "call_keys": [["k"]] * n,
+            "tokens_out": [50] * n, "cost": [0.0] * n, "call_keys": [[f"k{i:08x}"] for i in
+                                                                   range(n)],
             "error": [None] * n, "error_type": [None] * n, "skipped": [False] * n,
             "truncated": [False] * n}
         t0 = time.perf_counter()
