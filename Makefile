@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
-LLAMA  := llama-cpp-python==0.3.36
+LLAMA_VERSION := 0.3.36
+LLAMA  := llama-cpp-python==$(LLAMA_VERSION)
 # llama.cpp built for a portable x86-64 baseline: the default native build enables AMX
 # kernels that crash on batched decode on these VMs. AVX-512 measured no faster here.
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
@@ -32,7 +33,7 @@ $(WHEELS)/.built: | $(PY)
 
 $(STAMP): pyproject.toml $(WHEELS)/.built | $(PY)
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet --no-index --find-links $(WHEELS) "$(LLAMA)"
+	$(PIP) install --quiet $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(PIP) install --quiet --find-links $(WHEELS) -e ".[dev]"
 	touch $@
 
