@@ -130,7 +130,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
 
 @app.command("demo")
 def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
-         n: Annotated[int, typer.Option("--n")] = 8, model: Model = SETTINGS.model,
+         n: Annotated[int, typer.Option("--n")] = 12, model: Model = SETTINGS.model,
          home: Home = Path(SETTINGS.home),
          data_dir: Annotated[str | None, typer.Option("--data-dir")] = SETTINGS.data_dir,
          seed: int = 0,
@@ -177,29 +177,38 @@ def serve(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
 
 # --- the warehouse --------------------------------------------------------------------------
 def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
-    where, params = ["f.night_id = n.night_id"], []
-    if workflow:
-        where.append("f.workflow = ?")
-        params.append(workflow)
-    if version:
-        where.append("f.version_id = ?")
-        params.append(version)
-    latest = ("SELECT night_id FROM nights n2 WHERE n2.workflow = f.workflow "
-              + ("AND n2.version_id = f.version_id " if version else "")
-              + "ORDER BY computed_at DESC LIMIT 1")
-    sql = (f"SELECT f.workflow, f.rank, f.label, f.size, round(f.mass, 4) AS mass, "
-           f"round(f.mass_lo, 4) AS lo, round(f.mass_hi, 4) AS hi, f.status AS trend, "
-           f"f.locus_node || ' (' || coalesce(f.locus_operator, '') || ')' AS locus, "
-           f"(SELECT message FROM failures x WHERE x.failure_id = "
-           f"f.representative_failure_ids[1]) AS example "
-           f"FROM failure_modes f, nights n WHERE {' AND '.join(where)} "
-           f"AND f.night_id = ({latest}) ORDER BY f.workflow, f.rank NULLS LAST")
-    result = wh.query(sql, params)
-    if result.num_rows == 0:
-        render.console.print("no failure modes yet (run `cegraph demo`, or fewer failures than "
-                             "the minimum mode size)")
+    """The latest night of each workflow: its modes ranked by mass, then the noise row (the
+    failures in no dense mode, which still count in the mass)."""
+    from cegraph.mass import estimate
+
+    nights = wh.rows(
+        "SELECT night_id, workflow, version_id, runs, noise FROM nights "
+        "WHERE (?::VARCHAR IS NULL OR workflow = ?) AND (?::VARCHAR IS NULL OR version_id = ?) "
+        "QUALIFY row_number() OVER (PARTITION BY workflow ORDER BY computed_at DESC) = 1 "
+        "ORDER BY workflow", [workflow, workflow, version, version])
+    if not nights:
+        render.console.print("no failure modes yet: run `cegraph demo` (or check --workflow, "
+                             "--version, --home)")
         return
-    render.arrow_table(result, title="failure modes (latest night)")
+    example = ("(SELECT message FROM failures x WHERE x.failure_id = {} LIMIT 1) AS example")
+    for night_id, wf, version_id, runs, noise in nights:
+        rows = wh.query(
+            "SELECT rank, label, size, mass, mass_lo AS lo, mass_hi AS hi, status AS trend, "
+            "locus_node || ' (' || locus_operator || ')' AS locus, "
+            + example.format("f.representative_failure_ids[1]")
+            + " FROM failure_modes f WHERE night_id = ? AND workflow = ? "
+            "ORDER BY rank NULLS LAST", [night_id, wf]).to_pylist()
+        if noise:
+            est = estimate(noise, runs)
+            [(noise_example,)] = wh.rows(
+                "SELECT " + example.format("m.failure_id") + " FROM failure_mode_members m "
+                "WHERE night_id = ? AND mode_id = 'noise' LIMIT 1", [night_id])
+            rows.append({"rank": None, "label": "noise: failures in no dense mode",
+                         "size": noise, "mass": est.mass, "lo": est.lo, "hi": est.hi,
+                         "trend": "", "locus": "", "example": noise_example})
+        columns = ["rank", "label", "size", "mass", "lo", "hi", "trend", "locus", "example"]
+        render.grid(columns, [[r[c] for c in columns] for r in rows],
+                    title=f"{wf} {version_id}: failure modes of night {night_id}, {runs} runs")
 
 
 @app.command("modes")

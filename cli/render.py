@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 _probe = Console()
@@ -36,7 +37,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     text = "" if value is None else str(value)
-    return text if len(text) <= 120 else text[:117] + "..."
+    # data, not markup: "[wrong_answer] ..." must print as written
+    return escape(text if len(text) <= 120 else text[:117] + "...")
 
 
 def grid(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None
