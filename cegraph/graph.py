@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,18 +107,18 @@ class Workflow(BaseModel):
                         else yaml.safe_dump(data, sort_keys=False))
 
     # --- identity ---------------------------------------------------------------------
-    @cached_property
+    @property
     def version_id(self) -> str:
         canonical = {"nodes": sorted((n.model_dump() for n in self.nodes), key=lambda d: d["id"]),
                      "output": self.output}
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
 
     # --- structure --------------------------------------------------------------------
-    @cached_property
+    @property
     def by_id(self) -> dict[str, Node]:
         return {n.id: n for n in self.nodes}
 
-    @cached_property
+    @property
     def order(self) -> list[str]:
         """Node ids in a topological order (stable: file order among ready nodes)."""
         remaining = {n.id: n.upstream() & set(self.by_id) for n in self.nodes}
@@ -134,7 +133,7 @@ class Workflow(BaseModel):
                 del remaining[i]
         return order
 
-    @cached_property
+    @property
     def depth(self) -> dict[str, int]:
         """Longest path from the workflow input to each node (input-fed nodes are depth 1)."""
         depth: dict[str, int] = {}

@@ -57,6 +57,14 @@ def test_invalid_workflows_name_the_problem(data, message):
     assert message in str(err.value)
 
 
+def test_copies_get_their_own_version_id():
+    wf = Workflow.from_dict(BASE)
+    before = wf.version_id
+    edited = wf.model_copy(update={"nodes": [
+        wf.nodes[0].model_copy(update={"params": {"max_tokens": 64}}), wf.nodes[1]]})
+    assert edited.version_id != before and wf.version_id == before
+
+
 def test_version_id_is_content_hash_and_ignores_name():
     a = Workflow.from_dict(BASE)
     b = Workflow.from_dict({**BASE, "name": "other", "description": "x"})

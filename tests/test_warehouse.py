@@ -157,3 +157,23 @@ def test_vector_index_is_built_and_kept_current(tmp_path, monkeypatch):
     name = index._index_name()
     assert index.table.index_stats(name).num_unindexed_rows == 0
     assert index.nearest(first[7].vector, k=1, nprobes=64)[0].failure_id == "f7"
+
+
+def test_run_and_workflow_commands(tmp_path, scripted):
+    scripted.reply = lambda messages: "\\boxed{3}"
+    result = runner.invoke(app, ["run", "math", "-d", "gsm8k", "--n", "2", "-m", "scripted/m"])
+    assert result.exit_code == 0, result.output
+    assert "traces" in result.output and "wrong_answer" in result.output
+    from cegraph.seeds import seed as load_seed
+
+    wf = load_seed("math")
+    edited = wf.model_copy(update={"nodes": [
+        wf.nodes[0].model_copy(update={"params": {"max_tokens": 1024}}), wf.nodes[1]]})
+    edited.save(tmp_path / "edited.yaml")
+    ok = runner.invoke(app, ["workflow", "validate", str(tmp_path / "edited.yaml")])
+    assert ok.exit_code == 0 and edited.version_id in ok.output
+    diff = runner.invoke(app, ["workflow", "diff", "math", str(tmp_path / "edited.yaml")])
+    assert "~ node solve: param max_tokens: None -> 1024" in diff.output
+    (tmp_path / "bad.yaml").write_text("name: x\nnodes:\n  - {id: a, op: Nope}\noutput: a\n")
+    bad = runner.invoke(app, ["workflow", "validate", str(tmp_path / "bad.yaml")])
+    assert bad.exit_code == 2 and "unknown operator 'Nope'" in bad.output
