@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,12 @@ from typing import Annotated
 
 import typer
 
-from cegraph.config import Settings
-from cli import bench, render
+# Offline by default: Prefect's temporary server otherwise sends telemetry heartbeats, which
+# fail without a network and can lock its SQLite database mid-run.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from cegraph.config import Settings  # noqa: E402
+from cli import bench, render  # noqa: E402
 
 app = typer.Typer(help="CE-Graph: refine LLM workflows from their own logged failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -145,23 +150,21 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     if model in MODELS:
         fetch(model, progress=lambda m: render.console.print(m))
     started = time.time()
-    analysis = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
+    result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                  data_dir=data_dir, seed_value=seed,
                                  concurrency=SETTINGS.concurrency, llm_labels=llm_labels)
     from storage import Warehouse
 
+    bench.print_traces(result.traces)
     with Warehouse(home, read_only=True) as wh:
-        night = wh.query("SELECT * FROM nights ORDER BY computed_at DESC LIMIT 1").to_pylist()[0]
-        runs = wh.query("SELECT task_id, outcome, score, tokens, llm_calls, message FROM runs "
-                        "WHERE night_id = ? ORDER BY task_id", [night["night_id"]])
-        render.arrow_table(runs, title=f"traces of night {night['night_id']}")
-        _print_modes(wh, night["workflow"], None)
-    m = analysis.mass.total
+        _print_modes(wh, result.workflow, result.version_id)
+    m = result.analysis.mass.total
     render.console.print(
-        f"{night['workflow']} {night['version_id']}: {m.failures}/{m.runs} failed, Expected "
-        f"Failure Mass {m.mass:.3f} [95% CI {m.lo:.3f}, {m.hi:.3f}], {len(analysis.modes)} "
-        f"mode(s), {len(analysis.noise_ids)} noise; {time.time() - started:.0f}s. "
-        f"Query it: cegraph sql \"SELECT * FROM failure_modes\" --home {home}")
+        f"{result.workflow} {result.version_id}: {m.failures}/{m.runs} runs failed, Expected "
+        f"Failure Mass {m.mass:.3f} [95% CI {m.lo:.3f}, {m.hi:.3f}], "
+        f"{len(result.analysis.modes)} mode(s), {len(result.analysis.noise_ids)} noise; "
+        f"{time.time() - started:.0f}s. Query it: cegraph sql \"SELECT * FROM failure_modes\" "
+        f"--home {home}")
 
 
 @app.command("serve")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
@@ -12,16 +13,26 @@ from cegraph.benchmarks import load
 from cegraph.failure_space import Analysis
 from cegraph.graph import Workflow
 from cegraph.seeds import seed
+from cegraph.trace import Trace
 from storage import Warehouse
 from tasks.execution import run_workflow, store_traces
 from tasks.failure_space import analyze_and_store
+
+
+@dataclass
+class Evaluation:
+    workflow: str
+    version_id: str
+    night_id: str
+    traces: list[Trace]
+    analysis: Analysis
 
 
 @flow(name="evaluate-workflow", log_prints=True)
 def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-coder-1.5b",
                       home: str | None = None, workflow_path: str | None = None,
                       data_dir: str | None = None, seed_value: int = 0,
-                      concurrency: int = 2, llm_labels: bool = False) -> Analysis:
+                      concurrency: int = 2, llm_labels: bool = False) -> Evaluation:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
     span and failure, embed and index the signatures, and compute the failure modes."""
     wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
@@ -30,5 +41,7 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
     with Warehouse(Path(home) if home else None) as wh:
         traces = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency)
         store_traces(wh, wf, traces, night_id=night_id, source="benchmark", dataset=dataset)
-        return analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
-                                 night_id=night_id, label_model=model if llm_labels else None)
+        analysis = analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
+                                     night_id=night_id,
+                                     label_model=model if llm_labels else None)
+    return Evaluation(wf.name, wf.version_id, night_id, traces, analysis)

@@ -56,12 +56,13 @@ def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, pref
     scripted.reply = lambda messages: ('{"label": "Off-by-everything arithmetic"}'
                                        if "Name this failure mode" in messages[-1]["content"]
                                        else "The answer is \\boxed{0}.")
-    first = evaluate_workflow(dataset="gsm8k", n=6, model="scripted/m", home=str(tmp_path))
+    first = evaluate_workflow(dataset="gsm8k", n=6, model="scripted/m",
+                              home=str(tmp_path)).analysis
     assert first.mass.total.failures == 6 and first.mass.total.runs == 6
     assert [m.status for m in first.modes] == ["new"]
     calls = len(scripted.calls)
     second = evaluate_workflow(dataset="gsm8k", n=6, model="scripted/m", home=str(tmp_path),
-                               llm_labels=True)
+                               llm_labels=True).analysis
     assert len(scripted.calls) == calls + 1  # runs replayed; only the label call is new
     assert [m.status for m in second.modes] == ["stable"]
     assert second.modes[0].label.startswith("Off-by-everything arithmetic [")
