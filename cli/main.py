@@ -229,6 +229,32 @@ def modes(workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = No
         _print_modes(wh, workflow, version)
 
 
+@app.command("similar")
+def similar(failure_id: str, k: Annotated[int, typer.Option("--k")] = 20,
+            workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = None,
+            home: Home = Path(SETTINGS.home)) -> None:
+    """The k past failures whose signatures lie nearest this one (from the LanceDB index)."""
+    from storage import VectorIndex, Warehouse
+
+    try:
+        wh = Warehouse(home, read_only=True)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    with wh:
+        index = VectorIndex.open(wh.vectors_path)
+        vector = index.vector_of(failure_id) if index else None
+        if vector is None:
+            _fail(f"failure {failure_id!r} has no signature yet; list some with: cegraph sql "
+                  "\"SELECT failure_id, message FROM failures LIMIT 10\"")
+        near = index.nearest(vector, k=k, workflow=workflow)
+        messages = dict(wh.rows("SELECT failure_id, message FROM failures WHERE failure_id IN "
+                                "(SELECT unnest(?::VARCHAR[]))", [[n.failure_id for n in near]]))
+    render.grid(["failure_id", "distance", "workflow", "locus", "class", "message"],
+                [[n.failure_id, n.distance, n.workflow, n.locus_node, n.failure_class,
+                  messages.get(n.failure_id, "")] for n in near],
+                title=f"{len(near)} failures nearest {failure_id}")
+
+
 @app.command("sql")
 def sql(query: str, home: Home = Path(SETTINGS.home),
         fmt: Annotated[str, typer.Option("--format", "-f",

@@ -24,7 +24,7 @@ def arrow_table(result: pa.Table, fmt: str = "table", *, title: str | None = Non
         print(json.dumps(rows, default=str, indent=1))
     elif fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=result.column_names)
+        writer = csv.DictWriter(buf, fieldnames=result.column_names, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         print(buf.getvalue(), end="")

@@ -26,6 +26,10 @@ INDEX_MIN_ROWS = 20_000
 REINDEX_FRACTION = 0.1
 
 
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
 @dataclass(frozen=True)
 class Neighbour:
     failure_id: str
@@ -47,6 +51,15 @@ class VectorIndex:
         names = getattr(names, "tables", names)
         self.table = (self.db.open_table(TABLE) if TABLE in names
                       else self.db.create_table(TABLE, schema=self.schema))
+
+    @classmethod
+    def open(cls, path: str | Path) -> VectorIndex | None:
+        """The existing index at `path` (its dimension read from it), or None if there is none."""
+        db = lancedb.connect(str(path))
+        names = db.list_tables()
+        if TABLE not in getattr(names, "tables", names):
+            return None
+        return cls(path, db.open_table(TABLE).schema.field("vector").type.list_size)
 
     def __len__(self) -> int:
         return self.table.count_rows()
@@ -94,13 +107,20 @@ class VectorIndex:
             distance_type="l2", num_partitions=max(8, int(math.sqrt(rows)))))
         return True
 
+    def vector_of(self, failure_id: str) -> np.ndarray | None:
+        """The stored signature vector of a failure, or None if it was never indexed."""
+        rows = (self.table.search().where(f"failure_id = '{_quote(failure_id)}'")
+                .select(["vector"]).limit(1).to_list())
+        return np.asarray(rows[0]["vector"], dtype=np.float32) if rows else None
+
     def nearest(self, vector: np.ndarray, k: int = 20, *, workflow: str | None = None,
                 nprobes: int = 20) -> list[Neighbour]:
         """The `k` past failures whose signatures are closest to `vector`."""
         q = self.table.search(np.asarray(vector, dtype=np.float32)).limit(k).nprobes(nprobes)
         if workflow:
-            q = q.where(f"workflow = '{workflow.replace(chr(39), chr(39) * 2)}'", prefilter=True)
-        rows = q.select(["failure_id", "workflow", "locus_node", "failure_class"]).to_list()
+            q = q.where(f"workflow = '{_quote(workflow)}'", prefilter=True)
+        rows = q.select(["failure_id", "workflow", "locus_node", "failure_class",
+                         "_distance"]).to_list()
         return [Neighbour(r["failure_id"], math.sqrt(max(r["_distance"], 0.0)), r["workflow"],
                           r["locus_node"], r["failure_class"]) for r in rows]
 
@@ -108,5 +128,5 @@ class VectorIndex:
         """How many stored failures lie within `radius`: a local density estimate."""
         rows = (self.table.search(np.asarray(vector, dtype=np.float32))
                 .distance_range(upper_bound=radius * radius).limit(limit)
-                .select(["failure_id"]).to_list())
+                .select(["failure_id", "_distance"]).to_list())
         return len(rows)

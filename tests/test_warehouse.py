@@ -93,6 +93,13 @@ def test_embedding_cache_and_vectors_persist(tmp_path, embedder, scripted):
         assert near[0].failure_id == failures[0].failure_id and near[0].distance < 1e-3
         assert index.count_within(again[0].vector, 0.01) == 3  # all share one signature
         assert index.nearest(np.zeros(builder.dim), k=5, workflow="other") == []
+        wh.record_failures(failures)
+    out = runner.invoke(app, ["similar", failures[1].failure_id, "--k", "2", "--home",
+                              str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "2 failures nearest" in out.output and "expected" in out.output
+    missing = runner.invoke(app, ["similar", "nope", "--home", str(tmp_path)])
+    assert missing.exit_code == 2 and "has no signature yet" in missing.output
 
 
 runner = CliRunner()
