@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
 from cli import bench, render  # noqa: E402
+
+if TYPE_CHECKING:
+    from storage import Warehouse
 
 app = typer.Typer(help="CE-Graph: refine LLM workflows from their own logged failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -36,8 +39,19 @@ Model = Annotated[str, typer.Option("--model", "-m", help="Local model name (qwe
 
 
 def _fail(message: str) -> None:
-    render.console.print(f"[red]error:[/red] {message}")
+    render.console.print(f"[red]error:[/red] {render.escape(message)}")
     raise typer.Exit(2)
+
+
+def _read_only(home: Path) -> Warehouse:
+    """The warehouse at `home` opened read-only, or a clear error when there is none."""
+    from storage import Warehouse
+
+    try:
+        return Warehouse(home, read_only=True)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    raise AssertionError("unreachable")
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -151,12 +165,10 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
         fetch(model, progress=lambda m: render.console.print(m))
     started = time.time()
     result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
-                                 data_dir=data_dir, seed_value=seed,
-                                 concurrency=SETTINGS.concurrency, llm_labels=llm_labels)
-    from storage import Warehouse
-
+                               data_dir=data_dir, seed_value=seed,
+                               concurrency=SETTINGS.concurrency, llm_labels=llm_labels)
     bench.print_traces(result.traces)
-    with Warehouse(home, read_only=True) as wh:
+    with _read_only(home) as wh:
         _print_modes(wh, result.workflow, result.version_id)
     m = result.analysis.mass.total
     render.console.print(
@@ -219,13 +231,7 @@ def modes(workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = No
           version: Annotated[str | None, typer.Option("--version", "-v")] = None,
           home: Home = Path(SETTINGS.home)) -> None:
     """Print the failure modes of the latest night: rank, label, size, mass, trend, locus."""
-    from storage import Warehouse
-
-    try:
-        wh = Warehouse(home, read_only=True)
-    except FileNotFoundError as exc:
-        _fail(str(exc))
-    with wh:
+    with _read_only(home) as wh:
         _print_modes(wh, workflow, version)
 
 
@@ -234,13 +240,9 @@ def similar(failure_id: str, k: Annotated[int, typer.Option("--k")] = 20,
             workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = None,
             home: Home = Path(SETTINGS.home)) -> None:
     """The k past failures whose signatures lie nearest this one (from the LanceDB index)."""
-    from storage import VectorIndex, Warehouse
+    from storage import VectorIndex
 
-    try:
-        wh = Warehouse(home, read_only=True)
-    except FileNotFoundError as exc:
-        _fail(str(exc))
-    with wh:
+    with _read_only(home) as wh:
         index = VectorIndex.open(wh.vectors_path)
         vector = index.vector_of(failure_id) if index else None
         if vector is None:
@@ -262,15 +264,9 @@ def sql(query: str, home: Home = Path(SETTINGS.home),
     """Run a SQL query against the catalog, opened read-only (writes are refused)."""
     import duckdb
 
-    from storage import Warehouse
-
     if fmt not in ("table", "csv", "json"):
         _fail("--format must be table, csv or json")
-    try:
-        wh = Warehouse(home, read_only=True)
-    except FileNotFoundError as exc:
-        _fail(str(exc))
-    with wh:
+    with _read_only(home) as wh:
         try:
             result = wh.query(query)
         except duckdb.Error as exc:

@@ -11,6 +11,8 @@ from typing import Any
 import pyarrow as pa
 from rich.console import Console
 from rich.markup import escape
+
+__all__ = ["arrow_table", "console", "escape", "grid"]
 from rich.table import Table
 
 _probe = Console()
