@@ -16,18 +16,13 @@ A sandbox failure is returned as data (`SandboxResult`), never raised.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-CLONE_NEWNET = 0x40000000
-NOBODY = 65534
 
 # Prepended to every program: refuses process creation and network use even where the
 # namespace could not be created. Audit hooks cannot be removed once installed.
@@ -83,22 +78,23 @@ def _world_executable(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
 
 
-def _isolate(limits: SandboxLimits, drop_privileges: bool) -> None:
-    """Runs in the child between fork and exec: namespace, limits, unprivileged user."""
-    os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.unshare(CLONE_NEWNET)  # best effort; failure leaves the audit-hook guard
-    mem = limits.memory_mb * 1024 * 1024
-    cpu = int(limits.timeout_s) + 1
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_output_bytes,) * 2)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes,) * 2)
-    if drop_privileges:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+# The child's first program. It runs after exec, not between fork and exec, so nothing it
+# does can deadlock on a lock another thread of the (threaded) parent held at fork time:
+# network namespace, rlimits, unprivileged user, then exec of the real program.
+_BOOTSTRAP = """
+import ctypes, os, resource, sys
+mem, cpu, fsize, nproc, drop, program = sys.argv[1:]
+ctypes.CDLL(None, use_errno=True).unshare(0x40000000)  # best effort; the guard remains
+for res, value in ((resource.RLIMIT_AS, int(mem)), (resource.RLIMIT_CPU, int(cpu)),
+                   (resource.RLIMIT_FSIZE, int(fsize)), (resource.RLIMIT_CORE, 0),
+                   (resource.RLIMIT_NPROC, int(nproc))):
+    resource.setrlimit(res, (value, value))
+if drop == "1":
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+os.execv(sys.executable, [sys.executable, "-I", "-S", program])
+"""
 
 
 def network_namespace_available() -> bool:
@@ -130,10 +126,13 @@ def run_python(code: str, *, limits: SandboxLimits | None = None, stdin: str = "
         env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
                "HOME": str(work), "LANG": "C.UTF-8"}
         with out_path.open("wb") as out, err_path.open("wb") as err:
+            argv = [str(limits.memory_mb * 1024 * 1024), str(int(limits.timeout_s) + 1),
+                    str(limits.max_output_bytes), str(limits.max_processes), str(int(drop)),
+                    str(program)]
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(program)], cwd=work, env=env,
-                stdin=subprocess.PIPE, stdout=out, stderr=err,
-                preexec_fn=lambda: _isolate(limits, drop), close_fds=True)
+                [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, *argv], cwd=work, env=env,
+                stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
+                close_fds=True)
             timed_out = False
             try:
                 proc.communicate(stdin.encode(), timeout=limits.timeout_s)

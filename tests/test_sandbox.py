@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from cegraph.sandbox import SandboxLimits, network_namespace_available, run_python
 
 FAST = SandboxLimits(timeout_s=3)
@@ -33,9 +35,23 @@ def test_shell_and_network_are_refused():
     assert not r.ok and "PermissionError" in r.error
 
 
-def test_network_namespace_when_available():
+def test_network_namespace_when_available(tmp_path):
     r = run_python("print('x')", limits=FAST)
     assert r.network_isolated == network_namespace_available()
+    if not r.network_isolated:
+        pytest.skip("this OS refuses network namespaces; the audit hook is the only guard")
+    # without the audit hook, the namespace alone must leave no route out
+    import subprocess
+    import sys
+
+    from cegraph.sandbox import _BOOTSTRAP
+
+    probe = tmp_path / "probe.py"
+    probe.write_text("import socket\ns = socket.socket()\ns.settimeout(2)\n"
+                     "print(s.connect_ex(('1.1.1.1', 80)))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", _BOOTSTRAP, str(2**30), "5",
+                          "65536", "64", "0", str(probe)], capture_output=True, text=True)
+    assert out.stdout.strip() == "101"  # ENETUNREACH: an empty namespace
 
 
 def test_huge_allocation_is_a_memory_error():
