@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from cegraph.local_model import DEFAULT_MODEL
+from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 
 
 class Settings(BaseModel):
@@ -19,7 +20,7 @@ class Settings(BaseModel):
     model: str = DEFAULT_MODEL
     data_dir: str | None = None
     concurrency: int = 2
-    locus_weight: float = 0.3
+    locus_weight: float = DEFAULT_LOCUS_WEIGHT
 
     @classmethod
     def load(cls, cwd: Path | None = None) -> Settings:

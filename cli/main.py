@@ -166,7 +166,8 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     started = time.time()
     result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                data_dir=data_dir, seed_value=seed,
-                               concurrency=SETTINGS.concurrency, llm_labels=llm_labels)
+                               concurrency=SETTINGS.concurrency, llm_labels=llm_labels,
+                               locus_weight=SETTINGS.locus_weight)
     bench.print_traces(result.traces)
     with _read_only(home) as wh:
         _print_modes(wh, result.workflow, result.version_id)

@@ -13,6 +13,7 @@ from cegraph.benchmarks import load
 from cegraph.failure_space import Analysis
 from cegraph.graph import Workflow
 from cegraph.seeds import seed
+from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.trace import Trace
 from storage import Warehouse
 from tasks.execution import run_workflow, store_traces
@@ -32,7 +33,8 @@ class Evaluation:
 def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-coder-1.5b",
                       home: str | None = None, workflow_path: str | None = None,
                       data_dir: str | None = None, seed_value: int = 0,
-                      concurrency: int = 2, llm_labels: bool = False) -> Evaluation:
+                      concurrency: int = 2, llm_labels: bool = False,
+                      locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> Evaluation:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
     span and failure, embed and index the signatures, and compute the failure modes."""
     wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
@@ -42,6 +44,6 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
         traces = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency)
         store_traces(wh, wf, traces, night_id=night_id, source="benchmark", dataset=dataset)
         analysis = analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
-                                     night_id=night_id,
+                                     night_id=night_id, locus_weight=locus_weight,
                                      label_model=model if llm_labels else None)
     return Evaluation(wf.name, wf.version_id, night_id, traces, analysis)
