@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from cegraph.trace import Trace
 from cli import render
+from cli.options import DataPath, Model
 
 app = typer.Typer(help="Benchmarks that print their figures (--json: one JSON object last).",
                   no_args_is_help=True)
@@ -57,8 +58,8 @@ def _peak_rss_mb() -> float:
 @app.command("seed")
 def bench_seed(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
                n: Annotated[int, typer.Option("--n")] = 50,
-               model: Annotated[str, typer.Option("--model", "-m")] = "qwen2.5-coder-1.5b",
-               data_dir: Annotated[str | None, typer.Option("--data-dir")] = None,
+               model: Model = "qwen2.5-coder-1.5b",
+               data_dir: DataPath = None,
                concurrency: int = 2, seed: int = 0,
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Run the dataset's seed workflow with fresh (uncached) calls; print accuracy, tokens,

@@ -18,6 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
 from cli import bench, render  # noqa: E402
+from cli.options import DataPath, Home, Model  # noqa: E402
 
 if TYPE_CHECKING:
     from storage import Warehouse
@@ -32,12 +33,6 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(bench.app, name="bench")
 
 SETTINGS = Settings.load()
-Home = Annotated[Path, typer.Option("--home", envvar="CEGRAPH_HOME",
-                                    help="Project home holding the warehouse.")]
-Model = Annotated[str, typer.Option("--model", "-m", help="Local model name (qwen2.5-coder-1.5b, "
-                                    "qwen2.5-coder-0.5b, smollm2-135m) or a litellm model string.")]
-
-
 def _fail(message: str) -> None:
     render.console.print(f"[red]error:[/red] {render.escape(message)}")
     raise typer.Exit(2)
@@ -122,15 +117,31 @@ def operators() -> None:
     print(library_description())
 
 
+@app.command("datasets")
+def datasets(data: DataPath = SETTINGS.data_dir) -> None:
+    """The benchmark datasets available to `run`, `demo` and `bench`, with row counts, where
+    each is read from, its origin and license."""
+    from cegraph.benchmarks import DatasetError, available
+
+    try:
+        found = available(data)
+    except DatasetError as exc:
+        _fail(str(exc))
+    if not found:
+        _fail(f"no dataset files under {data}; expected {{dataset}}_validate.jsonl files")
+    render.grid(["dataset", "rows", "from", "origin", "license"],
+                [[d.name, d.rows, d.location, d.origin, d.license] for d in found])
+
+
 # --- running --------------------------------------------------------------------------------
 @app.command("run")
 def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name")] = "math",
         dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
         n: Annotated[int, typer.Option("--n")] = 5, model: Model = SETTINGS.model,
-        data_dir: Annotated[str | None, typer.Option("--data-dir")] = SETTINGS.data_dir,
+        data_dir: DataPath = SETTINGS.data_dir,
         seed: int = 0, show_traces: bool = False) -> None:
     """Run a workflow on a benchmark slice and print its traces' summary (stores nothing)."""
-    from cegraph.benchmarks import DatasetNotFound, load
+    from cegraph.benchmarks import DatasetError, DatasetNotFound, load
     from cegraph.evaluators import evaluate
     from cegraph.executor import Executor
     from cegraph.llm import LLM
@@ -138,7 +149,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
     wf = _load_workflow(workflow)
     try:
         tasks = load(dataset, path=data_dir, n=n, seed=seed)
-    except (DatasetNotFound, ValueError) as exc:
+    except (DatasetNotFound, DatasetError, ValueError) as exc:
         _fail(str(exc))
     llm = LLM(model, concurrency=SETTINGS.concurrency)
     with bench.progress_bar(len(tasks), f"{wf.name} on {dataset}") as advance:
@@ -151,16 +162,21 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
 def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
          n: Annotated[int, typer.Option("--n")] = 12, model: Model = SETTINGS.model,
          home: Home = Path(SETTINGS.home),
-         data_dir: Annotated[str | None, typer.Option("--data-dir")] = SETTINGS.data_dir,
+         data_dir: DataPath = SETTINGS.data_dir,
          seed: int = 0,
          llm_labels: Annotated[bool, typer.Option(help="let the LLM name each mode")] = False
          ) -> None:
     """The main job on the embedded defaults: run the seed workflow with the local model on a
     benchmark slice (Prefect flow), store runs/spans/failures/signatures/modes in the
     warehouse, and print the traces' summary and the failure modes."""
+    from cegraph.benchmarks import DatasetNotFound, data_file
     from cegraph.local_model import MODELS, fetch
     from flows.evaluation import evaluate_workflow
 
+    try:
+        data_file(dataset, data_dir)
+    except (DatasetNotFound, ValueError) as exc:
+        _fail(str(exc))
     if model in MODELS:
         fetch(model, progress=lambda m: render.console.print(m))
     started = time.time()

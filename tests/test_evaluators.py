@@ -1,5 +1,7 @@
 """Evaluators against known right and wrong answers, on real benchmark rows."""
 
+import json
+
 import pytest
 
 from cegraph.benchmarks import DATASETS, load
@@ -95,4 +97,38 @@ def test_missing_dataset_says_what_to_do(tmp_path):
     from cegraph.benchmarks import DatasetNotFound
 
     with pytest.raises(DatasetNotFound, match="CEGRAPH_DATA_DIR"):
+        load("gsm8k", path=tmp_path)
+
+
+def test_packaged_data_is_used_without_any_folder_beside(monkeypatch, tmp_path):
+    from cegraph.benchmarks import available, data_file, packaged_data_dir
+
+    monkeypatch.delenv("CEGRAPH_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing beside the working directory
+    assert str(data_file("gsm8k")).startswith(str(packaged_data_dir()))
+    counts = {d.name: d.rows for d in available()}
+    assert counts == {"gsm8k": 264, "math": 119, "humaneval": 33, "mbpp": 86,
+                      "hotpotqa": 120, "drop": 200}
+    assert (packaged_data_dir() / "NOTICE.md").is_file()
+
+
+def test_data_path_and_env_point_elsewhere(monkeypatch, tmp_path):
+    row = {"question": "1+1?", "answer": "#### 2", "id": "mine-1"}
+    (tmp_path / "gsm8k_validate.jsonl").write_text(json.dumps(row) + "\n")
+    assert [t.id for t in load("gsm8k", path=tmp_path)] == ["mine-1"]
+    assert [t.id for t in load("gsm8k", path=tmp_path / "gsm8k_validate.jsonl")] == ["mine-1"]
+    monkeypatch.setenv("CEGRAPH_DATA_DIR", str(tmp_path))
+    assert [t.reference for t in load("gsm8k")] == ["2"]
+
+
+def test_malformed_data_is_one_line_naming_path_and_fields(tmp_path):
+    from cegraph.benchmarks import DatasetError
+
+    bad = tmp_path / "gsm8k_validate.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "no answer"}\n')
+    with pytest.raises(DatasetError, match=r"gsm8k_validate.jsonl:2: missing field\(s\) answer; "
+                       "a gsm8k row needs question, answer"):
+        load("gsm8k", path=tmp_path)
+    bad.write_text("{not json\n")
+    with pytest.raises(DatasetError, match=r"gsm8k_validate.jsonl:1: not a JSON object"):
         load("gsm8k", path=tmp_path)

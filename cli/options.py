@@ -1,0 +1,16 @@
+"""Command-line options shared by several commands (one definition, one help text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Home = Annotated[Path, typer.Option("--home", envvar="CEGRAPH_HOME",
+                                    help="Project home holding the warehouse.")]
+Model = Annotated[str, typer.Option("--model", "-m", help="Local model name (qwen2.5-coder-1.5b, "
+                                    "qwen2.5-coder-0.5b, smollm2-135m) or a litellm model string.")]
+DataPath = Annotated[str | None, typer.Option(
+    "--data", "--data-dir", help="A JSONL file, or a folder of {dataset}_validate.jsonl files "
+    "(default: the splits packaged with cegraph, or $CEGRAPH_DATA_DIR).")]
