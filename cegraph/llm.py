@@ -1,35 +1,42 @@
-"""The one place LLM calls happen: litellm routing, retries, metering, and the call store.
+"""The one place LLM calls happen: litellm routing, retries, the budget, and the call store.
 
-Every call is keyed by a hash of (model, messages, params, sample index). With a call store,
-a call whose key was seen before is answered from the store and costs nothing, which is what
-makes replay exact (llama.cpp at temperature 0 is not perfectly repeatable) and
-re-verification of an edited workflow cheap: unchanged upstream nodes hit the store.
+Every call is keyed by a hash of the whole normalized request (model, messages, every
+parameter that can change the answer, sample index) and a fingerprint of the model behind
+the name (a local model's sha256; else provider and api_base). With a call store, a call
+whose key was seen before is answered from the store and costs nothing, which is what makes
+replay exact (llama.cpp at temperature 0 is not perfectly repeatable) and re-verification of
+an edited workflow cheap: unchanged upstream nodes hit the store. Identical calls in flight
+at once share one provider call.
+
+Importing this module is cheap: litellm (seconds to import, process-wide flags) is imported
+and configured only when an `LLM` is built or `TRANSIENT_ERRORS` is first read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import ModuleType
 from typing import Any, Protocol
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm fetches it otherwise
+from cegraph.budget import BudgetExceeded, Meter, Price, Reservation, UnpricedModel
 
-import litellm  # noqa: E402
+__all__ = ["LLM", "BudgetExceeded", "CallStore", "Completion",
+           "MemoryCallStore", "Meter", "Price", "UnpricedModel", "call_key",
+           "model_fingerprint", "resolve_model", "transient_errors"]
 
-litellm.suppress_debug_info = True
-litellm.telemetry = False
-litellm.drop_params = True  # providers without `seed` etc. ignore it instead of failing
-
-# Errors worth retrying: the provider or the network may answer next time.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    litellm.RateLimitError, litellm.APIConnectionError, litellm.Timeout,
-    litellm.ServiceUnavailableError, litellm.InternalServerError,
-)
+# Call parameters that cannot change the answer, so they stay out of the call key.
+NOT_IN_KEY = frozenset({"timeout", "request_timeout", "stream_timeout", "api_key",
+                        "max_retries", "num_retries", "metadata", "drop_params"})
 
 
 @dataclass(frozen=True)
@@ -74,45 +81,56 @@ class MemoryCallStore:
         self.records.setdefault(record.key, record)
 
 
-class BudgetExceeded(RuntimeError):
-    """Raised before a call that would pass the run's hard budget (fails closed)."""
+@functools.cache
+def _litellm() -> ModuleType:
+    """Import litellm and set its process-wide flags, once, when calls are really made."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm fetches it otherwise
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
 
 
-@dataclass
-class Meter:
-    """Tokens, cost and calls of one run; `max_tokens`/`max_cost` make a hard budget."""
-
-    max_tokens: int | None = None
-    max_cost: float | None = None
-    calls: int = 0
-    cached_calls: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost: float = 0.0
-
-    def check(self) -> None:
-        if self.max_tokens is not None and self.tokens_in + self.tokens_out >= self.max_tokens:
-            raise BudgetExceeded(f"token budget of {self.max_tokens} spent")
-        if self.max_cost is not None and self.cost >= self.max_cost:
-            raise BudgetExceeded(f"cost budget of ${self.max_cost:.4f} spent")
-
-    def add(self, c: Completion) -> None:
-        if c.cached:
-            self.cached_calls += 1
-            return
-        self.calls += 1
-        self.tokens_in += c.tokens_in
-        self.tokens_out += c.tokens_out
-        self.cost += c.cost
-
-    def summary(self) -> dict[str, Any]:
-        return asdict(self)
+@functools.cache
+def transient_errors() -> tuple[type[Exception], ...]:
+    """Errors worth retrying: the provider or the network may answer next time."""
+    litellm = _litellm()
+    return (litellm.RateLimitError, litellm.APIConnectionError, litellm.Timeout,
+            litellm.ServiceUnavailableError, litellm.InternalServerError)
 
 
-def call_key(model: str, messages: list[dict[str, str]], params: dict[str, Any],
-             sample: int) -> str:
-    payload = json.dumps([model, messages, params, sample], sort_keys=True, ensure_ascii=False)
+def __getattr__(name: str) -> Any:
+    # `TRANSIENT_ERRORS` names litellm's classes, so it is built on first use (PEP 562)
+    if name == "TRANSIENT_ERRORS":
+        return transient_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_json_schema"):  # a pydantic response_format
+        return value.model_json_schema()
+    return repr(value)
+
+
+def call_key(fingerprint: str, model: str, messages: list[dict[str, Any]],
+             params: Mapping[str, Any], sample: int) -> str:
+    payload = json.dumps([fingerprint, model, messages, params, sample], sort_keys=True,
+                         ensure_ascii=False, default=_jsonable)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def model_fingerprint(model: str, params: Mapping[str, Any]) -> str:
+    """What identifies the weights behind a model name: a local model's sha256; for others
+    the provider and the server (api_base) that answers."""
+    from cegraph.local_model import LOCAL_PROVIDER, fingerprint
+
+    if model.startswith(f"{LOCAL_PROVIDER}/"):
+        return fingerprint(model.split("/", 1)[1])
+    provider, default_base = model.split("/", 1)[0], None
+    with contextlib.suppress(Exception):  # a custom provider litellm cannot name: its prefix
+        _, provider, _, default_base = _litellm().get_llm_provider(model)
+    return f"{provider}@{params.get('api_base') or params.get('base_url') or default_base or ''}"
 
 
 def resolve_model(name: str) -> str:
@@ -127,67 +145,145 @@ def resolve_model(name: str) -> str:
     return name
 
 
+@dataclass
+class _LoopState:
+    """What belongs to one event loop: asyncio primitives cannot cross loops."""
+
+    slots: asyncio.Semaphore
+    in_flight: dict[str, asyncio.Future[Completion]] = field(default_factory=dict)
+
+
 class LLM:
-    """Makes LLM calls through litellm for one run.
+    """Makes LLM calls through litellm.
 
     `model` is a litellm model string or a local model name; `concurrency` bounds calls in
-    flight; `extra` is passed to every call (e.g. `api_base`, `mock_response` in tests).
+    flight (per event loop); `meter` may be shared with other LLMs of the same job;
+    `input_cost_per_token`/`output_cost_per_token` price a model litellm has no price for
+    (required with `Meter(max_cost=...)`); `fingerprint` identifies the weights of a custom
+    model (e.g. an ollama digest) so a changed model under the same name misses the store;
+    `extra` is passed to every call (e.g. `api_base`, `mock_response` in tests).
     """
 
     def __init__(self, model: str, *, store: CallStore | None = None, meter: Meter | None = None,
                  max_retries: int = 3, concurrency: int = 4, timeout_s: float = 600.0,
-                 **extra: Any) -> None:
+                 fingerprint: str | None = None, input_cost_per_token: float | None = None,
+                 output_cost_per_token: float | None = None, **extra: Any) -> None:
+        if (input_cost_per_token is None) != (output_cost_per_token is None):
+            raise ValueError("give both input_cost_per_token and output_cost_per_token")
+        _litellm()
         self.model = resolve_model(model)
         self.store: CallStore = store if store is not None else MemoryCallStore()
-        self.meter = meter or Meter()
+        self.meter = meter if meter is not None else Meter()
         self.max_retries = max_retries
+        self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.extra = extra
-        self._slots = asyncio.Semaphore(concurrency)
+        self.explicit_price = (None if input_cost_per_token is None else
+                               Price(input_cost_per_token, output_cost_per_token or 0.0))
+        self.fingerprint = fingerprint or model_fingerprint(self.model, extra)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary())
+        self.meter.require_price(self.model, self.price(self.model))  # now, not mid-run
+
+    def price(self, model: str) -> Price | None:
+        """The explicit price, else litellm's, else 0 for a local model; None if unknown."""
+        from cegraph.local_model import LOCAL_PROVIDER
+
+        if self.explicit_price is not None:
+            return self.explicit_price
+        if model.startswith(f"{LOCAL_PROVIDER}/"):
+            return Price(0.0, 0.0)  # runs in-process
+        try:
+            info = _litellm().get_model_info(model)
+            return Price(float(info["input_cost_per_token"]),
+                         float(info["output_cost_per_token"]))
+        except Exception:  # litellm knows no price for it
+            return None
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState(asyncio.Semaphore(self.concurrency))
+        return state
 
     async def complete(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
                        max_tokens: int = 512, sample: int = 0, model: str | None = None
                        ) -> Completion:
-        """One chat completion; replayed from the store when this exact call was made before."""
+        """One chat completion; replayed from the store when this exact call was made before,
+        shared with an identical call in flight."""
         model = resolve_model(model) if model else self.model
-        params = {"temperature": temperature, "max_tokens": max_tokens}
-        key = call_key(model, messages, params, sample)
+        params = {k: v for k, v in self.extra.items() if k not in NOT_IN_KEY}
+        params |= {"temperature": temperature, "max_tokens": max_tokens}
+        fingerprint = (self.fingerprint if model == self.model
+                       else model_fingerprint(model, self.extra))
+        key = call_key(fingerprint, model, messages, params, sample)
         stored = self.store.get(key)
         if stored is not None:
-            done = replace(stored, cached=True)
-            self.meter.add(done)
-            return done
-        self.meter.check()
-        async with self._slots:
-            started = time.perf_counter()
-            response = await self._call_with_retries(model, messages, params, sample)
-            latency = time.perf_counter() - started
-        choice = response.choices[0]
-        usage = getattr(response, "usage", None)
-        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
-        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+            self.meter.count_cached()
+            return replace(stored, cached=True)
+        state = self._loop_state()
+        running = state.in_flight.get(key)
+        if running is not None:
+            done = await asyncio.shield(running)
+            self.meter.count_cached()
+            return replace(done, cached=True)
+        price = self.price(model)
+        # no await between the store miss and here: the reservation is atomic with the check
+        reservation = self.meter.reserve(model, _prompt_tokens(model, messages), max_tokens,
+                                         price)
+        running = asyncio.ensure_future(self._call(
+            key, model, messages, params, sample, price, reservation, state.slots))
+        state.in_flight[key] = running
+        running.add_done_callback(lambda _: state.in_flight.pop(key, None))
+        return await asyncio.shield(running)  # a cancelled caller leaves it to the others
+
+    async def _call(self, key: str, model: str, messages: list[dict[str, str]],
+                    params: dict[str, Any], sample: int, price: Price | None,
+                    reservation: Reservation, slots: asyncio.Semaphore) -> Completion:
         try:
-            cost = float(litellm.completion_cost(completion_response=response) or 0.0)
-        except Exception:  # unknown model price (local, custom): free
-            cost = 0.0
-        text = choice.message.content or ""
-        done = Completion(key, model, messages, params, sample, text, tokens_in, tokens_out,
-                          cost, latency, str(choice.finish_reason or "stop"))
+            async with slots:
+                started = time.perf_counter()
+                response = await self._call_with_retries(model, messages, params, sample)
+                latency = time.perf_counter() - started
+            choice = response.choices[0]
+            usage = getattr(response, "usage", None)
+            tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+            tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+            cost = price.of(tokens_in, tokens_out) if price else 0.0
+            done = Completion(key, model, messages, json.loads(json.dumps(
+                params, sort_keys=True, default=_jsonable)), sample, choice.message.content or "",
+                tokens_in, tokens_out, cost, latency, str(choice.finish_reason or "stop"))
+        except BaseException:
+            self.meter.release(reservation)
+            raise
+        self.meter.settle(reservation, tokens_in, tokens_out, cost)
         self.store.put(done)
-        self.meter.add(done)
         return done
 
     async def _call_with_retries(self, model: str, messages: list[dict[str, str]],
                                  params: dict[str, Any], sample: int) -> Any:
-        extra = dict(self.extra)
+        litellm = _litellm()
+        kwargs = {**self.extra, **params}
         if sample and params["temperature"] > 0:
-            extra.setdefault("seed", sample)  # distinct samples where the provider has seeds
+            kwargs.setdefault("seed", sample)  # distinct samples where the provider has seeds
+        transient = transient_errors()
         for attempt in range(self.max_retries + 1):
             try:
+                # drop_params per call: providers without `seed` etc. ignore it, not fail
                 return await litellm.acompletion(model=model, messages=messages,
-                                                 timeout=self.timeout_s, **params, **extra)
-            except TRANSIENT_ERRORS:
+                                                 timeout=self.timeout_s, drop_params=True,
+                                                 **kwargs)
+            except transient:
                 if attempt == self.max_retries:
                     raise
                 await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (1 + random.random()))
         raise AssertionError("unreachable")
+
+
+def _prompt_tokens(model: str, messages: list[dict[str, str]]) -> int:
+    """An estimate of the prompt's tokens (the real count is known only after the call)."""
+    try:
+        return int(_litellm().token_counter(model=model, messages=messages))
+    except Exception:  # no tokenizer for it: bytes bound the tokens of byte-level BPEs
+        return sum(len(json.dumps(m).encode()) for m in messages)

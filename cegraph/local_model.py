@@ -149,6 +149,13 @@ def _still_verified(path: Path) -> bool:
     return marker.exists() and marker.read_text() == _stamp(path)
 
 
+def fingerprint(name: str) -> str:
+    """What identifies a local model's weights (keys its calls in the call store)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown local model {name!r}; choose one of {', '.join(MODELS)}")
+    return f"sha256:{MODELS[name].sha256}"
+
+
 def verify(name: str) -> bool:
     path = model_path(name)
     return path.exists() and _sha256(path) == MODELS[name].sha256

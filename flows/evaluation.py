@@ -12,6 +12,7 @@ from prefect import flow
 from cegraph.benchmarks import load
 from cegraph.failure_space import Analysis
 from cegraph.graph import Workflow
+from cegraph.llm import Meter
 from cegraph.seeds import seed
 from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.trace import Trace
@@ -34,14 +35,17 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
                       home: str | None = None, workflow_path: str | None = None,
                       data_dir: str | None = None, seed_value: int = 0,
                       concurrency: int = 2, llm_labels: bool = False,
-                      locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> Evaluation:
+                      locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_tokens: int | None = None,
+                      max_cost: float | None = None) -> Evaluation:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
-    span and failure, embed and index the signatures, and compute the failure modes."""
+    span and failure, embed and index the signatures, and compute the failure modes.
+    `max_tokens`/`max_cost` are the job's hard budget, kept across task retries."""
     wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
     night_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     with Warehouse(Path(home) if home else None) as wh:
-        traces = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency)
+        traces = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency,
+                              meter=Meter(max_tokens=max_tokens, max_cost=max_cost))
         store_traces(wh, wf, traces, night_id=night_id, source="benchmark", dataset=dataset)
         analysis = analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
                                      night_id=night_id, locus_weight=locus_weight,

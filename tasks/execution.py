@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
-from cegraph.llm import LLM
+from cegraph.llm import LLM, Meter
 from cegraph.task import Task
 from cegraph.trace import Trace
 from storage import Warehouse
@@ -19,10 +19,11 @@ from storage import Warehouse
 
 @task(name="run-workflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
-                 concurrency: int = 2) -> list[Trace]:
-    """Run and grade every task; a retry replays finished calls from the call store."""
+                 concurrency: int = 2, meter: Meter | None = None) -> list[Trace]:
+    """Run and grade every task; a retry replays finished calls from the call store and
+    spends from the same `meter` (the job's budget), not a fresh one."""
     log = get_run_logger()
-    llm = LLM(model, store=wh, concurrency=concurrency)
+    llm = LLM(model, store=wh, concurrency=concurrency, meter=meter)
     done = 0
 
     def progress(trace: Trace) -> None:

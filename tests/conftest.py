@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,7 +23,9 @@ Reply = Callable[[list[dict[str, str]]], str]
 
 class ScriptedLLM(CustomLLM):
     """A litellm provider whose answers come from a test's function of the messages; counts
-    the calls that reach it (so replay from the call store is observable)."""
+    the calls that reach it (so replay from the call store is observable). With `delay` set,
+    an async call sleeps that long without blocking the loop, and `peak` records the most
+    calls in flight at once."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,6 +33,9 @@ class ScriptedLLM(CustomLLM):
         self.calls: list[list[dict[str, str]]] = []
         self.fail_first: int = 0
         self.finish_reason = "stop"
+        self.delay = 0.0
+        self.in_flight = 0
+        self.peak = 0
 
     def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
         self.calls.append(messages)
@@ -46,7 +52,14 @@ class ScriptedLLM(CustomLLM):
                    "total_tokens": 0})
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        return self.completion(model, messages, *args, **kwargs)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return self.completion(model, messages, *args, **kwargs)
+        finally:
+            self.in_flight -= 1
 
 
 _HANDLER = ScriptedLLM()
@@ -59,6 +72,9 @@ def scripted() -> Iterator[ScriptedLLM]:
     _HANDLER.calls = []
     _HANDLER.fail_first = 0
     _HANDLER.finish_reason = "stop"
+    _HANDLER.delay = 0.0
+    _HANDLER.in_flight = 0
+    _HANDLER.peak = 0
     yield _HANDLER
 
 

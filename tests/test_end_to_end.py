@@ -77,3 +77,34 @@ def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, pref
     assert out.exit_code == 0
     assert "format (Format)" in out.output or "solve (ChainOfThought)" in out.output
     assert "stable" in out.output and "expected" in out.output
+
+
+def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, monkeypatch):
+    from prefect import flow
+
+    import tasks.execution
+    from cegraph.llm import Meter
+    from storage import Warehouse
+
+    class CrashesOnce(Executor):  # the first attempt dies after its calls were made
+        crashed = False
+
+        async def run_many(self, *args, **kw):
+            traces = await super().run_many(*args, **kw)
+            if not CrashesOnce.crashed:
+                CrashesOnce.crashed = True
+                raise RuntimeError("worker lost")
+            return traces
+
+    monkeypatch.setattr(tasks.execution, "Executor", CrashesOnce)
+    meter = Meter(max_tokens=100_000)
+
+    @flow
+    def job() -> int:
+        with Warehouse(tmp_path) as wh:
+            return len(tasks.execution.run_workflow.with_options(retry_delay_seconds=0)(
+                wh, seed("math"), load("gsm8k", n=2), model="scripted/m", meter=meter))
+
+    assert job() == 2 and CrashesOnce.crashed
+    # both attempts spent from the one meter: 4 paid calls, then 4 replayed by the retry
+    assert meter.calls == len(scripted.calls) == 4 and meter.cached_calls == 4

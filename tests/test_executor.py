@@ -179,27 +179,16 @@ def test_litellm_mock_response_path():
 
 
 def test_concurrency_is_bounded(scripted):
-    in_flight, peak = 0, 0
-    import threading
-
-    lock = threading.Lock()
-
-    def reply(messages):
-        nonlocal in_flight, peak
-        with lock:
-            in_flight += 1
-            peak = max(peak, in_flight)
-        import time
-        time.sleep(0.01)
-        with lock:
-            in_flight -= 1
-        return "\\boxed{7}"
-
-    scripted.reply = reply
+    scripted.reply = lambda m: "\\boxed{7}"
+    scripted.delay = 0.02  # async: calls really overlap, the loop is never blocked
     tasks = [Task(f"t{i}", "gsm8k", f"{i}+7-{i}?", "7") for i in range(8)]
-    traces = run(seed("math"), tasks, LLM("scripted/m"), concurrency=3)
+    traces = run(seed("math"), tasks, LLM("scripted/m", concurrency=8), concurrency=3)
+    assert scripted.peak == 3  # the executor's bound, reached and never passed
     assert [t.task_id for t in traces] == [t.id for t in tasks]
     assert all(t.outcome.passed for t in traces)
+    scripted.peak = 0
+    run(seed("math"), tasks, LLM("scripted/m", concurrency=2), concurrency=8)
+    assert scripted.peak == 2  # the LLM's own bound
 
 
 def test_locus_is_where_the_wrong_answer_was_born(scripted):
