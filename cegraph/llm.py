@@ -186,10 +186,11 @@ class LLM:
         self.meter.require_price(self.model, self.price(self.model))  # now, not mid-run
 
     def price(self, model: str) -> Price | None:
-        """The explicit price, else litellm's, else 0 for a local model; None if unknown."""
+        """The price given for this LLM's model, else 0 for a local model, else litellm's;
+        None when unknown."""
         from cegraph.local_model import LOCAL_PROVIDER
 
-        if self.explicit_price is not None:
+        if self.explicit_price is not None and model == self.model:
             return self.explicit_price
         if model.startswith(f"{LOCAL_PROVIDER}/"):
             return Price(0.0, 0.0)  # runs in-process
