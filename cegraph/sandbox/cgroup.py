@@ -86,12 +86,11 @@ class RunCgroup:
         self.procs = [str(d / "cgroup.procs") for d in self.dirs]
 
     def oom_killed(self) -> bool:
-        """Whether the memory limit was hit (a task was killed or an allocation refused)."""
+        """Whether the memory limit made the kernel kill a task of the run."""
+        events = self.dirs[-1] / ("memory.events" if self.version == 2 else "memory.oom_control")
         with contextlib.suppress(OSError, ValueError):
-            if self.version == 2:
-                events = (self.dirs[0] / "memory.events").read_text().split()
-                return int(events[events.index("oom_kill") + 1]) > 0
-            return int((self.dirs[1] / "memory.failcnt").read_text()) > 0
+            words = events.read_text().split()
+            return int(words[words.index("oom_kill") + 1]) > 0
         return False
 
     def close(self) -> None:
