@@ -72,7 +72,8 @@ def test_files_outside_the_work_dir_are_untouched_and_unreadable(tmp_path):
                 f"os.rename({str(canary)!r}, {str(canary)!r} + '.moved')",
                 f"os.unlink({str(canary)!r})", "open('/etc/shadow').read()",
                 f"os.listdir({str(Path.cwd())!r})", "open('/usr/pwned', 'w')",
-                "open(os.path.expanduser('~root') + '/.bashrc').read()", "open('/proc/1/root/etc/shadow').read()"]
+                "open(os.path.expanduser('~root') + '/.bashrc').read()",
+                "open('/proc/1/root/etc/shadow').read()"]
     code = "import os\n" + "".join(
         f"try:\n    {a}\n    print('DONE')\nexcept OSError:\n    print('denied')\n"
         for a in attempts)
@@ -182,9 +183,11 @@ def test_memfd_sysv_shm_and_dev_shm_are_bounded():
     code = ("import ctypes, os\n"
             "try:\n    os.memfd_create('x')\n    print('DONE')\nexcept OSError:\n"
             "    print('denied')\n"
-            "print('denied' if ctypes.CDLL(None).shmget(0, 1 << 20, 0o1600) == -1 else 'DONE')\n"
+            "shm = ctypes.CDLL(None).shmget(0, 1 << 20, 0o1600)\n"
+            "print('denied' if shm == -1 else 'DONE')\n"
             "n = 0\ntry:\n    for i in range(100):\n"
-            "        with open(f'/dev/shm/f{i}', 'wb') as f:\n            f.write(b'x' * (1 << 20))\n"
+            "        with open(f'/dev/shm/f{i}', 'wb') as f:\n"
+            "            f.write(b'x' * (1 << 20))\n"
             "        n += 1\nexcept OSError:\n    pass\nprint(n)\n")
     out = lines(code, limits=limits)
     assert out[:2] == ["denied", "denied"] and int(out[2]) <= limits.disk_mb

@@ -24,7 +24,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from cegraph.sandbox.cgroup import cgroup_layout
 
