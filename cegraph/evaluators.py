@@ -20,7 +20,7 @@ from fractions import Fraction
 
 from cegraph.answers import extract_answer, last_number
 from cegraph.benchmarks import extract_code
-from cegraph.sandbox import PRELUDE_LINES, SandboxLimits, SandboxResult, run_python
+from cegraph.sandbox import PROGRAM_FILENAME, SandboxLimits, SandboxResult, run_python
 from cegraph.task import Task
 from cegraph.trace import Outcome, Trace
 
@@ -131,10 +131,12 @@ _ASSERT = re.compile(r"^\s*(assert .+)$")
 
 
 def _failing_assert(program: str, result: SandboxResult) -> str | None:
-    """The source line of the assert that failed, read off the traceback's line numbers."""
+    """The source line of the assert that failed, read off the traceback's line numbers
+    (the sandbox runs the program's text unchanged, so they are the program's own)."""
     lines = program.splitlines()
-    for lineno in reversed(re.findall(r'File ".*main\.py", line (\d+)', result.stderr)):
-        idx = int(lineno) - 1 - PRELUDE_LINES
+    pattern = rf'File "{re.escape(PROGRAM_FILENAME)}", line (\d+)'
+    for lineno in reversed(re.findall(pattern, result.stderr)):
+        idx = int(lineno) - 1
         if 0 <= idx < len(lines) and (m := _ASSERT.match(lines[idx])):
             return m.group(1).strip()
     return None
@@ -157,9 +159,14 @@ def grade_code(task: Task, output: str, limits: SandboxLimits = GRADING_LIMITS) 
     if not code.strip():
         return Outcome(False, 0.0, "no_answer", "no code found in the answer", "", "")
     program = grading_program(task, code)
-    result = run_python(program, limits=limits)
-    if result.ok:
+    # graded code never runs as __main__, and passes only on the harness's completion marker:
+    # an early sys.exit/os._exit, or a killed harness, is a failure
+    result = run_python(program, limits=limits, as_main=False)
+    if result.ok and result.completed:
         return Outcome(True, 1.0, None, "", "", _short(code))
+    if result.ok:
+        return Outcome(False, 0.0, "exception", "the program exited before its tests finished",
+                       "", _short(code))
     if result.timed_out:
         return Outcome(False, 0.0, "timeout", "timeout: the tests did not finish in "
                        f"{limits.timeout_s:g}s", "", _short(code))

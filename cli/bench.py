@@ -205,3 +205,52 @@ def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
     render.grid(list(figures), [[str(v) for v in figures.values()]], title="bench fss")
     if as_json:
         print(json.dumps(figures))
+
+
+@app.command("sandbox")
+def bench_sandbox(runs: Annotated[int, typer.Option("--runs")] = 20,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Median start-to-finish time of a trivial program and of a HumanEval grading, with
+    kernel isolation and in the unisolated mode."""
+    import os
+
+    from cegraph.benchmarks import load
+    from cegraph.evaluators import grade_code
+    from cegraph.sandbox import MODE_ENV, UNISOLATED, current_mode, run_python
+
+    if (mode := current_mode()).isolation == "refused":
+        raise typer.BadParameter(mode.why)
+    task = load("humaneval", n=1, seed=0)[0]
+    solution = task.metadata.get("prompt", "") + task.metadata.get("canonical", "")
+
+    def median_ms(work: Callable[[], object]) -> float:
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            work()
+            times.append((time.perf_counter() - t) * 1000)
+        return round(statistics.median(times), 1)
+
+    def trivial() -> None:
+        assert run_python("print(1)").ok
+
+    def grading() -> None:
+        assert grade_code(task, solution).passed
+
+    trivial_ms, grading_ms = median_ms(trivial), median_ms(grading)
+    previous = os.environ.get(MODE_ENV)
+    os.environ[MODE_ENV] = UNISOLATED
+    try:
+        trivial_plain, grading_plain = median_ms(trivial), median_ms(grading)
+    finally:
+        if previous is None:
+            del os.environ[MODE_ENV]
+        else:
+            os.environ[MODE_ENV] = previous
+    figures = {"runs": runs, "task": task.id, "trivial_ms": trivial_ms,
+               "grading_ms": grading_ms, "trivial_ms_unisolated": trivial_plain,
+               "grading_ms_unisolated": grading_plain,
+               "added_ms": round(trivial_ms - trivial_plain, 1)}
+    render.grid(list(figures), [[str(v) for v in figures.values()]], title="bench sandbox")
+    if as_json:
+        print(json.dumps(figures))

@@ -20,10 +20,12 @@ def assert_program(code: str, entry_point: str, asserts: list[str]) -> str:
 
 def run_public_tests(code: str, entry_point: str, asserts: list[str],
                      limits: SandboxLimits) -> tuple[bool, str]:
-    result = run_python(assert_program(code, entry_point, asserts), limits=limits)
-    if result.ok:
+    # as in grading: not __main__, and only the completion marker counts as passing
+    result = run_python(assert_program(code, entry_point, asserts), limits=limits,
+                        as_main=False)
+    if result.ok and result.completed:
         return True, f"all {len(asserts)} public tests passed"
-    return False, result.error
+    return False, result.error or "the program exited before its tests finished"
 
 
 @operator

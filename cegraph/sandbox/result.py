@@ -1,0 +1,64 @@
+"""What a sandboxed run may use (`SandboxLimits`) and what it produced (`SandboxResult`)."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    timeout_s: float = 10.0
+    #: per-process address space (RLIMIT_AS) and, with a cgroup, the whole run's memory
+    memory_mb: int = 1024
+    #: stdout beyond this kills the run; stderr keeps its last bytes of this size
+    max_output_bytes: int = 64 * 1024
+    #: processes + threads of the whole run
+    max_processes: int = 64
+    #: size of the work directory's tmpfs (and of the run's own /dev/shm)
+    disk_mb: int = 64
+    #: largest file the run may write (RLIMIT_FSIZE)
+    max_file_mb: int = 16
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL`, `SIGRTMIN+2`, or `signal 99`: never raises for numbers `Signals` lacks."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return f"signal {number}"
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    ok: bool
+    stdout: str
+    stderr: str
+    #: the program's exit status; negative: killed by that signal; None: it never started
+    returncode: int | None
+    timed_out: bool = False
+    #: "bwrap" (kernel isolation), "unisolated" (the opt-in weaker mode) or "refused"
+    isolation: str = "bwrap"
+    #: the harness wrote this run's nonce after the program's last line ran (positive evidence)
+    completed: bool = False
+    #: why the host stopped or refused the run (output limit, no isolation, internal error)
+    reason: str = ""
+
+    @property
+    def error(self) -> str:
+        """One line naming why the run failed: the host's reason, timeout, the exception,
+        or the signal."""
+        if self.reason:
+            return self.reason
+        if self.timed_out:
+            return "Timeout: program exceeded its time limit"
+        lines = [ln for ln in self.stderr.strip().splitlines() if ln.strip()]
+        for line in reversed(lines):
+            if not line.startswith((" ", "\t", "Traceback")):
+                return line.strip()
+        if self.returncode is not None and self.returncode < 0:
+            name = signal_name(-self.returncode)
+            return f"Killed: {name}" + (" (file size limit)" if name == "SIGXFSZ" else "")
+        return f"exit status {self.returncode}" if not self.ok else ""
