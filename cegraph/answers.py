@@ -83,9 +83,12 @@ def extract_answer(kind: Kind, text: str) -> str | None:
 # --- equivalence --------------------------------------------------------------------------
 
 def to_number(text: str) -> float | None:
-    text = text.replace(",", "").replace("\\$", "").replace("$", "").strip().rstrip(".")
+    """The value of a text that is one number (`\\$1,000.`, `3/4`); `2,3` is none."""
+    text = text.replace("\\$", "").replace("$", "").strip().rstrip(".")
+    if not _NUMBER.fullmatch(text):
+        return None
     try:
-        return float(Fraction(text))
+        return float(Fraction(text.replace(",", "")))
     except (ValueError, ZeroDivisionError):
         return None
 

@@ -67,7 +67,8 @@ def _with_truncation(trace: Trace, outcome: Outcome) -> Outcome:
 def evaluate(task: Task, trace: Trace) -> Outcome:
     """Grade `trace` against `task` (dispatches on the task's grader)."""
     grader = grader_for(task)
-    failed = trace.error_span
+    # the raiser that left no output: the one on the data path, not any that raised first
+    failed = next((s for s, _ in trace.data_path() if s.error), None) or trace.error_span
     if trace.output is None and failed is not None:
         kind = "timeout" if "timeout" in (failed.error or "").lower() else "exception"
         outcome = Outcome(False, 0.0, kind, f"{failed.error_type}: {failed.error}",
