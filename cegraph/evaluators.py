@@ -4,25 +4,42 @@ rich enough to tell failures apart (the failure signature embeds that message).
 Failure classes:
 - `wrong_answer`: an answer was given and it is wrong (`expected 18, got 16`);
 - `no_answer`: no answer could be extracted (a format failure);
-- `truncated`: a failed run in which an LLM call stopped at its token limit;
+- `truncated`: a failed run in which a call that fed the output stopped at its token limit;
 - `test_failure`: code that ran but failed an assert (the assert is named);
 - `exception`: a node raised, or the code under test raised (type and message);
 - `timeout`: a node or the code under test ran out of time.
-QA passes at token F1 >= `QA_PASS_F1`.
+QA passes at token F1 >= `QA_PASS_F1` (DROP with its official number normalization).
+
+Code is graded on the asserts the workflow was *not* shown: a task's public tests (what a
+`Test` node runs) are removed from its grading asserts, so a workflow cannot pass by fitting
+what it saw. `Outcome.passed`/`score` are that hidden-only verdict; `Outcome.score_all` is
+the full suite's.
 """
 
 from __future__ import annotations
 
+import ast
 import re
-import string
 from collections import Counter
-from fractions import Fraction
 
-from cegraph.answers import extract_answer, last_number
+from cegraph.answers import (
+    drop_tokens,
+    extract_answer,
+    first_number,
+    grader_for,
+    is_number,
+    math_equal,
+    normalize_qa,
+    number_answer,
+)
 from cegraph.benchmarks import extract_code
 from cegraph.sandbox import PROGRAM_FILENAME, SandboxLimits, SandboxResult, run_python
 from cegraph.task import Task
 from cegraph.trace import Outcome, Trace
+
+#: Bump whenever a verdict could change for the same run (stored outcomes carry it, so a
+#: re-grade can tell which verdicts are stale).
+EVALUATOR_VERSION = "2"
 
 QA_PASS_F1 = 0.8
 FAILURE_CLASSES = ("wrong_answer", "no_answer", "truncated", "test_failure", "exception",
@@ -35,9 +52,11 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _with_truncation(trace: Trace, outcome: Outcome) -> Outcome:
+    """A wrong or missing answer is `truncated` only when a call cut off at its token limit
+    fed the output (a truncated call in a branch the output did not use changes nothing)."""
     if outcome.passed:
         return outcome
-    cut = next((s for s in trace.spans if s.truncated), None)
+    cut = next((s for s, _ in trace.data_path() if s.truncated), None)
     if cut is not None and outcome.failure_class in ("wrong_answer", "no_answer"):
         outcome.failure_class = "truncated"
         outcome.message = (f"answer cut off at the token limit in {cut.operator} "
@@ -46,76 +65,48 @@ def _with_truncation(trace: Trace, outcome: Outcome) -> Outcome:
 
 
 def evaluate(task: Task, trace: Trace) -> Outcome:
-    """Grade `trace` against `task` (dispatches on the task's dataset/kind)."""
-    failed = trace.error_span
+    """Grade `trace` against `task` (dispatches on the task's grader)."""
+    grader = grader_for(task)
+    # the raiser that left no output: the one on the data path, not any that raised first
+    failed = next((s for s, _ in trace.data_path() if s.error), None) or trace.error_span
     if trace.output is None and failed is not None:
         kind = "timeout" if "timeout" in (failed.error or "").lower() else "exception"
-        return Outcome(False, 0.0, kind, f"{failed.error_type}: {failed.error}",
-                       task.reference if task.kind != "code" else "", "")
-    output = trace.output or ""
-    if task.kind == "code":
-        outcome = grade_code(task, output)
-    elif task.dataset == "math":
-        outcome = grade_math(task.reference, output)
-    elif task.kind == "math":
-        outcome = grade_number(task.reference, output)
+        outcome = Outcome(False, 0.0, kind, f"{failed.error_type}: {failed.error}",
+                          task.reference if task.kind != "code" else "", "")
     else:
-        outcome = grade_qa(task.reference, output)
-    return _with_truncation(trace, outcome)
+        output = trace.output or ""
+        if grader == "code":
+            outcome = grade_code(task, output)
+        elif grader == "math":
+            outcome = grade_math(task.reference, output)
+        elif grader == "number":
+            outcome = grade_number(task.reference, output)
+        else:
+            outcome = grade_qa(task.reference, output, drop=grader == "drop")
+        outcome = _with_truncation(trace, outcome)
+    outcome.grader = grader
+    outcome.evaluator_version = EVALUATOR_VERSION
+    return outcome
 
 
 # --- math ---------------------------------------------------------------------------------
 
-def _to_number(text: str) -> float | None:
-    text = text.replace(",", "").replace("$", "").strip().rstrip(".")
-    try:
-        return float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
 def grade_number(reference: str, output: str) -> Outcome:
-    """GSM8K-style: the last number of the answer against the gold number."""
-    got = last_number(extract_answer("math", output) or "") if output else None
+    """GSM8K-style: the first number of the answer (boxed, else the answer line, else the
+    last number of the text) against the gold number."""
+    answer = extract_answer("math", output) if output else None
+    got = first_number(answer) if answer else None
     if got is None:
         return Outcome(False, 0.0, "no_answer", "no number found in the answer", reference,
                        _short(output))
-    ok = _to_number(got) is not None and abs(_to_number(got) - float(reference)) < 1e-6
+    value = number_answer(got)
+    ok = value is not None and abs(value - float(reference)) < 1e-6
     return Outcome(ok, float(ok), None if ok else "wrong_answer",
                    "" if ok else f"expected {reference}, got {got}", reference, got)
 
 
-_LATEX_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "^\\circ", "^{\\circ}", "\\%",
-               "%", "$", "\\displaystyle")
-
-
-def normalize_math(text: str) -> str:
-    """A canonical string for a MATH answer (units, spacing and LaTeX variants removed)."""
-    s = text.strip()
-    s = re.sub(r"\\text\{\s*([^}]*)\}", r"\1", s)
-    s = re.sub(r"\\mbox\{\s*([^}]*)\}", r"\1", s)
-    for token in _LATEX_DROP:
-        s = s.replace(token, "")
-    s = s.replace("dfrac", "frac").replace("tfrac", "frac")
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", s)
-    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
-    s = re.sub(r"^[a-zA-Z]\s*=", "", s)
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    s = re.sub(r"(\d),(\d\d\d)", r"\1\2", s)
-    s = re.sub(r"\((-?\d+(?:\.\d+)?)\)", r"\1", s)  # (3)/(4) -> 3/4
-    return s
-
-
-def math_equal(a: str, b: str) -> bool:
-    na, nb = normalize_math(a), normalize_math(b)
-    if na == nb:
-        return True
-    fa, fb = _to_number(na), _to_number(nb)
-    return fa is not None and fb is not None and abs(fa - fb) < 1e-6
-
-
 def grade_math(reference: str, output: str) -> Outcome:
+    """MATH: the boxed (else answer-line) answer, equal to the gold under math-verify."""
     got = extract_answer("math", output) if output else None
     if got is None:
         return Outcome(False, 0.0, "no_answer", "no boxed answer found", reference,
@@ -142,19 +133,60 @@ def _failing_assert(program: str, result: SandboxResult) -> str | None:
     return None
 
 
-def grading_program(task: Task, code: str) -> str:
+def _canonical(statement: str, entry: str) -> str | None:
+    """An assert as one canonical string, the function under test called `candidate`."""
+    try:
+        tree = ast.parse(statement.strip())
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == entry:
+            node.id = "candidate"
+    return ast.unparse(tree)
+
+
+def hidden_tests(task: Task) -> str:
+    """The task's grading test code less every assert its public tests show (each replaced
+    by `pass`, so the code keeps its shape and line numbers)."""
+    entry = task.entry_point or "candidate"
+    shown = {c for c in (_canonical(t, entry) for t in task.public_tests) if c}
+    try:
+        tree = ast.parse(task.reference)
+    except SyntaxError:
+        return task.reference
+    lines = task.reference.splitlines()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assert) and node.end_lineno is not None
+                and _canonical(ast.unparse(node), entry) in shown):
+            first = lines[node.lineno - 1]
+            indent = first[: len(first) - len(first.lstrip())]
+            lines[node.lineno - 1] = f"{indent}pass"
+            for i in range(node.lineno, node.end_lineno):
+                lines[i] = ""
+    return "\n".join(lines)
+
+
+def grading_program(task: Task, code: str, *, hidden: bool = True) -> str:
+    """The program that grades `code`: the hidden asserts only, or (`hidden=False`) all."""
     entry = task.entry_point or ""
     if task.dataset == "humaneval" and f"def {entry}" not in code:
         code = task.metadata.get("prompt", "") + code  # a body-only completion
-    if "def check(candidate" in task.reference:
-        return f"{code}\n\n{task.reference}\n\ncheck({entry})\n"
-    return f"{code}\n\n{task.reference}\n"
+    tests = hidden_tests(task) if hidden else task.reference
+    if "def check(candidate" in tests:
+        return f"{code}\n\n{tests}\n\ncheck({entry})\n"
+    return f"{code}\n\n{tests}\n"
+
+
+def _completes(program: str, limits: SandboxLimits) -> bool:
+    result = run_python(program, limits=limits, as_main=False)
+    return result.ok and result.completed
 
 
 GRADING_LIMITS = SandboxLimits(timeout_s=10.0)
 
 
 def grade_code(task: Task, output: str, limits: SandboxLimits = GRADING_LIMITS) -> Outcome:
+    """Pass/fail on the hidden asserts; `score_all` on the full suite (hidden + shown)."""
     code = extract_code(output) if output else ""
     if not code.strip():
         return Outcome(False, 0.0, "no_answer", "no code found in the answer", "", "")
@@ -163,7 +195,9 @@ def grade_code(task: Task, output: str, limits: SandboxLimits = GRADING_LIMITS) 
     # an early sys.exit/os._exit, or a killed harness, is a failure
     result = run_python(program, limits=limits, as_main=False)
     if result.ok and result.completed:
-        return Outcome(True, 1.0, None, "", "", _short(code))
+        full = grading_program(task, code, hidden=False)
+        score_all = 1.0 if full == program or _completes(full, limits) else 0.0
+        return Outcome(True, 1.0, None, "", "", _short(code), score_all=score_all)
     if result.ok:
         return Outcome(False, 0.0, "exception", "the program exited before its tests finished",
                        "", _short(code))
@@ -179,16 +213,16 @@ def grade_code(task: Task, output: str, limits: SandboxLimits = GRADING_LIMITS) 
 
 # --- QA -----------------------------------------------------------------------------------
 
-def normalize_qa(text: str) -> str:
-    """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def f1(prediction: str, gold: str) -> float:
-    p, g = normalize_qa(prediction).split(), normalize_qa(gold).split()
+def f1(prediction: str, gold: str, *, drop: bool = False) -> float:
+    """Token F1; with `drop`, DROP's: its normalization, and 0 when the gold has numbers and
+    the prediction none of them."""
+    if drop:
+        p, g = drop_tokens(prediction), drop_tokens(gold)
+        gold_numbers = {t for t in g if is_number(t)}
+        if gold_numbers and not gold_numbers & set(p):
+            return 0.0
+    else:
+        p, g = normalize_qa(prediction).split(), normalize_qa(gold).split()
     common = sum((Counter(p) & Counter(g)).values())
     if not p or not g or common == 0:
         return float(p == g)
@@ -196,15 +230,16 @@ def f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def grade_qa(reference: str, output: str) -> Outcome:
+def grade_qa(reference: str, output: str, *, drop: bool = False) -> Outcome:
     """HotpotQA/DROP: best F1 over the accepted answers (DROP separates them with `|`)."""
     got = extract_answer("qa", output) if output else None
     if not got:
         return Outcome(False, 0.0, "no_answer", "no answer found", reference, "")
     golds = [g.strip() for g in reference.split("|") if g.strip()] or [reference]
-    best = max(golds, key=lambda g: f1(got, g))
-    score = f1(got, best)
-    exact = normalize_qa(got) == normalize_qa(best)
+    best = max(golds, key=lambda g: f1(got, g, drop=drop))
+    score = f1(got, best, drop=drop)
+    exact = (drop_tokens(got) == drop_tokens(best) if drop
+             else normalize_qa(got) == normalize_qa(best))
     ok = exact or score >= QA_PASS_F1
     return Outcome(ok, score, None if ok else "wrong_answer",
                    "" if ok else f'expected "{_short(best, 60)}", got "{_short(got, 60)}" '

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cegraph.graph import WORKFLOW_INPUT, Condition, Workflow
+from cegraph.graph import WORKFLOW_INPUT, Workflow
 from cegraph.llm import LLM, BudgetExceeded, Completion
 from cegraph.operators import REGISTRY, NodeContext
 from cegraph.sandbox import SandboxLimits
@@ -39,44 +39,71 @@ class Executor:
         self.sandbox = sandbox or SandboxLimits()
 
     async def run(self, workflow: Workflow, task: Task, *, run_id: str | None = None) -> Trace:
+        """Run every node once its upstream nodes are done, independent branches concurrently;
+        spans keep the workflow's topological order."""
         started = time.time()
         values: dict[tuple[str, str], Any] = {(WORKFLOW_INPUT, "text"): task.input}
-        spans: list[Span] = []
-        for nid in workflow.order:
-            node = workflow.by_id[nid]
-            op = REGISTRY[node.op]
-            span = Span(nid, node.op, workflow.depth[nid], started=time.time())
-            spans.append(span)
-            try:
-                if node.when:
-                    cond = Condition.parse(node.when)
-                    flag = values.get((cond.node, cond.port))
-                    if flag is None or bool(flag) == cond.negate:
-                        raise _Skipped
-                span.inputs = {port: self._source(workflow, node.sources(port), values)
-                               for port in node.inputs}
-                params = {**op.params, **node.params}
-                ctx = NodeContext(task, params, self._recorder(span), self.sandbox)
-                span.outputs = await op().run(ctx, span.inputs)
-                values.update({(nid, port): v for port, v in span.outputs.items()})
-            except _Skipped:
-                span.skipped = True
-            except BudgetExceeded:
-                raise  # the whole run stops: a hard budget fails closed
-            except Exception as exc:  # a node failure is data: record it, go on
-                span.error = str(exc) or exc.__class__.__name__
-                span.error_type = exc.__class__.__name__
-            span.ended = time.time()
-        out = values.get(workflow.output_ref())
+        spans = {nid: Span(nid, workflow.by_id[nid].op, workflow.depth[nid])
+                 for nid in workflow.order}
+        done = {nid: asyncio.Event() for nid in workflow.order}
+
+        async def node_when_ready(nid: str) -> None:
+            for upstream in workflow.by_id[nid].upstream():
+                await done[upstream].wait()
+            await self._run_node(workflow, nid, task, spans[nid], values)
+            done[nid].set()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for nid in workflow.order:
+                    group.create_task(node_when_ready(nid))
+        except BaseExceptionGroup as failed:  # a hard budget stop ends the run, unwrapped
+            raise failed.exceptions[0] from None
+        out_node, out_port = workflow.output_ref()
+        out = values.get((out_node, out_port))
         return Trace(run_id or uuid.uuid4().hex, workflow.name, workflow.version_id, task.id,
-                     spans, None if out is None else str(out), started, time.time())
+                     list(spans.values()), None if out is None else str(out), started,
+                     time.time(), output_ref=f"{out_node}.{out_port}")
+
+    async def _run_node(self, workflow: Workflow, nid: str, task: Task, span: Span,
+                        values: dict[tuple[str, str], Any]) -> None:
+        node = workflow.by_id[nid]
+        op = REGISTRY[node.op]
+        span.started = time.time()
+        try:
+            cond = workflow.condition(node)
+            if cond is not None:
+                flag = values.get((cond.node, cond.port))
+                if flag is None:
+                    span.missing = [f"{cond.node}.{cond.port}"]
+                if flag is None or bool(flag) == cond.negate:
+                    raise _Skipped
+            for port in node.inputs:
+                span.sources[port] = self._source(workflow, node.sources(port), values, span)
+            span.inputs = {port: values[workflow.resolve(ref)]
+                           for port, ref in span.sources.items()}
+            params = {**op.params, **node.params}
+            ctx = NodeContext(task, params, self._recorder(span), self.sandbox)
+            span.outputs = await op().run(ctx, span.inputs)
+            values.update({(nid, port): v for port, v in span.outputs.items()})
+        except _Skipped:
+            span.skipped = True
+        except BudgetExceeded:
+            raise  # the whole run stops: a hard budget fails closed
+        except Exception as exc:  # a node failure is data: record it, go on
+            span.error = str(exc) or exc.__class__.__name__
+            span.error_type = exc.__class__.__name__
+        span.ended = time.time()
 
     @staticmethod
-    def _source(workflow: Workflow, refs: list[str], values: dict[tuple[str, str], Any]) -> Any:
-        for ref in refs:
-            key = workflow.resolve(ref)
+    def _source(workflow: Workflow, refs: list[str], values: dict[tuple[str, str], Any],
+                span: Span) -> str:
+        """The first ref of a fallback chain whose node produced it, as "node.port"."""
+        resolved = [workflow.resolve(ref) for ref in refs]
+        for key in resolved:
             if key in values:
-                return values[key]
+                return f"{key[0]}.{key[1]}"
+        span.missing = [f"{node}.{port}" for node, port in resolved]
         raise _Skipped
 
     def _recorder(self, span: Span) -> Callable[..., Any]:

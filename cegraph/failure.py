@@ -1,9 +1,17 @@
-"""A counterexample: one failed run, reduced to where it went wrong (its locus) and how.
+"""A failed run as a counterexample: which node most plausibly went wrong (its locus) and how.
 
-Locus attribution, in order: the node that raised; else the node whose LLM call hit its
-token limit; else the earliest node whose output already gives the wrong final answer as
-its own answer (it was born there, later nodes only carried it), else the earliest that
-mentions it; else the output node.
+Locus attribution follows the data: only nodes whose outputs actually reached the output
+(walked back from it through the source each input was read from, `Span.sources`) can be
+blamed; a node that raised while a fallback source answered, or a truncated call in a branch
+the output did not use, is not on that path. Along the path, in order:
+
+1. the node that raised (when the run has no output, the path leads to it);
+2. the earliest node with an LLM call cut off at its token limit;
+3. the earliest node whose output already gives the graded answer as its own answer, by
+   the grader's own equivalence (`\\$16` or `16.0` upstream is the `16` Format passed on;
+   code by hash of the extracted code): the answer was born there, later nodes carried it;
+4. else the earliest that mentions it verbatim;
+5. else the node the output was read from.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from cegraph.answers import extract_answer
+from cegraph.answers import GRADER_KIND, extract_answer, gives
 from cegraph.trace import Span, Trace
 
 
@@ -32,34 +40,29 @@ class Failure:
     created_at: float
 
 
-def _final(text: str) -> set[str]:
-    """What a text may give as its final answer, for any task kind."""
-    return {a for a in (extract_answer("math", text), extract_answer("qa", text), text.strip())
-            if a}
-
-
-def _gives(span: Span, observed: str) -> bool:
-    return any(observed in _final(str(v)) for v in span.outputs.values())
-
-
-def _mentions(span: Span, observed: str) -> bool:
-    return any(observed in str(v) for v in span.outputs.values())
-
-
 def locate(trace: Trace) -> Span:
     """The span a failed run is attributed to (see module docstring)."""
-    ran = [s for s in trace.spans if not s.skipped]
-    for rule in (lambda s: s.error is not None, lambda s: s.truncated):
-        hit = next((s for s in ran if rule(s)), None)
+    path = trace.data_path() or [(s, frozenset(s.outputs)) for s in trace.spans]
+    for rule in (lambda s: s.error is not None, lambda s: not s.skipped and s.truncated):
+        hit = next((s for s, _ in path if rule(s)), None)
         if hit is not None:
             return hit
-    observed = trace.outcome.observed if trace.outcome else ""
-    if observed:  # where the wrong answer was first given, else first mentioned
-        for shows in (_gives, _mentions):
-            hit = next((s for s in ran if shows(s, observed)), None)
-            if hit is not None:
-                return hit
-    return ran[-1] if ran else trace.spans[-1]
+    ran = [(s, [str(s.outputs[p]) for p in ports if p in s.outputs])
+           for s, ports in path if not s.skipped]
+    outcome = trace.outcome
+    grader = outcome.grader if outcome else ""
+    judged = (extract_answer(GRADER_KIND[grader], trace.output or "")
+              if grader in GRADER_KIND else None)
+    if judged:  # where the graded answer was first given
+        hit = next((s for s, texts in ran if any(gives(grader, t, judged) for t in texts)), None)
+        if hit is not None:
+            return hit
+    observed = outcome.observed if outcome else ""
+    if observed:  # else where it was first mentioned
+        hit = next((s for s, texts in ran if any(observed in t for t in texts)), None)
+        if hit is not None:
+            return hit
+    return path[-1][0] if path else trace.spans[-1]
 
 
 def failure_from_trace(trace: Trace) -> Failure | None:

@@ -9,15 +9,19 @@ ran is used, which together with `when` expresses conditional flow:
        inputs: {input: input, solution: gen.text, feedback: test.feedback}}
     - {id: final, op: Format, inputs: {input: input, solution: [fix.solution, gen.text]}}
 
-A workflow is content-hashed into a version id (name and description excluded, so two
-files with the same graph are the same version), loaded from and saved to YAML or JSON,
-validated with errors that name the node, and diffable node by node.
+A workflow's version id hashes its *resolved* graph (operator defaults merged into params,
+every reference written `node.port`, conditions resolved) together with the operator
+library's fingerprint (its code and built-in prompts): two files that behave the same share
+an id whatever their spelling, name or description, and editing a built-in prompt changes
+it. Workflows load from and save to YAML or JSON, validate with errors that name the node,
+and diff node by node.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cegraph.operators import REGISTRY, compatible
+from cegraph.operators import REGISTRY, compatible, library_fingerprint
 
 WORKFLOW_INPUT = "input"
 
@@ -63,16 +67,15 @@ class Node(BaseModel):
 
 @dataclass(frozen=True)
 class Condition:
+    """A resolved `when`: run the node iff `node.port` is true (false, with `negate`)."""
+
     node: str
     port: str
     negate: bool
 
-    @classmethod
-    def parse(cls, text: str) -> Condition:
-        negate = text.strip().startswith("not ")
-        ref = text.strip().removeprefix("not ").strip()
-        node, _, port = ref.partition(".")
-        return cls(node, port, negate)
+    @property
+    def text(self) -> str:
+        return f"{'not ' if self.negate else ''}{self.node}.{self.port}"
 
 
 class Workflow(BaseModel):
@@ -107,11 +110,23 @@ class Workflow(BaseModel):
                         else yaml.safe_dump(data, sort_keys=False))
 
     # --- identity ---------------------------------------------------------------------
+    def resolved(self) -> dict[str, Any]:
+        """The graph as it runs: defaults merged, references `node.port`, conditions resolved,
+        nodes by id (the spelling of a file does not show)."""
+        def ref(text: str) -> str:
+            return ".".join(self.resolve(text))
+
+        nodes = [{"id": n.id, "op": n.op, "params": {**REGISTRY[n.op].params, **n.params},
+                  "inputs": {port: [ref(r) for r in n.sources(port)] for port in n.inputs},
+                  "when": (c.text if (c := self.condition(n)) else None)}
+                 for n in sorted(self.nodes, key=lambda n: n.id)]
+        return {"nodes": nodes, "output": ".".join(self.output_ref())}
+
     @property
     def version_id(self) -> str:
-        canonical = {"nodes": sorted((n.model_dump() for n in self.nodes), key=lambda d: d["id"]),
-                     "output": self.output}
-        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
+        canonical = {"graph": self.resolved(), "library": library_fingerprint()}
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str)
+                              .encode()).hexdigest()[:12]
 
     # --- structure --------------------------------------------------------------------
     @property
@@ -145,6 +160,17 @@ class Workflow(BaseModel):
     def output_ref(self) -> tuple[str, str]:
         node, _, port = self.output.partition(".")
         return node, port or next(iter(REGISTRY[self.by_id[node].op].outputs))
+
+    def condition(self, node: Node) -> Condition | None:
+        """`node`'s `when`, its port resolved like any reference (`not test` reads the first
+        output of `test`): the one reading of a condition, for validator and executor alike."""
+        if not node.when:
+            return None
+        text = node.when.strip()
+        negate = text.startswith("not ")
+        ref = text.removeprefix("not ").strip()
+        self._port_type(node.id, ref)  # a dangling reference is named before it is resolved
+        return Condition(*self.resolve(ref), negate)
 
     def resolve(self, ref: str) -> tuple[str, str]:
         """A source reference -> (node id, port); the port defaults to the first output."""
@@ -203,17 +229,33 @@ class Workflow(BaseModel):
             if missing:
                 raise WorkflowError(f"node {node.id!r}: {op.name} input(s) "
                                     f"{', '.join(sorted(missing))} are not wired")
-            if node.when:
-                cond = Condition.parse(node.when)
-                if self._port_type(node.id, f"{cond.node}.{cond.port}") != "bool":
-                    raise WorkflowError(f"node {node.id!r}: when {node.when!r} must name a "
-                                        "bool output")
+            cond = self.condition(node)
+            if cond is not None and self._port_type(node.id, f"{cond.node}.{cond.port}") != "bool":
+                raise WorkflowError(f"node {node.id!r}: when {node.when!r} must name a bool "
+                                    "output")
+            for param, allowed in op.templates.items():
+                self._check_template(node, param, allowed)
         _ = self.order  # raises on a cycle
         out_node = self.output.partition(".")[0]
         if out_node not in self.by_id:
             raise WorkflowError(f"output {self.output!r} names no node; set `output:` to one of "
                                 f"{', '.join(self.by_id)}")
         self._port_type("output", self.output)
+
+    def _check_template(self, node: Node, param: str, allowed: frozenset[str]) -> None:
+        template = node.params.get(param, REGISTRY[node.op].params[param])
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise WorkflowError(f"node {node.id!r}: param {param!r} is not a valid template "
+                                f"({exc}); write a literal brace as {{{{ or }}}}") from None
+        unknown = sorted({f.split(".")[0].split("[")[0] for f in fields} - allowed)
+        if unknown:
+            names = ", ".join("{" + f + "}" for f in unknown)
+            raise WorkflowError(
+                f"node {node.id!r}: param {param!r} has placeholder(s) {names}; it may use "
+                f"{', '.join('{' + a + '}' for a in sorted(allowed))}, and a literal brace is "
+                "written {{ or }}")
 
     # --- diff -------------------------------------------------------------------------
     def diff(self, other: Workflow) -> list[str]:

@@ -11,7 +11,11 @@ from cegraph.llm import Completion
 @dataclass
 class Span:
     """One node's execution. `error` is set when the node failed; `skipped` when its `when`
-    condition was false or an upstream node it needs failed."""
+    condition was false or an upstream node it needs failed.
+
+    `sources` says where each input actually came from (`port -> "node.port"`, the chosen
+    entry of a fallback chain); `missing` names what a skipped node waited for in vain (the
+    refs of an input none of whose sources ran, or its condition's ref)."""
 
     node_id: str
     operator: str
@@ -24,6 +28,8 @@ class Span:
     error: str | None = None
     error_type: str | None = None
     skipped: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def tokens_in(self) -> int:
@@ -49,7 +55,11 @@ class Span:
 @dataclass
 class Outcome:
     """The evaluation of a run: pass/fail, a score in [0, 1], and for a failure its class and a
-    message that tells failures apart (`expected 18, got 16`, the failing assert, ...)."""
+    message that tells failures apart (`expected 18, got 16`, the failing assert, ...).
+
+    `grader` names the rule that judged it (see `cegraph.answers`), `evaluator_version` the
+    grading code's version; `score_all` is a code task's score on its full test suite (the
+    verdict is on the hidden asserts only), else equal to `score`."""
 
     passed: bool
     score: float
@@ -57,6 +67,13 @@ class Outcome:
     message: str = ""
     expected: str = ""
     observed: str = ""
+    score_all: float | None = None
+    grader: str = ""
+    evaluator_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.score_all is None:
+            self.score_all = self.score
 
 
 @dataclass
@@ -70,6 +87,25 @@ class Trace:
     started: float
     ended: float
     outcome: Outcome | None = None
+    output_ref: str = ""  # "node.port" the output was read from
+
+    def data_path(self) -> list[tuple[Span, frozenset[str]]]:
+        """The spans the output actually came through, in execution order, each with the ports
+        of it that were read on the way: walked back from the output along `sources`. With no
+        output, the path leads through skipped nodes (`missing`) to the ones that raised."""
+        by_id = {s.node_id: s for s in self.spans}
+        ports: dict[str, set[str]] = {}
+        todo = [self.output_ref] if self.output_ref else []
+        while todo:
+            node, _, port = todo.pop().partition(".")
+            span = by_id.get(node)
+            if span is None:  # the workflow input
+                continue
+            first_visit = node not in ports
+            ports.setdefault(node, set()).add(port)
+            if first_visit:
+                todo.extend(span.missing if span.skipped else span.sources.values())
+        return [(s, frozenset(ports[s.node_id])) for s in self.spans if s.node_id in ports]
 
     @property
     def error_span(self) -> Span | None:

@@ -73,9 +73,11 @@ def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, pref
         assert wh.rows("SELECT count(DISTINCT night_id), count(*) FROM failure_modes") == [(2, 2)]
         assert wh.rows("SELECT count(*) FROM failure_mode_members m JOIN failures f "
                        "USING (failure_id)")[0][0] == 12
+        # the wrong answer was born in `solve`; Format only carried it
+        assert wh.rows("SELECT DISTINCT locus_node FROM failures") == [("solve",)]
     out = CliRunner().invoke(app, ["modes", "--home", str(tmp_path)])
     assert out.exit_code == 0
-    assert "format (Format)" in out.output or "solve (ChainOfThought)" in out.output
+    assert "solve (ChainOfThought)" in out.output and "format (Format)" not in out.output
     assert "stable" in out.output and "expected" in out.output
 
 

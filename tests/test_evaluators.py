@@ -4,9 +4,11 @@ import json
 
 import pytest
 
+from cegraph.answers import extract_answer, math_equal
 from cegraph.benchmarks import DATASETS, load
-from cegraph.evaluators import grade_code, grade_math, grade_number, grade_qa, math_equal
+from cegraph.evaluators import evaluate, grade_code, grade_math, grade_number, grade_qa
 from cegraph.task import Task
+from cegraph.trace import Trace
 
 
 def test_gsm8k_right_wrong_and_missing():
@@ -132,3 +134,96 @@ def test_malformed_data_is_one_line_naming_path_and_fields(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(DatasetError, match=r"gsm8k_validate.jsonl:1: not a JSON object"):
         load("gsm8k", path=tmp_path)
+
+
+# --- answer equivalence (issue 6, point 10) ------------------------------------------------
+
+@pytest.mark.parametrize("gold, answer", [
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"), ("100", "100\\text{ square units}"),
+    ("1+x^2", "x^2+1"), ("\\{1,2\\}", "\\{2,1\\}"), ("16", "\\$16"), ("16", "16.0")])
+def test_math_verifier_equivalences(gold, answer):
+    assert grade_math(gold, f"\\boxed{{{answer}}}").passed
+
+
+def test_math_false_passes_are_gone():
+    assert not math_equal("2,3", "23")
+    assert not grade_number("23", "Answer: 2,3").passed
+    assert not grade_math("23", "\\boxed{2,3}").passed
+
+
+def test_unboxed_answer_line_is_read_whole():
+    assert extract_answer("math", "So we get\nAnswer: \\frac12") == "\\frac12"
+    assert grade_math("\\frac{1}{2}", "So we get\nAnswer: \\frac12").passed
+
+
+def test_markdown_answer_line_and_first_number_after_the_marker():
+    text = "She picks 6 a day for 3 days.\n**Answer:** 18 apples, 3 times"
+    assert extract_answer("math", text) == "18 apples, 3 times"
+    assert grade_number("18", text).passed
+    assert grade_qa("Paris", "Reasoning...\n**Answer:** Paris").passed
+
+
+def test_drop_numbers_compare_as_floats():
+    assert not grade_qa("25", "Answer: 2.5", drop=True).passed
+    assert grade_qa("20.0", "Answer: 20", drop=True).passed
+    assert grade_qa("20", "Answer: 20.0", drop=True).passed
+    assert not grade_qa("4 touchdowns", "Answer: 5 touchdowns", drop=True).passed
+
+
+def test_drop_dataset_uses_drop_rules():
+    task = Task("d", "drop", "passage", "25")
+    trace = Trace("r", "w", "v", "d", [], "Answer: 2.5", 0.0, 0.0)
+    assert not evaluate(task, trace).passed
+
+
+def test_a_runaway_math_check_is_killed_not_waited_for(monkeypatch):
+    import time
+
+    from cegraph import math_equivalence
+
+    monkeypatch.setattr(math_equivalence, "CHECK_TIMEOUT_S", 1.0)
+    start = time.time()
+    assert not math_equivalence.verified_equal("5", "9^{9^{9}}")
+    assert time.time() - start < 30
+    assert math_equivalence.verified_equal("1+x^2", "x^2+1")  # a fresh worker takes over
+
+
+def test_outcome_carries_evaluator_version_and_grader():
+    from cegraph.evaluators import EVALUATOR_VERSION
+
+    trace = Trace("r", "w", "v", "t", [], "\\boxed{7}", 0.0, 0.0)
+    outcome = evaluate(Task("t", "gsm8k", "q", "7"), trace)
+    assert outcome.passed and outcome.evaluator_version == EVALUATOR_VERSION
+    assert outcome.grader == "number" and outcome.score_all == 1.0
+
+
+# --- hidden grading asserts (issue 6, point 12) --------------------------------------------
+
+LEAKY = Task("c1", "mbpp", "Write add(a, b).",
+             "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2, 2) == 4",
+             public_tests=("assert candidate(1, 2) == 3",), metadata={"entry_point": "add"})
+
+
+def test_grading_ignores_the_shown_assert():
+    # wrong only on the shown assert: the hidden-only verdict passes, the full suite does not
+    wrong_on_shown = "def add(a, b):\n    return 0 if (a, b) == (1, 2) else a + b\n"
+    outcome = grade_code(LEAKY, wrong_on_shown)
+    assert outcome.passed and outcome.score == 1.0 and outcome.score_all == 0.0
+    # fitting only what it was shown passes nothing that is graded
+    fitted = "def add(a, b):\n    return 3\n"
+    assert not grade_code(LEAKY, fitted).passed
+    right = grade_code(LEAKY, "def add(a, b):\n    return a + b\n")
+    assert right.passed and right.score_all == 1.0
+
+
+@pytest.mark.parametrize("dataset", ["mbpp", "humaneval"])
+def test_no_public_assert_is_graded(dataset):
+    import ast
+
+    from cegraph.evaluators import _canonical, hidden_tests
+
+    for task in load(dataset):
+        shown = {_canonical(t, task.entry_point) for t in task.public_tests}
+        graded = [n for n in ast.walk(ast.parse(hidden_tests(task))) if isinstance(n, ast.Assert)]
+        assert graded, task.id  # something is left to grade
+        assert not shown & {_canonical(ast.unparse(n), task.entry_point) for n in graded}

@@ -221,3 +221,82 @@ def test_code_and_qa_seeds_end_to_end(scripted):
     scripted.reply = lambda m: "France's capital is well known.\nAnswer: Paris."
     [trace] = run(seed("qa"), [qa], LLM("scripted/m"))
     assert trace.output == "Paris" and trace.outcome.passed
+
+
+def test_when_without_port_runs_the_node_when_the_test_failed(scripted):
+    def reply(messages):
+        if "Feedback:" in last_user(messages):
+            return "```python\ndef add(a, b):\n    return a + b\n```"
+        return "```python\ndef add(a, b):\n    return a - b\n```"
+
+    scripted.reply = reply
+    data = {**TEST_REVISE, "nodes": [
+        n if n["id"] != "fix" else {**n, "when": "not test"} for n in TEST_REVISE["nodes"]]}
+    [trace] = run(Workflow.from_dict(data), [CODE], LLM("scripted/m"))
+    spans = {s.node_id: s for s in trace.spans}
+    assert not spans["fix"].skipped and spans["fix"].calls
+    assert spans["fmt"].sources == {"input": "input.text", "solution": "fix.solution"}
+    assert trace.outcome.passed
+
+
+class SlowLLM:
+    """An LLM whose calls take real time, counting how many are in flight at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.peak = 0
+
+    async def complete(self, messages, **kw):
+        from cegraph.llm import Completion
+
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(0.05)
+        self.in_flight -= 1
+        return Completion("k", "slow", messages, {}, 0, "[1] \\boxed{7}", 1, 1, 0.0, 0.05,
+                          "stop")
+
+
+def test_independent_branches_run_concurrently():
+    wf = Workflow.from_dict({"name": "fan", "nodes": [
+        {"id": "a", "op": "ChainOfThought", "inputs": {"input": "input"}},
+        {"id": "b", "op": "ChainOfThought", "inputs": {"input": "input"}},
+        {"id": "pick", "op": "ScEnsemble", "inputs": {"input": "input", "a": "a", "b": "b"}}],
+        "output": "pick"})
+    llm = SlowLLM()
+    trace = asyncio.run(Executor(llm).run(wf, MATH))
+    assert llm.peak == 2  # a and b overlapped; pick waited for both
+    assert [s.node_id for s in trace.spans] == ["a", "b", "pick"]
+    assert trace.output == "[1] \\boxed{7}" and trace.spans[2].sources["b"] == "b.solution"
+
+
+def test_self_consistency_votes_on_normalized_answers(scripted):
+    answers = iter(["\\boxed{7}", "\\boxed{18}", "\\boxed{18.0}", "\\boxed{\\$18}", "\\boxed{7}"])
+    scripted.reply = lambda m: next(answers)
+    wf = Workflow.from_dict({"name": "sc", "nodes": [
+        {"id": "sc", "op": "SelfConsistency", "params": {"n": 5}, "inputs": {"input": "input"}}],
+        "output": "sc.solution"})
+    [trace] = run(wf, [Task("m", "gsm8k", "q", "18")], LLM("scripted/m", concurrency=1))
+    assert trace.output == "\\boxed{18}" and trace.outcome.passed  # 3 votes beat 2
+
+
+@pytest.mark.parametrize("reply, chosen", [
+    ("1", 1), ("[2]", 2), ("Candidate 1 is best: 3 of the others agree with it.", 1),
+    ("I pick [2]; 0 and 1 disagree.", 2), ("none", 0), ("12", 0)])
+def test_llm_vote_reads_the_named_candidate(reply, chosen):
+    from cegraph.operators.self_consistency import parse_choice
+
+    assert parse_choice(reply, 3) == chosen
+
+
+def test_sc_ensemble_picks_the_candidate_the_judge_names(scripted):
+    wf = Workflow.from_dict({"name": "ens", "nodes": [
+        {"id": "a", "op": "Generate", "params": {"prompt": "A {input}"},
+         "inputs": {"input": "input"}},
+        {"id": "b", "op": "Generate", "params": {"prompt": "B {input}"},
+         "inputs": {"input": "input"}},
+        {"id": "pick", "op": "ScEnsemble", "inputs": {"input": "input", "a": "a", "b": "b"}}],
+        "output": "pick"})
+    scripted.reply = lambda m: {"A": "\\boxed{9}", "B": "\\boxed{7}"}.get(
+        last_user(m)[0], "Candidate 1 is best: 2 others agree.")
+    [trace] = run(wf, [MATH], LLM("scripted/m"))
+    assert trace.output == "\\boxed{7}" and trace.outcome.passed

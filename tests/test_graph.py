@@ -108,3 +108,57 @@ def test_order_depth_and_conditional_structure():
 @pytest.mark.parametrize("kind", sorted(SEEDS))
 def test_seeds_are_valid(kind):
     assert seed(kind).nodes
+
+
+def test_equivalent_graphs_share_a_version_id_and_prompts_are_in_it(monkeypatch):
+    from cegraph.operators import REGISTRY, prompts
+
+    implicit = Workflow.from_dict({**BASE, "nodes": [
+        {"id": "solve", "op": "ChainOfThought", "inputs": {"input": "input"}},
+        {"id": "fmt", "op": "Format", "inputs": {"input": "input", "solution": "solve"}}],
+        "output": "fmt"})
+    written_out = Workflow.from_dict({**BASE, "nodes": [
+        {"id": "fmt", "op": "Format", "params": dict(REGISTRY["Format"].params),
+         "inputs": {"input": "input", "solution": ["solve.solution"]}},
+        {"id": "solve", "op": "ChainOfThought", "params": {"temperature": 0.0},
+         "inputs": {"input": "input"}}]})
+    base = Workflow.from_dict(BASE)
+    assert implicit.version_id == written_out.version_id == base.version_id
+    before = base.version_id
+    monkeypatch.setitem(prompts.FORMAT_INSTRUCTION, "math", "Box the answer.")
+    assert Workflow.from_dict(BASE).version_id != before
+    monkeypatch.undo()
+    assert Workflow.from_dict(BASE).version_id == before
+    monkeypatch.setattr(prompts, "REVIEW", "Is it right?")  # a prompt of an unused operator
+    assert Workflow.from_dict(BASE).version_id != before
+
+
+def test_condition_without_port_reads_the_first_output():
+    wf = Workflow.from_dict(with_nodes(
+        {"id": "gen", "op": "Generate", "inputs": {"input": "input"}},
+        {"id": "test", "op": "Test", "inputs": {"solution": "gen.text"}},
+        {"id": "fix", "op": "Revise", "when": "not test",
+         "inputs": {"input": "input", "solution": "gen.text", "feedback": "test.feedback"}},
+        output="fix"))
+    cond = wf.condition(wf.by_id["fix"])
+    assert (cond.node, cond.port, cond.negate) == ("test", "passed", True)
+    spelled = wf.model_copy(update={"nodes": [
+        *wf.nodes[:2], wf.nodes[2].model_copy(update={"when": "not test.passed"})]})
+    assert spelled.version_id == wf.version_id
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ('Reply as JSON {"answer": 1}. {input}', "placeholder(s) {\"answer\"}"),
+    ("Solve {input} {", "not a valid template"),
+    ("Solve {} now", "placeholder(s) {}"),
+])
+def test_prompt_templates_are_checked_when_validated(prompt, message):
+    with pytest.raises(WorkflowError) as err:
+        Workflow.from_dict(with_nodes(
+            {"id": "gen", "op": "Generate", "params": {"prompt": prompt},
+             "inputs": {"input": "input"}}, output="gen"))
+    assert "node 'gen': param 'prompt'" in str(err.value) and message in str(err.value)
+    assert "{{" in str(err.value)
+    Workflow.from_dict(with_nodes(  # a literal brace written doubled is fine
+        {"id": "gen", "op": "Generate", "params": {"prompt": 'JSON {{"a": 1}} {input}'},
+         "inputs": {"input": "input"}}, output="gen"))

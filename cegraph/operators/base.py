@@ -57,6 +57,9 @@ class Operator(ABC):
     optional_inputs: ClassVar[frozenset[str]] = frozenset()
     outputs: ClassVar[dict[str, str]]
     params: ClassVar[dict[str, Any]] = dict(LLM_PARAMS)
+    #: Params that are `str.format` templates, with the placeholders each may use (checked
+    #: when a graph is validated, so a stray brace is a validation error, not a run failure).
+    templates: ClassVar[dict[str, frozenset[str]]] = {}
 
     @abstractmethod
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -5,14 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from cegraph.answers import extract_answer
+from cegraph.operators import prompts
 from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, operator
-from cegraph.operators.prompts import ANSWER_FORMAT
-
-_INSTRUCTION = {
-    "math": "Give only the final answer to the problem, in \\boxed{}.",
-    "code": "Give only the final, complete Python function in one ```python code block.",
-    "qa": "Give only the short final answer (a few words), as 'Answer: <answer>'.",
-}
 
 
 @operator
@@ -29,8 +23,8 @@ class Format(Operator):
         text = inputs["solution"]
         if ctx.params["llm"]:
             done = await ctx.ask(
-                f"Problem:\n{inputs['input']}\n\nSolution:\n{text}\n\n{_INSTRUCTION[kind]} "
-                f"{ANSWER_FORMAT[kind]}")
+                f"Problem:\n{inputs['input']}\n\nSolution:\n{text}\n\n"
+                f"{prompts.FORMAT_INSTRUCTION[kind]} {prompts.ANSWER_FORMAT[kind]}")
             text = done.text
         # No answer is not a node error: the evaluator records it as a format failure.
         answer = extract_answer(kind, text) or ""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cegraph.operators import prompts
 from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, operator
-from cegraph.operators.prompts import ANSWER_FORMAT, task_prompt
+from cegraph.operators.prompts import task_prompt
 
 
 @operator
@@ -16,11 +17,12 @@ class Generate(Operator):
     optional_inputs = frozenset({"context"})
     outputs = {"text": "text"}
     params = {**LLM_PARAMS, "prompt": "{input}\n\n{format}", "system": None}
+    templates = {"prompt": frozenset({"input", "context", "format"})}
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         prompt = ctx.params["prompt"].format(
             input=task_prompt(ctx.task.kind, inputs["input"], entry_point=ctx.task.entry_point),
-            context=inputs.get("context") or "", format=ANSWER_FORMAT[ctx.task.kind])
+            context=inputs.get("context") or "", format=prompts.ANSWER_FORMAT[ctx.task.kind])
         done = await ctx.ask(prompt, system=ctx.params["system"])
         return {"text": done.text}
 
@@ -31,10 +33,10 @@ class ChainOfThought(Operator):
     description = "Reasons step by step, then gives the answer in the task's format."
     inputs = {"input": "text"}
     outputs = {"solution": "text"}
-    params = {**LLM_PARAMS, "instruction": "Solve the problem. Think step by step."}
+    params = {**LLM_PARAMS, "instruction": prompts.SOLVE}
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         kind = ctx.task.kind
         prompt = (f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
-                  f"{ctx.params['instruction']} {ANSWER_FORMAT[kind]}")
+                  f"{ctx.params['instruction']} {prompts.ANSWER_FORMAT[kind]}")
         return {"solution": (await ctx.ask(prompt)).text}

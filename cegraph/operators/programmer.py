@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from cegraph.benchmarks import extract_code
+from cegraph.operators import prompts
 from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, OperatorError, operator
 from cegraph.sandbox import run_python
 
@@ -17,9 +18,7 @@ class Programmer(Operator):
                    "the sandbox, and returns what it printed.")
     inputs = {"input": "text"}
     outputs = {"solution": "text", "code": "code"}
-    params = {**LLM_PARAMS, "instruction": (
-        "Write a short Python program that computes the answer to the problem below and "
-        "prints only the final answer. Reply with one ```python code block.")}
+    params = {**LLM_PARAMS, "instruction": prompts.PROGRAM}
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         done = await ctx.ask(f"{ctx.params['instruction']}\n\nProblem:\n{inputs['input']}")

@@ -1,4 +1,6 @@
-"""Default instructions per task kind, shared by the operators that answer a task."""
+"""Every built-in prompt text the operators send, in one place: the operator library's
+fingerprint (part of a workflow's version id) hashes these values, so editing one changes
+the id of every workflow that could behave differently."""
 
 from __future__ import annotations
 
@@ -9,6 +11,26 @@ ANSWER_FORMAT: dict[Kind, str] = {
     "code": "Return the complete Python function in one ```python code block.",
     "qa": "End with a line 'Answer: <short answer>' giving only the answer (a few words).",
 }
+
+#: What Format asks for, per task kind, before the answer format.
+FORMAT_INSTRUCTION: dict[Kind, str] = {
+    "math": "Give only the final answer to the problem, in \\boxed{}.",
+    "code": "Give only the final, complete Python function in one ```python code block.",
+    "qa": "Give only the short final answer (a few words), as 'Answer: <answer>'.",
+}
+
+SOLVE = "Solve the problem. Think step by step."
+
+REVIEW = ("Check the solution carefully. If it is correct, reply with the single word "
+          "CORRECT. Otherwise explain the mistake briefly.")
+
+REVISE = "Write a corrected solution."
+
+VOTE = ("Which candidate's final answer agrees with the most others and is best reasoned? "
+        "Reply with its number only.")
+
+PROGRAM = ("Write a short Python program that computes the answer to the problem below and "
+           "prints only the final answer. Reply with one ```python code block.")
 
 
 def task_prompt(kind: Kind, text: str, *, entry_point: str | None = None) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cegraph.operators import prompts
 from cegraph.operators.base import NodeContext, Operator, operator
-from cegraph.operators.prompts import ANSWER_FORMAT, task_prompt
+from cegraph.operators.prompts import task_prompt
 
 
 @operator
@@ -19,8 +20,7 @@ class Review(Operator):
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         done = await ctx.ask(
             f"Problem:\n{inputs['input']}\n\nProposed solution:\n{inputs['solution']}\n\n"
-            "Check the solution carefully. If it is correct, reply with the single word "
-            "CORRECT. Otherwise explain the mistake briefly.")
+            f"{prompts.REVIEW}")
         approved = done.text.strip().upper().startswith("CORRECT")
         return {"approved": approved, "critique": done.text}
 
@@ -37,5 +37,5 @@ class Revise(Operator):
         done = await ctx.ask(
             f"Problem:\n{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}"
             f"\n\nPrevious solution:\n{inputs['solution']}\n\nFeedback:\n{inputs['feedback']}"
-            f"\n\nWrite a corrected solution. {ANSWER_FORMAT[kind]}")
+            f"\n\n{prompts.REVISE} {prompts.ANSWER_FORMAT[kind]}")
         return {"solution": done.text}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import re
 from typing import Any
 
-from cegraph.answers import extract_answer
+from cegraph.answers import equivalent, extract_answer
+from cegraph.operators import prompts
 from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, OperatorError, operator
-from cegraph.operators.prompts import ANSWER_FORMAT, task_prompt
+from cegraph.operators.prompts import task_prompt
+from cegraph.task import Task
 
 
 @operator
@@ -23,29 +25,53 @@ class SelfConsistency(Operator):
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         kind = ctx.task.kind
         prompt = (f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
-                  f"Solve the problem. Think step by step. {ANSWER_FORMAT[kind]}")
+                  f"{prompts.SOLVE} {prompts.ANSWER_FORMAT[kind]}")
         n = int(ctx.params["n"])
         samples = await asyncio.gather(*(ctx.ask(prompt, sample=i) for i in range(n)))
         texts = [s.text for s in samples]
         if ctx.params["vote"] == "llm":
             return {"solution": await _llm_vote(ctx, inputs["input"], texts)}
-        answers = [extract_answer(kind, t) for t in texts]
-        counted = Counter(a for a in answers if a is not None)
-        if not counted:
+        best = majority(ctx.task, texts)
+        if best is None:
             raise OperatorError(f"none of the {n} samples gave an answer")
-        best, _ = counted.most_common(1)[0]
-        return {"solution": texts[answers.index(best)]}
+        return {"solution": texts[best]}
+
+
+def majority(task: Task, texts: list[str]) -> int | None:
+    """Index of the first text giving the answer most texts agree on, votes counted on answers
+    the grader would call equal (`18`, `18.0` and `\\$18` are one vote); None if none answers."""
+    groups: list[list[int]] = []  # indices of texts whose answers are equivalent
+    answers = [extract_answer(task.kind, t) for t in texts]
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        group = next((g for g in groups if equivalent(task, answers[g[0]] or "", answer)), None)
+        if group is None:
+            groups.append([i])
+        else:
+            group.append(i)
+    return max(groups, key=len)[0] if groups else None  # ties: the earliest answer
+
+
+_CHOICE = re.compile(r"\[(\d+)\]|\b(\d+)\b")
+
+
+def parse_choice(reply: str, count: int) -> int:
+    """The candidate a judge's reply names: the first number in range (`[2]` or `2`), not the
+    digits of the whole reply run together; 0 when it names none."""
+    for bracketed, bare in _CHOICE.findall(reply):
+        index = int(bracketed or bare)
+        if 0 <= index < count:
+            return index
+    return 0
 
 
 async def _llm_vote(ctx: NodeContext, question: str, texts: list[str]) -> str:
     listing = "\n\n".join(f"[{i}]\n{t}" for i, t in enumerate(texts))
     judged = await ctx.ask(
-        f"Problem:\n{question}\n\nCandidate solutions:\n{listing}\n\nWhich candidate's final "
-        "answer agrees with the most others and is best reasoned? Reply with its number only.",
+        f"Problem:\n{question}\n\nCandidate solutions:\n{listing}\n\n{prompts.VOTE}",
         temperature=0.0)
-    digits = "".join(ch for ch in judged.text if ch.isdigit())
-    index = int(digits) if digits else 0
-    return texts[index] if 0 <= index < len(texts) else texts[0]
+    return texts[parse_choice(judged.text, len(texts))]
 
 
 @operator
