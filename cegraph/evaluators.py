@@ -25,6 +25,9 @@ from cegraph.task import Task
 from cegraph.trace import Outcome, Trace
 
 QA_PASS_F1 = 0.8
+# Stamped on every outcome; bump it whenever a verdict could change, so that re-running a
+# slice re-grades its stored runs (the old verdicts stay in the audit trail).
+EVALUATOR_VERSION = "1"
 FAILURE_CLASSES = ("wrong_answer", "no_answer", "truncated", "test_failure", "exception",
                    "timeout")
 

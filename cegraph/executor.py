@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cegraph.graph import WORKFLOW_INPUT, Condition, Workflow
-from cegraph.llm import LLM, BudgetExceeded, Completion
+from cegraph.infrastructure import is_infrastructure
+from cegraph.llm import LLM, Completion
 from cegraph.operators import REGISTRY, NodeContext
 from cegraph.sandbox import SandboxLimits
 from cegraph.task import Task
@@ -61,11 +62,12 @@ class Executor:
                 values.update({(nid, port): v for port, v in span.outputs.items()})
             except _Skipped:
                 span.skipped = True
-            except BudgetExceeded:
-                raise  # the whole run stops: a hard budget fails closed
             except Exception as exc:  # a node failure is data: record it, go on
                 span.error = str(exc) or exc.__class__.__name__
                 span.error_type = exc.__class__.__name__
+                # a budget stop or outage is not the workflow's failure (later calls still
+                # meet the spent budget: it fails closed without aborting the batch)
+                span.infrastructure = is_infrastructure(exc)
             span.ended = time.time()
         out = values.get(workflow.output_ref())
         return Trace(run_id or uuid.uuid4().hex, workflow.name, workflow.version_id, task.id,

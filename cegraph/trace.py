@@ -24,6 +24,7 @@ class Span:
     error: str | None = None
     error_type: str | None = None
     skipped: bool = False
+    infrastructure: bool = False  # the error was the infrastructure's (cegraph.infrastructure)
 
     @property
     def tokens_in(self) -> int:
@@ -57,6 +58,7 @@ class Outcome:
     message: str = ""
     expected: str = ""
     observed: str = ""
+    evaluator_version: str = ""  # cegraph.evaluators.EVALUATOR_VERSION of the grader
 
 
 @dataclass

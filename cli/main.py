@@ -41,10 +41,11 @@ def _fail(message: str) -> None:
 def _read_only(home: Path) -> Warehouse:
     """The warehouse at `home` opened read-only, or a clear error when there is none."""
     from storage import Warehouse
+    from storage.warehouse import CatalogLocked
 
     try:
         return Warehouse(home, read_only=True)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, CatalogLocked) as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
 
@@ -144,6 +145,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
     from cegraph.benchmarks import DatasetError, DatasetNotFound, load
     from cegraph.evaluators import evaluate
     from cegraph.executor import Executor
+    from cegraph.infrastructure import graded
     from cegraph.llm import LLM
 
     wf = _load_workflow(workflow)
@@ -154,7 +156,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
     llm = LLM(model, concurrency=SETTINGS.concurrency)
     with bench.progress_bar(len(tasks), f"{wf.name} on {dataset}") as advance:
         traces = asyncio.run(Executor(llm, concurrency=SETTINGS.concurrency).run_many(
-            wf, tasks, evaluate=evaluate, on_done=lambda _t: advance()))
+            wf, tasks, evaluate=graded(evaluate), on_done=lambda _t: advance()))
     bench.print_traces(traces, show=show_traces)
 
 
@@ -278,14 +280,19 @@ def similar(failure_id: str, k: Annotated[int, typer.Option("--k")] = 20,
 def sql(query: str, home: Home = Path(SETTINGS.home),
         fmt: Annotated[str, typer.Option("--format", "-f",
                                          help="table | csv | json")] = "table") -> None:
-    """Run a SQL query against the catalog, opened read-only (writes are refused)."""
+    """Run one read statement (SELECT, WITH, FROM, DESCRIBE, SHOW) against the warehouse:
+    the catalog read-only, no files outside the home's history, no extensions."""
     import duckdb
+
+    from storage.audit import AuditRefused, audit_query
 
     if fmt not in ("table", "csv", "json"):
         _fail("--format must be table, csv or json")
     with _read_only(home) as wh:
         try:
-            result = wh.query(query)
+            result = audit_query(wh, query)
+        except AuditRefused as exc:
+            _fail(f"refused: {exc}")
         except duckdb.Error as exc:
             _fail(f"{exc.__class__.__name__}: {exc}".splitlines()[0])
     render.arrow_table(result, fmt)

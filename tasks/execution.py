@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -11,18 +12,34 @@ from prefect.cache_policies import NO_CACHE
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
+from cegraph.infrastructure import graded
 from cegraph.llm import LLM
 from cegraph.task import Task
 from cegraph.trace import Trace
 from storage import Warehouse
 
 
+@dataclass
+class Executed:
+    traces: list[Trace]
+    model: str  # the model as stored with the runs (see `model_identity`)
+
+
+def model_identity(llm: LLM) -> str:
+    """The model a run is keyed and pooled on: its litellm string, plus the provider's
+    fingerprint when the LLM reports one (a re-quantized model is then another model)."""
+    fingerprint = getattr(llm, "fingerprint", None)  # cegraph.llm may not know one
+    return f"{llm.model}@{fingerprint}" if fingerprint else llm.model
+
+
 @task(name="run-workflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
-                 concurrency: int = 2) -> list[Trace]:
-    """Run and grade every task; a retry replays finished calls from the call store."""
+                 concurrency: int = 2) -> Executed:
+    """Run and grade every task; a retry replays finished calls from the call store. A run
+    that met an infrastructure error is graded `infrastructure` (retried by the next job)."""
     log = get_run_logger()
     llm = LLM(model, store=wh, concurrency=concurrency)
+    identity = model_identity(llm)
     done = 0
 
     def progress(trace: Trace) -> None:
@@ -35,15 +52,17 @@ def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, mo
     # One run id per (version, model, input): re-running a slice replays from the call store
     # and is recognised as the same run instead of being counted twice.
     traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
-        workflow, tasks, evaluate=evaluate, on_done=progress,
-        run_id=lambda t: stable_run_id(workflow.version_id, model, t.id)))
+        workflow, tasks, evaluate=graded(evaluate), on_done=progress,
+        run_id=lambda t: stable_run_id(workflow.version_id, identity, t.id)))
     log.info("LLM meter: %s", llm.meter.summary())
-    return traces
+    return Executed(traces, identity)
 
 
 @task(name="store-traces", cache_policy=NO_CACHE)
 def store_traces(wh: Warehouse, workflow: Workflow, traces: Sequence[Trace], *, night_id: str,
-                 source: str, dataset: str) -> int:
-    """Write runs, spans and failures to the history; returns the number of failures."""
+                 source: str, dataset: str, model: str) -> int:
+    """Write runs, spans and failures to the history as one batch; returns the number of
+    new failures."""
     wh.record_version(workflow, created_by="seed")
-    return len(wh.record_traces(traces, night_id=night_id, source=source, dataset=dataset))
+    return len(wh.record_traces(traces, night_id=night_id, source=source, dataset=dataset,
+                                model=model))

@@ -33,10 +33,10 @@ def traces(scripted, llm=None):
 def test_traces_are_stored_once_and_survive_reopen(tmp_path, scripted):
     with Warehouse(tmp_path) as wh:
         failures = wh.record_traces(traces(scripted), night_id="n1", source="benchmark",
-                                    dataset="gsm8k")
+                                    dataset="gsm8k", model="m")
         assert len(failures) == 3
         assert wh.record_traces(traces(scripted), night_id="n2", source="benchmark",
-                                dataset="gsm8k") == []  # same run ids: not double-counted
+                                dataset="gsm8k", model="m") == []  # same run ids: not double-counted
     with Warehouse(tmp_path, read_only=True) as wh:
         assert wh.rows("SELECT count(*), sum(passed::INT) FROM runs") == [(6, 3)]
         assert wh.rows("SELECT count(*) FROM spans")[0][0] == 12
@@ -93,7 +93,7 @@ def test_embedding_cache_and_vectors_persist(tmp_path, embedder, scripted):
         assert near[0].failure_id == failures[0].failure_id and near[0].distance < 1e-3
         assert index.count_within(again[0].vector, 0.01) == 3  # all share one signature
         assert index.nearest(np.zeros(builder.dim), k=5, workflow="other") == []
-        wh.record_failures(failures)
+        wh.record_failures(failures, night_id="n", model="m", dataset="gsm8k", source="x")
     out = runner.invoke(app, ["similar", failures[1].failure_id, "--k", "2", "--home",
                               str(tmp_path)])
     assert out.exit_code == 0, out.output
@@ -107,7 +107,7 @@ runner = CliRunner()
 
 def test_sql_is_read_only_and_formats(tmp_path, scripted):
     with Warehouse(tmp_path) as wh:
-        wh.record_traces(traces(scripted), night_id="n1", source="benchmark", dataset="gsm8k")
+        wh.record_traces(traces(scripted), night_id="n1", source="benchmark", dataset="gsm8k", model="m")
     ok = runner.invoke(app, ["sql", "SELECT outcome, count(*) AS n FROM runs GROUP BY 1 "
                              "ORDER BY 1", "--home", str(tmp_path), "--format", "json"])
     assert ok.exit_code == 0, ok.output
