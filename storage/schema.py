@@ -285,13 +285,16 @@ def _create(table: Table, version: int) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({', '.join(cols)})"
 
 
-def _add_key(table: Table) -> list[str]:
-    """Key an existing table: rows a retried task duplicated (or with no key) go first."""
+def _add_key(table: Table, version: int) -> list[str]:
+    """Key an existing table by rebuilding it (DuckDB cannot add a key over rows deleted in
+    the same transaction): rows a retried task duplicated, or with no key, are dropped."""
+    cols = ", ".join(c.name for c in table.columns_at(version))
     key = ", ".join(table.key)
-    return [f"DELETE FROM {table.name} WHERE rowid NOT IN (SELECT min(rowid) FROM "
-            f"{table.name} GROUP BY {key}) OR "
-            + " OR ".join(f"{k} IS NULL" for k in table.key),
-            f"ALTER TABLE {table.name} ADD PRIMARY KEY ({key})"]
+    return [f"ALTER TABLE {table.name} RENAME TO {table.name}__unkeyed",
+            _create(table, version),
+            f"INSERT INTO {table.name} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM "
+            f"{table.name}__unkeyed WHERE " + " AND ".join(f"{k} IS NOT NULL" for k in table.key),
+            f"DROP TABLE {table.name}__unkeyed"]
 
 
 def migration(version: int) -> list[str]:
@@ -306,7 +309,7 @@ def migration(version: int) -> list[str]:
             stmts += [f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {c.name} {c.type}"
                       for c in table.columns if c.since == version]
             if table.key and table.key_since == version:
-                stmts += _add_key(table)
+                stmts += _add_key(table, version)
     return stmts
 
 
@@ -323,8 +326,11 @@ def markdown() -> str:
            "Signature vectors live in LanceDB at `<home>/vectors` (table `signatures`).", ""]
     for t in TABLES:
         where = "Parquet history" if t.history else "catalog"
-        out += [f"## `{t.name}` ({where})", "", t.doc, "", "| column | type | meaning |",
-                "| --- | --- | --- |"]
+        out += [f"## `{t.name}` ({where})", "", t.doc, ""]
+        if t.key:
+            out += [f"Primary key: `({', '.join(t.key)})`"
+                    + (f" (since v{t.key_since})." if t.key_since > 1 else "."), ""]
+        out += ["| column | type | meaning |", "| --- | --- | --- |"]
         out += [f"| {c.name} | {c.type} | {c.doc}"
                 + (f" (since v{c.since})" if c.since > 1 else "") + " |" for c in t.columns]
         out.append("")

@@ -3,8 +3,6 @@
 import asyncio
 import re
 
-import pytest
-
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.graph import Workflow
