@@ -211,21 +211,22 @@ def serve(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
 
 # --- the warehouse --------------------------------------------------------------------------
 def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
-    """The latest night of each workflow: its modes ranked by mass, then the noise row (the
-    failures in no dense mode, which still count in the mass)."""
+    """The latest night of each (workflow, model, dataset): its modes ranked by mass, then the
+    noise row (the failures in no dense mode, which still count in the mass)."""
     from cegraph.mass import estimate
 
     nights = wh.rows(
-        "SELECT night_id, workflow, version_id, runs, noise FROM nights "
+        "SELECT night_id, workflow, version_id, runs, noise, model, dataset FROM nights "
         "WHERE (?::VARCHAR IS NULL OR workflow = ?) AND (?::VARCHAR IS NULL OR version_id = ?) "
-        "QUALIFY row_number() OVER (PARTITION BY workflow ORDER BY computed_at DESC) = 1 "
-        "ORDER BY workflow", [workflow, workflow, version, version])
+        "QUALIFY row_number() OVER (PARTITION BY workflow, model, dataset "
+        "ORDER BY computed_at DESC) = 1 ORDER BY workflow, model, dataset",
+        [workflow, workflow, version, version])
     if not nights:
         render.console.print("no failure modes yet: run `cegraph demo` (or check --workflow, "
                              "--version, --home)")
         return
     example = ("(SELECT message FROM failures x WHERE x.failure_id = {} LIMIT 1) AS example")
-    for night_id, wf, version_id, runs, noise in nights:
+    for night_id, wf, version_id, runs, noise, model, dataset in nights:
         rows = wh.query(
             "SELECT rank, label, size, mass, mass_lo AS lo, mass_hi AS hi, status AS trend, "
             "locus_node || ' (' || locus_operator || ')' AS locus, "
@@ -242,7 +243,8 @@ def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
                          "trend": "", "locus": "", "example": noise_example})
         columns = ["rank", "label", "size", "mass", "lo", "hi", "trend", "locus", "example"]
         render.grid(columns, [[r[c] for c in columns] for r in rows],
-                    title=f"{wf} {version_id}: failure modes of night {night_id}, {runs} runs")
+                    title=f"{wf} {version_id} ({model} on {dataset}): failure modes of night "
+                          f"{night_id}, {runs} runs")
 
 
 @app.command("modes")
