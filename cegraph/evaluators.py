@@ -33,12 +33,14 @@ from cegraph.answers import (
     number_answer,
 )
 from cegraph.benchmarks import extract_code
+from cegraph.infrastructure import infrastructure_outcome, is_infrastructure
 from cegraph.sandbox import PROGRAM_FILENAME, SandboxLimits, SandboxResult, run_python
 from cegraph.task import Task
 from cegraph.trace import Outcome, Trace
 
-#: Bump whenever a verdict could change for the same run (stored outcomes carry it, so a
-#: re-grade can tell which verdicts are stale).
+#: Stamped on every outcome; bump it whenever a verdict could change for the same run, so
+#: that re-running a slice re-grades its stored runs (the old verdicts stay in the audit
+#: trail).
 EVALUATOR_VERSION = "2"
 
 QA_PASS_F1 = 0.8
@@ -65,8 +67,26 @@ def _with_truncation(trace: Trace, outcome: Outcome) -> Outcome:
 
 
 def evaluate(task: Task, trace: Trace) -> Outcome:
-    """Grade `trace` against `task` (dispatches on the task's grader)."""
+    """Grade `trace` against `task` (dispatches on the task's grader). A run a node of which
+    hit an infrastructure error, or whose grading did (the grader's sandbox could not start),
+    is `infrastructure`, not a verdict on the workflow (see `cegraph.infrastructure`)."""
     grader = grader_for(task)
+    hit = next((s for s in trace.spans if s.infrastructure), None)
+    if hit is not None:
+        outcome = infrastructure_outcome(hit.error_type or "Error", hit.error or "")
+    else:
+        try:
+            outcome = _grade(task, trace, grader)
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            outcome = infrastructure_outcome(exc.__class__.__name__, str(exc))
+    outcome.grader = grader
+    outcome.evaluator_version = EVALUATOR_VERSION
+    return outcome
+
+
+def _grade(task: Task, trace: Trace, grader: str) -> Outcome:
     # the raiser that left no output: the one on the data path, not any that raised first
     failed = next((s for s, _ in trace.data_path() if s.error), None) or trace.error_span
     if trace.output is None and failed is not None:
@@ -84,8 +104,6 @@ def evaluate(task: Task, trace: Trace) -> Outcome:
         else:
             outcome = grade_qa(task.reference, output, drop=grader == "drop")
         outcome = _with_truncation(trace, outcome)
-    outcome.grader = grader
-    outcome.evaluator_version = EVALUATOR_VERSION
     return outcome
 
 

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cegraph.graph import WORKFLOW_INPUT, Workflow
-from cegraph.llm import LLM, BudgetExceeded, Completion
+from cegraph.infrastructure import is_infrastructure
+from cegraph.llm import LLM, Completion
 from cegraph.operators import REGISTRY, NodeContext
 from cegraph.sandbox import SandboxLimits
 from cegraph.task import Task
@@ -53,12 +54,9 @@ class Executor:
             await self._run_node(workflow, nid, task, spans[nid], values)
             done[nid].set()
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for nid in workflow.order:
-                    group.create_task(node_when_ready(nid))
-        except BaseExceptionGroup as failed:  # a hard budget stop ends the run, unwrapped
-            raise failed.exceptions[0] from None
+        async with asyncio.TaskGroup() as group:
+            for nid in workflow.order:
+                group.create_task(node_when_ready(nid))
         out_node, out_port = workflow.output_ref()
         out = values.get((out_node, out_port))
         return Trace(run_id or uuid.uuid4().hex, workflow.name, workflow.version_id, task.id,
@@ -88,11 +86,12 @@ class Executor:
             values.update({(nid, port): v for port, v in span.outputs.items()})
         except _Skipped:
             span.skipped = True
-        except BudgetExceeded:
-            raise  # the whole run stops: a hard budget fails closed
         except Exception as exc:  # a node failure is data: record it, go on
             span.error = str(exc) or exc.__class__.__name__
             span.error_type = exc.__class__.__name__
+            # a budget stop or outage is not the workflow's failure (later calls still meet
+            # the spent budget: it fails closed without aborting the batch)
+            span.infrastructure = is_infrastructure(exc)
         span.ended = time.time()
 
     @staticmethod

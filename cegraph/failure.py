@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 from cegraph.answers import GRADER_KIND, extract_answer, gives
-from cegraph.trace import Span, Trace
+from cegraph.trace import INFRASTRUCTURE, Span, Trace
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,10 @@ def locate(trace: Trace) -> Span:
 
 
 def failure_from_trace(trace: Trace) -> Failure | None:
-    """The counterexample a graded trace yields, or None if it passed."""
+    """The counterexample a graded trace yields, or None if it passed or the infrastructure,
+    not the workflow, failed (such a run is retried, never pooled)."""
     outcome = trace.outcome
-    if outcome is None or outcome.passed:
+    if outcome is None or outcome.passed or outcome.failure_class == INFRASTRUCTURE:
         return None
     span = locate(trace)
     fid = hashlib.sha256(f"{trace.run_id}:failure".encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@ today's modes matched to yesterday's. Pure library code; storage is done by the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cegraph.failure import Failure
@@ -29,9 +29,10 @@ class Analysis:
 
 
 def analyze_failures(failures: Sequence[Failure], runs: int, builder: SignatureBuilder, *,
-                     previous: Sequence[PreviousMode] = (), eps: float = DEFAULT_EPS,
-                     min_size: int = DEFAULT_MIN_SIZE) -> Analysis:
-    """Signatures, modes and Expected Failure Mass of `failures` observed over `runs` runs."""
+                     previous: Sequence[PreviousMode] = (), used_ids: Iterable[str] = (),
+                     eps: float = DEFAULT_EPS, min_size: int = DEFAULT_MIN_SIZE) -> Analysis:
+    """Signatures, modes and Expected Failure Mass of `failures` observed over `runs` runs;
+    `previous` are the last night's live modes, `used_ids` every mode id the workflow had."""
     sigs = builder.build(failures)
     found = find_modes(sigs, eps=eps, min_size=min_size)
     mass = expected_failure_mass(runs, {m.mode_id: m.size for m in found.modes},
@@ -39,5 +40,5 @@ def analyze_failures(failures: Sequence[Failure], runs: int, builder: SignatureB
     for m in found.modes:
         est = mass.per_mode[m.mode_id]
         m.mass, m.mass_lo, m.mass_hi = est.mass, est.lo, est.hi
-    resolved = match_modes(previous, found.modes)
+    resolved = match_modes(previous, found.modes, used_ids=used_ids)
     return Analysis(sigs, found.modes, found.noise_ids, resolved, mass)

@@ -130,7 +130,8 @@ def model_fingerprint(model: str, params: Mapping[str, Any]) -> str:
     provider, default_base = model.split("/", 1)[0], None
     with contextlib.suppress(Exception):  # a custom provider litellm cannot name: its prefix
         _, provider, _, default_base = _litellm().get_llm_provider(model)
-    return f"{provider}@{params.get('api_base') or params.get('base_url') or default_base or ''}"
+    base = params.get("api_base") or params.get("base_url") or default_base
+    return f"{provider}@{base}" if base else provider
 
 
 def resolve_model(name: str) -> str:
@@ -184,6 +185,12 @@ class LLM:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary())
         self.meter.require_price(self.model, self.price(self.model))  # now, not mid-run
+
+    @property
+    def identity(self) -> str:
+        """The model as runs record it and pools are keyed on: the litellm string and its
+        fingerprint, so other weights or another server under the same name is another model."""
+        return f"{self.model}@{self.fingerprint}"
 
     def price(self, model: str) -> Price | None:
         """The price given for this LLM's model, else 0 for a local model, else litellm's;

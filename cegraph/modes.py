@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,6 @@ from cegraph.signature import Signature
 DEFAULT_EPS = 0.30
 DEFAULT_MIN_SIZE = 3
 MATCH_DISTANCE = 0.35
-GROWTH = 1.25  # mass ratio beyond which a matched mode is growing (1/GROWTH: shrinking)
 
 
 @dataclass
@@ -67,8 +66,9 @@ class ModeResult:
     noise_ids: list[str] = field(default_factory=list)
 
 
-def _mode_id(seed_failure: str) -> str:
-    return "m-" + hashlib.sha256(seed_failure.encode()).hexdigest()[:10]
+def _mode_id(seed_failure: str, attempt: int = 0) -> str:
+    seed = seed_failure if attempt == 0 else f"{seed_failure}#{attempt}"
+    return "m-" + hashlib.sha256(seed.encode()).hexdigest()[:10]
 
 
 def find_modes(signatures: Sequence[Signature], *, eps: float = DEFAULT_EPS,
@@ -119,33 +119,53 @@ class PreviousMode:
     centroid: np.ndarray
     mass: float
     label: str
+    mass_lo: float = 0.0  # its 95% interval; unknown = [0, 1], which no trend separates from
+    mass_hi: float = 1.0
+
+
+def trend(mode: FailureMode, previous: PreviousMode) -> str:
+    """`growing`/`shrinking` only when the 95% intervals of the two masses do not overlap:
+    2 vs 3 failures is noise, not a trend."""
+    if mode.mass_lo > previous.mass_hi:
+        return "growing"
+    if mode.mass_hi < previous.mass_lo:
+        return "shrinking"
+    return "stable"
 
 
 def match_modes(previous: Sequence[PreviousMode], current: list[FailureMode], *,
+                used_ids: Iterable[str] = (),
                 max_distance: float = MATCH_DISTANCE) -> list[PreviousMode]:
     """Give matched current modes yesterday's id and a trend; return the resolved ones.
 
     Matching is a minimum-cost assignment on centroid distance, accepted only within
-    `max_distance` (a mode that moved further is a different mode). Current modes must
-    carry their mass already.
+    `max_distance` (a mode that moved further is a different mode). A new mode gets an id
+    that no mode of the workflow ever had (`used_ids`: every id stored for it, resolved
+    ones included), so two modes never share an id. Current modes must carry their mass.
     """
     for mode in current:
         mode.status, mode.previous_mode_id = "new", None
-    if not previous or not current:
-        return list(previous)
-    a = np.stack([m.centroid for m in current])
-    b = np.stack([p.centroid for p in previous])
-    dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
-    rows, cols = linear_sum_assignment(dist)
     matched: set[int] = set()
-    for r, c in zip(rows, cols, strict=True):
-        if dist[r, c] > max_distance:
-            continue
-        mode, prev = current[r], previous[c]
-        matched.add(c)
-        mode.previous_mode_id = prev.mode_id
-        mode.mode_id = prev.mode_id  # identity is stable across nights
-        ratio = mode.mass / prev.mass if prev.mass > 0 else float("inf")
-        mode.status = ("growing" if ratio > GROWTH else
-                       "shrinking" if ratio < 1 / GROWTH else "stable")
+    if previous and current:
+        a = np.stack([m.centroid for m in current])
+        b = np.stack([p.centroid for p in previous])
+        dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+        rows, cols = linear_sum_assignment(dist)
+        for r, c in zip(rows, cols, strict=True):
+            if dist[r, c] > max_distance:
+                continue
+            mode, prev = current[r], previous[c]
+            matched.add(c)
+            mode.previous_mode_id = prev.mode_id
+            mode.mode_id = prev.mode_id  # identity is stable across nights
+            mode.status = trend(mode, prev)
+    taken = {*used_ids, *(p.mode_id for p in previous),
+             *(m.mode_id for m in current if m.previous_mode_id)}
+    for mode in current:
+        if mode.previous_mode_id is None:
+            seed, attempt = min(mode.failure_ids), 0
+            while mode.mode_id in taken:
+                attempt += 1
+                mode.mode_id = _mode_id(seed, attempt)
+            taken.add(mode.mode_id)
     return [p for i, p in enumerate(previous) if i not in matched]

@@ -7,6 +7,9 @@ from typing import Any
 
 from cegraph.llm import Completion
 
+#: The outcome of a run whose infrastructure failed (see cegraph.infrastructure).
+INFRASTRUCTURE = "infrastructure"
+
 
 @dataclass
 class Span:
@@ -30,6 +33,7 @@ class Span:
     skipped: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    infrastructure: bool = False  # the error was the infrastructure's (cegraph.infrastructure)
 
     @property
     def tokens_in(self) -> int:

@@ -41,10 +41,11 @@ def _fail(message: str) -> None:
 def _read_only(home: Path) -> Warehouse:
     """The warehouse at `home` opened read-only, or a clear error when there is none."""
     from storage import Warehouse
+    from storage.warehouse import CatalogLocked
 
     try:
         return Warehouse(home, read_only=True)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, CatalogLocked) as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
 
@@ -209,21 +210,22 @@ def serve(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
 
 # --- the warehouse --------------------------------------------------------------------------
 def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
-    """The latest night of each workflow: its modes ranked by mass, then the noise row (the
-    failures in no dense mode, which still count in the mass)."""
+    """The latest night of each (workflow, model, dataset): its modes ranked by mass, then the
+    noise row (the failures in no dense mode, which still count in the mass)."""
     from cegraph.mass import estimate
 
     nights = wh.rows(
-        "SELECT night_id, workflow, version_id, runs, noise FROM nights "
+        "SELECT night_id, workflow, version_id, runs, noise, model, dataset FROM nights "
         "WHERE (?::VARCHAR IS NULL OR workflow = ?) AND (?::VARCHAR IS NULL OR version_id = ?) "
-        "QUALIFY row_number() OVER (PARTITION BY workflow ORDER BY computed_at DESC) = 1 "
-        "ORDER BY workflow", [workflow, workflow, version, version])
+        "QUALIFY row_number() OVER (PARTITION BY workflow, model, dataset "
+        "ORDER BY computed_at DESC) = 1 ORDER BY workflow, model, dataset",
+        [workflow, workflow, version, version])
     if not nights:
         render.console.print("no failure modes yet: run `cegraph demo` (or check --workflow, "
                              "--version, --home)")
         return
     example = ("(SELECT message FROM failures x WHERE x.failure_id = {} LIMIT 1) AS example")
-    for night_id, wf, version_id, runs, noise in nights:
+    for night_id, wf, version_id, runs, noise, model, dataset in nights:
         rows = wh.query(
             "SELECT rank, label, size, mass, mass_lo AS lo, mass_hi AS hi, status AS trend, "
             "locus_node || ' (' || locus_operator || ')' AS locus, "
@@ -240,7 +242,8 @@ def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
                          "trend": "", "locus": "", "example": noise_example})
         columns = ["rank", "label", "size", "mass", "lo", "hi", "trend", "locus", "example"]
         render.grid(columns, [[r[c] for c in columns] for r in rows],
-                    title=f"{wf} {version_id}: failure modes of night {night_id}, {runs} runs")
+                    title=f"{wf} {version_id} ({model} on {dataset}): failure modes of night "
+                          f"{night_id}, {runs} runs")
 
 
 @app.command("modes")
@@ -278,14 +281,19 @@ def similar(failure_id: str, k: Annotated[int, typer.Option("--k")] = 20,
 def sql(query: str, home: Home = Path(SETTINGS.home),
         fmt: Annotated[str, typer.Option("--format", "-f",
                                          help="table | csv | json")] = "table") -> None:
-    """Run a SQL query against the catalog, opened read-only (writes are refused)."""
+    """Run one read statement (SELECT, WITH, FROM, DESCRIBE, SHOW) against the warehouse:
+    the catalog read-only, no files outside the home's history, no extensions."""
     import duckdb
+
+    from storage.audit import AuditRefused, audit_query
 
     if fmt not in ("table", "csv", "json"):
         _fail("--format must be table, csv or json")
     with _read_only(home) as wh:
         try:
-            result = wh.query(query)
+            result = audit_query(wh, query)
+        except AuditRefused as exc:
+            _fail(f"refused: {exc}")
         except duckdb.Error as exc:
             _fail(f"{exc.__class__.__name__}: {exc}".splitlines()[0])
     render.arrow_table(result, fmt)

@@ -38,16 +38,18 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_tokens: int | None = None,
                       max_cost: float | None = None) -> Evaluation:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
-    span and failure, embed and index the signatures, and compute the failure modes.
+    span and failure, embed and index the signatures, and compute the failure modes; runs,
+    failures, the pool and the mode history are keyed on (workflow, model, dataset).
     `max_tokens`/`max_cost` are the job's hard budget, kept across task retries."""
     wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
     night_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     with Warehouse(Path(home) if home else None) as wh:
-        traces = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency,
-                              meter=Meter(max_tokens=max_tokens, max_cost=max_cost))
-        store_traces(wh, wf, traces, night_id=night_id, source="benchmark", dataset=dataset)
+        executed = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency,
+                                meter=Meter(max_tokens=max_tokens, max_cost=max_cost))
+        pool = {"dataset": dataset, "source": "benchmark", "model": executed.model}
+        store_traces(wh, wf, executed.traces, night_id=night_id, **pool)
         analysis = analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
                                      night_id=night_id, locus_weight=locus_weight,
-                                     label_model=model if llm_labels else None)
-    return Evaluation(wf.name, wf.version_id, night_id, traces, analysis)
+                                     label_model=model if llm_labels else None, **pool)
+    return Evaluation(wf.name, wf.version_id, night_id, executed.traces, analysis)

@@ -5,16 +5,18 @@ the migrations (each column and table says in which schema version it appeared) 
 `docs/schema.md` (`cegraph schema --markdown`) are all derived from `TABLES`.
 
 History tables (`runs`, `spans`, `failures`) live in Parquet partitioned by date and are
-read through views; all other tables live in the DuckDB catalog file.
+read through views; all other tables live in the DuckDB catalog file. A batch of history
+files is visible only once its row in `batches` (written last) commits it, and a run's
+latest committed verdict supersedes older ones (see `storage/history.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Table:
     history: bool = False  # Parquet under history/<name>/date=YYYY-MM-DD/
     key: tuple[str, ...] = ()
     since: int = 1
-    extra: tuple[str, ...] = field(default=())
+    key_since: int = 1  # schema version from which `key` is the table's primary key
 
     def columns_at(self, version: int) -> list[Column]:
         return [c for c in self.columns if c.since <= version]
@@ -56,13 +58,18 @@ TABLES: tuple[Table, ...] = (
         C("started_at", "TIMESTAMP", "run start (UTC)"),
         C("ended_at", "TIMESTAMP", "run end (UTC)"),
         C("passed", "BOOLEAN", "evaluation verdict"),
-        C("outcome", "VARCHAR", "'pass' or the failure class"),
+        C("outcome", "VARCHAR", "'pass', the failure class, or 'infrastructure' (a provider "
+                                "outage, budget stop or sandbox setup failure: not counted, "
+                                "retried by the next run)"),
         C("score", "DOUBLE", "evaluation score in [0, 1]"),
         C("message", "VARCHAR", "failure message ('' when passed)"),
         C("output", "VARCHAR", "the workflow's final output"),
         C("tokens", "BIGINT", "tokens paid for (cached calls excluded)"),
         C("cost", "DOUBLE", "USD paid (0 for local models)"),
         C("llm_calls", "INTEGER", "LLM calls paid for"),
+        C("model", "VARCHAR", "the model: litellm string, with '@fingerprint' when known", 3),
+        C("evaluator_version", "VARCHAR", "version of the grader that gave the verdict", 3),
+        C("batch_id", "VARCHAR", "the write batch (joins batches.batch_id)", 3),
     ), history=True),
     Table("spans", "One node execution inside a run.", (
         C("run_id", "VARCHAR", "the run (joins runs.run_id)"),
@@ -82,6 +89,9 @@ TABLES: tuple[Table, ...] = (
         C("error_type", "VARCHAR", "exception type of the failure"),
         C("skipped", "BOOLEAN", "condition false or an input's node did not run"),
         C("truncated", "BOOLEAN", "an LLM call stopped at its token limit"),
+        C("infrastructure", "BOOLEAN", "the node's error was infrastructure, not the "
+                                       "workflow's", 3),
+        C("batch_id", "VARCHAR", "the write batch (joins batches.batch_id)", 3),
     ), history=True),
     Table("failures", "The counterexample pool: one row per failed run.", (
         C("failure_id", "VARCHAR", "unique failure id"),
@@ -98,7 +108,20 @@ TABLES: tuple[Table, ...] = (
         C("expected", "VARCHAR", "reference answer or failing assert"),
         C("observed", "VARCHAR", "what the workflow produced"),
         C("created_at", "TIMESTAMP", "when the run ended"),
+        C("model", "VARCHAR", "the model (as runs.model)", 3),
+        C("dataset", "VARCHAR", "benchmark name or 'production'", 3),
+        C("source", "VARCHAR", "benchmark | production | verification", 3),
+        C("evaluator_version", "VARCHAR", "version of the grader that gave the verdict", 3),
+        C("batch_id", "VARCHAR", "the write batch (joins batches.batch_id)", 3),
     ), history=True),
+    Table("batches", "Commit markers of history writes: a batch's Parquet files are visible "
+          "only once its row exists (written after all of them).", (
+        C("batch_id", "VARCHAR", "batch id (the batch_id column of its history rows)"),
+        C("seq", "BIGINT", "commit order: a later batch supersedes a run's earlier verdict"),
+        C("night_id", "VARCHAR", "the job that wrote it"),
+        C("rows", "INTEGER", "history rows in the batch, all tables"),
+        C("committed_at", "TIMESTAMP", "when it was committed"),
+    ), key=("batch_id",), since=3),
     Table("signatures", "One failure signature per failure; its vector lives in LanceDB.", (
         C("failure_id", "VARCHAR", "the failure (joins failures.failure_id)"),
         C("run_id", "VARCHAR", "the failed run"),
@@ -132,15 +155,20 @@ TABLES: tuple[Table, ...] = (
         C("mass", "DOUBLE", "Expected Failure Mass = failures / runs"),
         C("mass_lo", "DOUBLE", "95% Wilson interval, low"),
         C("mass_hi", "DOUBLE", "95% Wilson interval, high"),
+        C("model", "VARCHAR", "the model (as runs.model)", 3),
+        C("dataset", "VARCHAR", "benchmark name or 'production'", 3),
+        C("source", "VARCHAR", "benchmark | production | verification", 3),
     ), key=("night_id", "workflow")),
     Table("failure_modes", "Dense regions of the signature space, one row per mode per night.", (
         C("night_id", "VARCHAR", "the computation (joins nights.night_id)"),
-        C("mode_id", "VARCHAR", "stable identity across nights"),
+        C("mode_id", "VARCHAR", "stable identity across nights, never reused for another "
+                                "mode of the workflow"),
         C("workflow", "VARCHAR", "workflow name"),
         C("version_id", "VARCHAR", "workflow version"),
         C("rank", "INTEGER", "1 = largest mass"),
         C("label", "VARCHAR", "locus + message template"),
-        C("status", "VARCHAR", "new | growing | shrinking | stable | resolved"),
+        C("status", "VARCHAR", "new | growing | shrinking | stable | resolved (growing/"
+                               "shrinking only when the mass intervals do not overlap)"),
         C("previous_mode_id", "VARCHAR", "the mode it matched in the previous night"),
         C("size", "INTEGER", "failures in the mode"),
         C("mass", "DOUBLE", "size / runs"),
@@ -158,7 +186,7 @@ TABLES: tuple[Table, ...] = (
         C("night_id", "VARCHAR", "the computation"),
         C("mode_id", "VARCHAR", "the mode, or 'noise'"),
         C("failure_id", "VARCHAR", "the failure"),
-    )),
+    ), key=("night_id", "failure_id"), key_since=3),
     Table("workflow_versions", "Every workflow version ever seen.", (
         C("version_id", "VARCHAR", "content hash"),
         C("workflow", "VARCHAR", "workflow name"),
@@ -180,7 +208,7 @@ TABLES: tuple[Table, ...] = (
         C("status", "VARCHAR", "proposed | invalid | verified | accepted | rejected"),
         C("reject_reason", "VARCHAR", "why it was not applied"),
         C("created_at", "TIMESTAMP", "when proposed"),
-    )),
+    ), key=("edit_id",), key_since=3),
     Table("verifications", "Re-runs of a candidate on counterexamples and regressions.", (
         C("verification_id", "VARCHAR", "unique id"),
         C("edit_id", "VARCHAR", "the edit verified"),
@@ -196,7 +224,7 @@ TABLES: tuple[Table, ...] = (
         C("tokens", "BIGINT", "tokens paid"),
         C("cost", "DOUBLE", "USD paid"),
         C("created_at", "TIMESTAMP", "when verified"),
-    )),
+    ), key=("verification_id",), key_since=3),
     Table("gate_results", "Data-quality checks on verification results.", (
         C("gate_id", "VARCHAR", "unique id"),
         C("verification_id", "VARCHAR", "the verification checked"),
@@ -206,7 +234,7 @@ TABLES: tuple[Table, ...] = (
         C("observed", "VARCHAR", "observed value"),
         C("details", "VARCHAR", "JSON result"),
         C("created_at", "TIMESTAMP", "when checked"),
-    )),
+    ), key=("gate_id",), key_since=3),
     Table("deployments", "Promotions of a version to the active one.", (
         C("deployment_id", "VARCHAR", "unique id"),
         C("workflow", "VARCHAR", "workflow name"),
@@ -215,15 +243,15 @@ TABLES: tuple[Table, ...] = (
         C("edit_id", "VARCHAR", "edit that produced it"),
         C("reason", "VARCHAR", "why"),
         C("deployed_at", "TIMESTAMP", "when"),
-    )),
+    ), key=("deployment_id",), key_since=3),
     Table("quarantine", "Records that could not be stored, with the reason.", (
-        C("quarantine_id", "VARCHAR", "unique id"),
+        C("quarantine_id", "VARCHAR", "hash of (source, line_no, raw, reason)"),
         C("source", "VARCHAR", "file or stream it came from"),
         C("line_no", "INTEGER", "line in the source"),
         C("raw", "VARCHAR", "the record as received"),
         C("reason", "VARCHAR", "why it was rejected"),
         C("received_at", "TIMESTAMP", "when"),
-    )),
+    ), key=("quarantine_id",), key_since=3),
     Table("llm_calls", "The call store: every answered LLM call, for exact replay.", (
         C("key", "VARCHAR", "hash of (model, messages, params, sample)"),
         C("model", "VARCHAR", "litellm model string"),
@@ -252,9 +280,21 @@ def arrow_schema(name: str) -> pa.Schema:
 
 def _create(table: Table, version: int) -> str:
     cols = [f"{c.name} {c.type}" for c in table.columns_at(version)]
-    if table.key:
+    if table.key and table.key_since <= version:
         cols.append(f"PRIMARY KEY ({', '.join(table.key)})")
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({', '.join(cols)})"
+
+
+def _add_key(table: Table, version: int) -> list[str]:
+    """Key an existing table by rebuilding it (DuckDB cannot add a key over rows deleted in
+    the same transaction): rows a retried task duplicated, or with no key, are dropped."""
+    cols = ", ".join(c.name for c in table.columns_at(version))
+    key = ", ".join(table.key)
+    return [f"ALTER TABLE {table.name} RENAME TO {table.name}__unkeyed",
+            _create(table, version),
+            f"INSERT INTO {table.name} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM "
+            f"{table.name}__unkeyed WHERE " + " AND ".join(f"{k} IS NOT NULL" for k in table.key),
+            f"DROP TABLE {table.name}__unkeyed"]
 
 
 def migration(version: int) -> list[str]:
@@ -268,6 +308,8 @@ def migration(version: int) -> list[str]:
         elif table.since < version:
             stmts += [f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {c.name} {c.type}"
                       for c in table.columns if c.since == version]
+            if table.key and table.key_since == version:
+                stmts += _add_key(table, version)
     return stmts
 
 
@@ -277,12 +319,18 @@ def markdown() -> str:
            f"Schema version {SCHEMA_VERSION}. Generated from `storage/schema.py` "
            "(`cegraph schema --markdown`). History tables are Parquet under "
            "`<home>/history/<table>/date=YYYY-MM-DD/`, read through views of the same name "
-           "(plus the partition column `date`); the others live in `<home>/catalog.duckdb`. "
+           "(plus the partition column `date`), which show only committed batches (`batches`) "
+           "and only each run's latest verdict; `runs_all`, `spans_all` and `failures_all` "
+           "also show superseded rows (column `superseded`), the audit trail of re-grades. "
+           "The others live in `<home>/catalog.duckdb`. "
            "Signature vectors live in LanceDB at `<home>/vectors` (table `signatures`).", ""]
     for t in TABLES:
         where = "Parquet history" if t.history else "catalog"
-        out += [f"## `{t.name}` ({where})", "", t.doc, "", "| column | type | meaning |",
-                "| --- | --- | --- |"]
+        out += [f"## `{t.name}` ({where})", "", t.doc, ""]
+        if t.key:
+            out += [f"Primary key: `({', '.join(t.key)})`"
+                    + (f" (since v{t.key_since})." if t.key_since > 1 else "."), ""]
+        out += ["| column | type | meaning |", "| --- | --- | --- |"]
         out += [f"| {c.name} | {c.type} | {c.doc}"
                 + (f" (since v{c.since})" if c.since > 1 else "") + " |" for c in t.columns]
         out.append("")

@@ -4,10 +4,13 @@ project home (`--home`, env `CEGRAPH_HOME`, default `./.cegraph`)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import threading
+import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,14 @@ import pyarrow as pa
 
 from cegraph.failure import Failure
 from cegraph.graph import Workflow
+from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import Completion
 from cegraph.modes import FailureMode, PreviousMode
 from cegraph.signature import Signature
 from cegraph.trace import Trace
 from storage import history
-from storage.schema import SCHEMA_VERSION, TABLE, TABLES, migration
-
-HISTORY_TABLES = tuple(t.name for t in TABLES if t.history)
+from storage.schema import SCHEMA_VERSION, TABLE, migration
+from storage.vectors import VectorIndex
 
 
 def default_home() -> Path:
@@ -39,8 +42,27 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def _outcome(t: Trace) -> str:
+    o = t.outcome
+    return "unevaluated" if o is None else "pass" if o.passed else o.failure_class or "unknown"
+
+
+def _supersedes(trace: Trace, stored: tuple[str, str | None] | None) -> bool:
+    """Whether `trace` replaces the stored verdict of its run id (see `record_traces`)."""
+    if stored is None:
+        return True
+    if _outcome(trace) == INFRASTRUCTURE:
+        return False
+    version = trace.outcome.evaluator_version if trace.outcome else ""
+    return stored[0] == INFRASTRUCTURE or stored[1] != version
+
+
 class SchemaTooNew(RuntimeError):
     pass
+
+
+class CatalogLocked(RuntimeError):
+    """The catalog is held by a running job (DuckDB allows one writer process)."""
 
 
 class Warehouse:
@@ -62,17 +84,20 @@ class Warehouse:
             raise FileNotFoundError(f"no catalog at {self.catalog_path}; run `cegraph demo` or "
                                     "`cegraph ingest` first, or pass --home")
         self.home.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.catalog_path), read_only=read_only)
+        try:
+            self.con = duckdb.connect(str(self.catalog_path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            raise CatalogLocked(f"{self.catalog_path} is locked by a running job (demo, serve, "
+                                "a flow); retry when it has finished") from None
         if not read_only:
             self.migrate(target_version)
         self.refresh_views()
 
     # --- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:
-        exists = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name='schema_version' "
-            "AND table_schema='main'").fetchone()[0]
-        if not exists:
+        if not self._has_table("schema_version"):
             return 0
         return int(self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version")
                    .fetchone()[0])
@@ -92,9 +117,17 @@ class Warehouse:
         return self.schema_version()
 
     def refresh_views(self) -> None:
-        for name in HISTORY_TABLES:
-            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS "
-                             f"{history.view_sql(self.history_root, name)}")
+        # a catalog from before v3 (opened read-only, not migrated) has no commit markers
+        committed = ("SELECT batch_id, seq FROM batches" if self._has_table("batches") else
+                     "SELECT NULL::VARCHAR AS batch_id, NULL::BIGINT AS seq WHERE false")
+        with self._lock:
+            for stmt in history.views(self.history_root, committed=committed):
+                self.con.execute(stmt)
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND "
+            "table_schema = 'main'", [name]).fetchone()[0])
 
     def close(self) -> None:
         self.con.close()
@@ -115,13 +148,17 @@ class Warehouse:
         with self._lock:
             return self.con.execute(sql, params or []).fetchall()
 
-    def _insert(self, table: str, rows: list[dict[str, Any]], *, upsert: bool = False) -> None:
+    def insert(self, table: str, rows: list[dict[str, Any]], *, upsert: bool = False) -> None:
+        """Insert catalog rows. Keyed tables are replay-safe: a retried task's rows are ignored
+        (first write wins) or, with `upsert`, replace the stored ones; unkeyed tables append."""
+        key = TABLE[table].key
         if not rows:
             return
+        if key:  # one row per key within the batch too (the last one, as a replace would)
+            rows = list({tuple(r[k] for k in key): r for r in rows}.values()) if upsert else \
+                list({tuple(r[k] for k in key): r for r in reversed(rows)}.values())[::-1]
         arrow = pa.Table.from_pylist(rows)
-        # keyed tables: replay-safe (first write wins, or upsert); others append
-        verb = ("INSERT" if not TABLE[table].key else
-                "INSERT OR REPLACE" if upsert else "INSERT OR IGNORE")
+        verb = ("INSERT" if not key else "INSERT OR REPLACE" if upsert else "INSERT OR IGNORE")
         with self._lock:
             self.con.register("_incoming", arrow)
             try:
@@ -131,30 +168,50 @@ class Warehouse:
                 self.con.unregister("_incoming")
 
     # --- history ------------------------------------------------------------------------
-    def write_history(self, table: str, data: Any) -> None:
+    def write_batch(self, tables: dict[str, list[dict[str, Any]]], *, night_id: str,
+                    batch_id: str | None = None) -> str:
+        """Write history rows visible all or nothing: every table's file first, then the
+        commit marker (`batches`), in one catalog statement. A crash before the marker leaves
+        files that no view reads; running the job again writes them anew. Returns the id."""
+        batch_id = batch_id or uuid.uuid4().hex
         with self._lock:
-            history.write(self.history_root, table, data)
+            for table, rows in tables.items():
+                history.write(self.history_root, table, rows, batch_id=batch_id)
+            self._commit(batch_id, night_id, sum(len(r) for r in tables.values()))
             self.refresh_views()
+        return batch_id
+
+    def _commit(self, batch_id: str, night_id: str, rows: int) -> None:
+        self.con.execute("INSERT INTO batches SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ? "
+                         "FROM batches", [batch_id, night_id, rows, _now()])
 
     def record_traces(self, traces: Sequence[Trace], *, night_id: str, source: str,
-                      dataset: str) -> list[Failure]:
-        """Store the runs not stored before (a run id is stored once: replays and retries do not
-        double-count), their spans and the failures they yield; returns the new failures."""
+                      dataset: str, model: str) -> list[Failure]:
+        """Store runs with their spans and failures as one batch; returns the new failures.
+
+        A run id already stored is stored again only to re-grade it: when its stored verdict
+        was `infrastructure` (a healthy rerun replaces it) or came from another evaluator
+        version. Otherwise replays and retries are not double-counted. Infrastructure
+        outcomes are stored but yield no failure."""
         from cegraph.failure import failure_from_trace
 
-        seen = self._existing("runs", "run_id", [t.run_id for t in traces])
-        traces = [t for t in traces if t.run_id not in seen]
-        runs, spans = [], []
+        stored = self._verdicts([t.run_id for t in traces])
+        traces = [t for t in traces if _supersedes(t, stored.get(t.run_id))]
+        if not traces:
+            return []
+        batch_id = uuid.uuid4().hex
+        runs, spans, failures, failure_rows = [], [], [], []
         for t in traces:
             o = t.outcome
+            version = o.evaluator_version if o else ""
             runs.append({
                 "run_id": t.run_id, "night_id": night_id, "workflow": t.workflow,
                 "version_id": t.version_id, "task_id": t.task_id, "dataset": dataset,
                 "source": source, "started_at": _ts(t.started), "ended_at": _ts(t.ended),
-                "passed": bool(o and o.passed), "outcome": "pass" if o and o.passed else
-                (o.failure_class if o else "unevaluated"), "score": o.score if o else 0.0,
-                "message": o.message if o else "", "output": t.output, "tokens": t.tokens,
-                "cost": t.cost, "llm_calls": t.llm_calls})
+                "passed": bool(o and o.passed), "outcome": _outcome(t),
+                "score": o.score if o else 0.0, "message": o.message if o else "",
+                "output": t.output, "tokens": t.tokens, "cost": t.cost,
+                "llm_calls": t.llm_calls, "model": model, "evaluator_version": version})
             for pos, s in enumerate(t.spans):
                 spans.append({
                     "run_id": t.run_id, "node_id": s.node_id, "operator": s.operator,
@@ -165,39 +222,75 @@ class Warehouse:
                     "tokens_in": s.tokens_in, "tokens_out": s.tokens_out, "cost": s.cost,
                     "call_keys": [c.key for c in s.calls], "error": s.error,
                     "error_type": s.error_type, "skipped": s.skipped,
-                    "truncated": s.truncated})
-        failures = [f for f in map(failure_from_trace, traces) if f is not None]
-        self.write_history("runs", runs)
-        self.write_history("spans", spans)
-        self.record_failures(failures)
+                    "truncated": s.truncated, "infrastructure": s.infrastructure})
+            f = failure_from_trace(t) if _outcome(t) != INFRASTRUCTURE else None
+            if f is not None:
+                if t.run_id in stored:  # a re-grade: a new failure, the old one stays audited
+                    fid = hashlib.sha256(f"{f.failure_id}:{batch_id}".encode()).hexdigest()
+                    f = replace(f, failure_id=fid[:16])
+                failures.append(f)
+                failure_rows.append(self._failure_row(
+                    f, model=model, dataset=dataset, source=source, evaluator_version=version))
+        self.write_batch({"runs": runs, "spans": spans, "failures": failure_rows},
+                         night_id=night_id, batch_id=batch_id)
         return failures
+    @staticmethod
+    def _failure_row(f: Failure, **extra: Any) -> dict[str, Any]:
+        return {**f.__dict__, "created_at": _ts(f.created_at), **extra}
 
-    def record_failures(self, failures: Sequence[Failure]) -> None:
-        self.write_history("failures", [
-            {**f.__dict__, "created_at": _ts(f.created_at)} for f in failures])
+    def record_failures(self, failures: Sequence[Failure], *, night_id: str, model: str,
+                        dataset: str, source: str) -> None:
+        """Store failures without their runs (imported pools), as one batch."""
+        self.write_batch({"failures": [
+            self._failure_row(f, model=model, dataset=dataset, source=source)
+            for f in failures]}, night_id=night_id)
 
-    def failures(self, workflow: str, version_id: str | None = None) -> list[Failure]:
-        sql = ("SELECT failure_id, run_id, workflow, version_id, task_id, locus_node, "
-               "locus_operator, locus_depth, failure_class, message, expected, observed, "
-               "epoch(created_at) FROM failures WHERE workflow = ?")
-        params: list[Any] = [workflow]
-        if version_id:
-            sql += " AND version_id = ?"
-            params.append(version_id)
-        return [Failure(*row) for row in self.rows(sql + " ORDER BY created_at, failure_id",
-                                                   params)]
+    def _verdicts(self, run_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """The visible verdict (outcome, evaluator version) of each stored run id."""
+        if not run_ids:
+            return {}
+        with self._lock:
+            self.con.register("_ids", pa.table({"v": list(run_ids)}))
+            try:
+                rows = self.con.execute("SELECT r.run_id, r.outcome, r.evaluator_version FROM "
+                                        "runs r JOIN _ids ON r.run_id = _ids.v").fetchall()
+            finally:
+                self.con.unregister("_ids")
+        return {r: (outcome, version) for r, outcome, version in rows}
 
-    def run_count(self, workflow: str, version_id: str | None = None) -> int:
-        sql, params = "SELECT count(*) FROM runs WHERE workflow = ?", [workflow]
-        if version_id:
-            sql += " AND version_id = ?"
-            params.append(version_id)
-        return int(self.rows(sql, params)[0][0])
+    @staticmethod
+    def _pool(workflow: str, version_id: str | None, model: str | None,
+              dataset: str | None) -> tuple[str, list[Any]]:
+        """WHERE clause of one pool: a workflow, optionally one version, model, dataset."""
+        where, params = ["workflow = ?"], [workflow]
+        for column, value in (("version_id", version_id), ("model", model),
+                              ("dataset", dataset)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return " AND ".join(where), params
+
+    def failures(self, workflow: str, version_id: str | None = None, *,
+                 model: str | None = None, dataset: str | None = None) -> list[Failure]:
+        """The failure pool of (workflow, version, model, dataset): latest verdicts only."""
+        where, params = self._pool(workflow, version_id, model, dataset)
+        return [Failure(*row) for row in self.rows(
+            "SELECT failure_id, run_id, workflow, version_id, task_id, locus_node, "
+            "locus_operator, locus_depth, failure_class, message, expected, observed, "
+            f"epoch(created_at) FROM failures WHERE {where} ORDER BY created_at, failure_id",
+            params)]
+
+    def run_count(self, workflow: str, version_id: str | None = None, *,
+                  model: str | None = None, dataset: str | None = None) -> int:
+        """Runs that count in the mass: latest verdicts, infrastructure errors left out."""
+        where, params = self._pool(workflow, version_id, model, dataset)
+        return int(self.rows(f"SELECT count(*) FROM runs WHERE {where} AND outcome <> ?",
+                             [*params, INFRASTRUCTURE])[0][0])
 
     # --- workflows ----------------------------------------------------------------------
     def record_version(self, wf: Workflow, *, created_by: str = "user",
                        parent: str | None = None) -> None:
-        self._insert("workflow_versions", [{
+        self.insert("workflow_versions", [{
             "version_id": wf.version_id, "workflow": wf.name, "parent_version_id": parent,
             "spec": wf.model_dump_json(), "created_by": created_by, "created_at": _now()}])
 
@@ -219,17 +312,33 @@ class Warehouse:
         return self._existing("signatures", "failure_id", failure_ids)
 
     def record_signatures(self, failures: Sequence[Failure], sigs: Sequence[Signature], *,
-                          embedding_model: str, locus_weight: float) -> None:
+                          embedding_model: str, locus_weight: float) -> int:
+        """Store the signatures not stored yet: vectors into LanceDB first, then the catalog
+        rows that mark them known. A crash in between leaves vectors without rows, which the
+        rerun completes (LanceDB adds are idempotent); the other order would leave rows whose
+        vectors no rerun adds. Returns how many vectors were new."""
+        known = self.known_signatures([s.failure_id for s in sigs])
+        fresh = [s for s in sigs if s.failure_id not in known]
+        if not fresh:
+            return 0
         by_id = {f.failure_id: f for f in failures}
+        index = VectorIndex(self.vectors_path, len(fresh[0].vector))
+        groups: dict[tuple[str, str], list[Signature]] = {}
+        for s in fresh:
+            f = by_id[s.failure_id]
+            groups.setdefault((f.workflow, f.version_id), []).append(s)
+        added = sum(index.add(group, workflow=wf, version_id=version)
+                    for (wf, version), group in groups.items())
         now = _now()
-        self._insert("signatures", [{
+        self.insert("signatures", [{
             "failure_id": s.failure_id, "run_id": by_id[s.failure_id].run_id,
             "workflow": by_id[s.failure_id].workflow,
             "version_id": by_id[s.failure_id].version_id, "locus_node": s.locus_node,
             "locus_operator": s.locus_operator, "locus_depth": s.locus_depth,
             "failure_class": s.failure_class, "text": s.text, "text_hash": s.text_hash,
             "embedding_model": embedding_model, "vector_id": s.failure_id, "created_at": now,
-            "locus_weight": locus_weight} for s in sigs])
+            "locus_weight": locus_weight} for s in fresh])
+        return added
 
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """EmbeddingCache: cached vectors by text hash."""
@@ -247,24 +356,32 @@ class Warehouse:
 
     def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
         """EmbeddingCache: store new vectors."""
-        self._insert("embedding_cache", [{"model": model, "text_hash": h,
+        self.insert("embedding_cache", [{"model": model, "text_hash": h,
                                           "vector": v.astype(np.float32).tolist()}
                                          for h, v in items.items()])
 
     # --- failure modes ------------------------------------------------------------------
-    def previous_modes(self, workflow: str) -> list[PreviousMode]:
-        """The live (not resolved) modes of the latest night of `workflow`."""
+    def previous_modes(self, workflow: str, *, model: str | None = None,
+                       dataset: str | None = None) -> list[PreviousMode]:
+        """The live (not resolved) modes of the latest night of (workflow, model, dataset)."""
+        where, params = self._pool(workflow, None, model, dataset)
         rows = self.rows(
-            "SELECT mode_id, centroid, mass, label FROM failure_modes WHERE workflow = ? AND "
-            "status <> 'resolved' AND night_id = (SELECT night_id FROM nights WHERE "
-            "workflow = ? ORDER BY computed_at DESC LIMIT 1) ORDER BY rank",
-            [workflow, workflow])
-        return [PreviousMode(m, np.asarray(c, dtype=np.float32), mass, label)
-                for m, c, mass, label in rows]
+            "SELECT mode_id, centroid, mass, label, mass_lo, mass_hi FROM failure_modes WHERE "
+            "workflow = ? AND status <> 'resolved' AND night_id = (SELECT night_id FROM nights "
+            f"WHERE {where} ORDER BY computed_at DESC LIMIT 1) ORDER BY rank",
+            [workflow, *params])
+        return [PreviousMode(m, np.asarray(c, dtype=np.float32), mass, label, lo, hi)
+                for m, c, mass, label, lo, hi in rows]
 
-    def record_night(self, *, night_id: str, workflow: str, version_id: str, runs: int,
-                     modes: Sequence[FailureMode], resolved: Sequence[PreviousMode],
-                     noise_ids: Sequence[str], mass: tuple[float, float, float]) -> None:
+    def mode_ids(self, workflow: str) -> set[str]:
+        """Every mode id ever used for `workflow` (resolved ones too): never to be reused."""
+        return {r[0] for r in self.rows(
+            "SELECT DISTINCT mode_id FROM failure_modes WHERE workflow = ?", [workflow])}
+
+    def record_night(self, *, night_id: str, workflow: str, version_id: str, model: str,
+                     dataset: str, source: str, runs: int, modes: Sequence[FailureMode],
+                     resolved: Sequence[PreviousMode], noise_ids: Sequence[str],
+                     mass: tuple[float, float, float]) -> None:
         now = _now()
         rows = [{
             "night_id": night_id, "mode_id": m.mode_id, "workflow": workflow,
@@ -290,13 +407,14 @@ class Warehouse:
         with self._lock:
             self.con.execute("BEGIN TRANSACTION")
             try:
-                self._insert("failure_modes", rows, upsert=True)
-                self._insert("failure_mode_members", members)
-                self._insert("nights", [{
+                self.insert("failure_modes", rows, upsert=True)
+                self.insert("failure_mode_members", members, upsert=True)
+                self.insert("nights", [{
                     "night_id": night_id, "workflow": workflow, "version_id": version_id,
                     "computed_at": now, "runs": runs, "failures": failures,
                     "modes": len(modes), "noise": len(noise_ids), "mass": mass[0],
-                    "mass_lo": mass[1], "mass_hi": mass[2]}], upsert=True)
+                    "mass_lo": mass[1], "mass_hi": mass[2], "model": model,
+                    "dataset": dataset, "source": source}], upsert=True)
                 self.con.execute("COMMIT")
             except Exception:
                 self.con.execute("ROLLBACK")
@@ -315,7 +433,7 @@ class Warehouse:
 
     def put(self, record: Completion) -> None:
         """CallStore: keep an answered call (the first answer for a key wins)."""
-        self._insert("llm_calls", [{
+        self.insert("llm_calls", [{
             "key": record.key, "model": record.model, "messages": json.dumps(record.messages),
             "params": json.dumps(record.params, sort_keys=True), "sample": record.sample,
             "text": record.text, "tokens_in": record.tokens_in,
@@ -325,8 +443,8 @@ class Warehouse:
 
     # --- quarantine ---------------------------------------------------------------------
     def quarantine(self, *, source: str, line_no: int, raw: str, reason: str) -> None:
-        import uuid
-
-        self._insert("quarantine", [{"quarantine_id": uuid.uuid4().hex, "source": source,
+        """Keep a rejected record; the same record rejected again (a retry) is kept once."""
+        qid = hashlib.sha256(json.dumps([source, line_no, raw, reason]).encode()).hexdigest()
+        self.insert("quarantine", [{"quarantine_id": qid[:24], "source": source,
                                      "line_no": line_no, "raw": raw, "reason": reason,
                                      "received_at": _now()}])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -17,13 +18,21 @@ from cegraph.trace import Trace
 from storage import Warehouse
 
 
+@dataclass
+class Executed:
+    traces: list[Trace]
+    model: str  # the model as stored with the runs (`LLM.identity`)
+
+
 @task(name="run-workflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
-                 concurrency: int = 2, meter: Meter | None = None) -> list[Trace]:
+                 concurrency: int = 2, meter: Meter | None = None) -> Executed:
     """Run and grade every task; a retry replays finished calls from the call store and
-    spends from the same `meter` (the job's budget), not a fresh one."""
+    spends from the same `meter` (the job's budget), not a fresh one. A run that met an
+    infrastructure error is graded `infrastructure` (retried by the next job)."""
     log = get_run_logger()
     llm = LLM(model, store=wh, concurrency=concurrency, meter=meter)
+    identity = llm.identity
     done = 0
 
     def progress(trace: Trace) -> None:
@@ -37,14 +46,16 @@ def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, mo
     # and is recognised as the same run instead of being counted twice.
     traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
         workflow, tasks, evaluate=evaluate, on_done=progress,
-        run_id=lambda t: stable_run_id(workflow.version_id, model, t.id)))
+        run_id=lambda t: stable_run_id(workflow.version_id, identity, t.id)))
     log.info("LLM meter: %s", llm.meter.summary())
-    return traces
+    return Executed(traces, identity)
 
 
 @task(name="store-traces", cache_policy=NO_CACHE)
 def store_traces(wh: Warehouse, workflow: Workflow, traces: Sequence[Trace], *, night_id: str,
-                 source: str, dataset: str) -> int:
-    """Write runs, spans and failures to the history; returns the number of failures."""
+                 source: str, dataset: str, model: str) -> int:
+    """Write runs, spans and failures to the history as one batch; returns the number of
+    new failures."""
     wh.record_version(workflow, created_by="seed")
-    return len(wh.record_traces(traces, night_id=night_id, source=source, dataset=dataset))
+    return len(wh.record_traces(traces, night_id=night_id, source=source, dataset=dataset,
+                                model=model))

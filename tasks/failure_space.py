@@ -11,27 +11,28 @@ from cegraph.failure_space import Analysis, analyze_failures
 from cegraph.llm import LLM
 from cegraph.mode_label import llm_label
 from cegraph.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
-from storage import VectorIndex, Warehouse
+from storage import Warehouse
 
 
 @task(name="analyze-failures", cache_policy=NO_CACHE)
 def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id: str,
+                      model: str, dataset: str, source: str,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT,
                       label_model: str | None = None) -> Analysis:
-    """Embed the version's failures (cache first), index them, find and store its modes;
+    """Embed the pool of (workflow, version, model, dataset) (cache first), index it, find
+    and store its modes, matched to the last night of the same (workflow, model, dataset);
     with `label_model`, an LLM also names each mode (kept only when its answer parses)."""
     log = get_run_logger()
-    failures = wh.failures(workflow, version_id)
-    runs = wh.run_count(workflow, version_id)
+    failures = wh.failures(workflow, version_id, model=model, dataset=dataset)
+    runs = wh.run_count(workflow, version_id, model=model, dataset=dataset)
     builder = SignatureBuilder(MiniLMEmbedder(), cache=wh, locus_weight=locus_weight)
-    analysis = analyze_failures(failures, runs, builder, previous=wh.previous_modes(workflow))
-    new = set(f.failure_id for f in failures) - wh.known_signatures(
-        [f.failure_id for f in failures])
-    fresh = [s for s in analysis.signatures if s.failure_id in new]
-    wh.record_signatures(failures, fresh, embedding_model=builder.embedder.name,
-                         locus_weight=locus_weight)
-    added = VectorIndex(wh.vectors_path, builder.dim).add(fresh, workflow=workflow,
-                                                          version_id=version_id)
+    analysis = analyze_failures(
+        failures, runs, builder,
+        previous=wh.previous_modes(workflow, model=model, dataset=dataset),
+        used_ids=wh.mode_ids(workflow))
+    added = wh.record_signatures(failures, analysis.signatures,
+                                 embedding_model=builder.embedder.name,
+                                 locus_weight=locus_weight)
     if label_model:
         messages = {f.failure_id: f.message for f in failures}
         llm = LLM(label_model, store=wh)
@@ -42,7 +43,8 @@ def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id
 
         asyncio.run(label_all())
     m = analysis.mass.total
-    wh.record_night(night_id=night_id, workflow=workflow, version_id=version_id, runs=runs,
+    wh.record_night(night_id=night_id, workflow=workflow, version_id=version_id, model=model,
+                    dataset=dataset, source=source, runs=runs,
                     modes=analysis.modes, resolved=analysis.resolved,
                     noise_ids=analysis.noise_ids, mass=(m.mass, m.lo, m.hi))
     log.info("%d failures / %d runs: mass %.3f [%.3f, %.3f], %d modes, %d noise, %d new "

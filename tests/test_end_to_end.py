@@ -70,6 +70,9 @@ def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, pref
     with Warehouse(tmp_path, read_only=True) as wh:
         assert wh.rows("SELECT count(*) FROM runs")[0][0] == 6  # re-run not double-counted
         assert wh.rows("SELECT count(*) FROM signatures")[0][0] == 6
+        for table in ("runs", "failures", "nights"):  # pools are keyed on model and dataset
+            assert wh.rows(f"SELECT DISTINCT model, dataset, source FROM {table}") == [
+                ("scripted/m@scripted", "gsm8k", "benchmark")], table
         assert wh.rows("SELECT count(DISTINCT night_id), count(*) FROM failure_modes") == [(2, 2)]
         assert wh.rows("SELECT count(*) FROM failure_mode_members m JOIN failures f "
                        "USING (failure_id)")[0][0] == 12
@@ -105,7 +108,7 @@ def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, 
     def job() -> int:
         with Warehouse(tmp_path) as wh:
             return len(tasks.execution.run_workflow.with_options(retry_delay_seconds=0)(
-                wh, seed("math"), load("gsm8k", n=2), model="scripted/m", meter=meter))
+                wh, seed("math"), load("gsm8k", n=2), model="scripted/m", meter=meter).traces)
 
     assert job() == 2 and CrashesOnce.crashed
     # both attempts spent from the one meter: 4 paid calls, then 4 replayed by the retry

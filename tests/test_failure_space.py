@@ -7,7 +7,7 @@ from sklearn.metrics import adjusted_rand_score
 from cegraph.failure import Failure
 from cegraph.failure_space import analyze_failures
 from cegraph.mass import expected_failure_mass, wilson
-from cegraph.modes import PreviousMode, find_modes
+from cegraph.modes import FailureMode, PreviousMode, find_modes, match_modes
 from cegraph.signature import Signature, SignatureBuilder, normalize_message
 
 
@@ -111,7 +111,8 @@ def test_modes_matched_across_nights(embedder):
                          cls="exception") for i in range(6)])
     first = analyze_failures(night1, runs=40, builder=builder)
     assert [m.status for m in first.modes] == ["new", "new"]
-    previous = [PreviousMode(m.mode_id, m.centroid, m.mass, m.label) for m in first.modes]
+    previous = [PreviousMode(m.mode_id, m.centroid, m.mass, m.label, m.mass_lo, m.mass_hi)
+                for m in first.modes]
     wrong_id = next(m.mode_id for m in first.modes if m.locus_node == "solve")
     name_id = next(m.mode_id for m in first.modes if m.locus_node == "code")
 
@@ -146,3 +147,49 @@ def test_llm_mode_label_is_parsed_or_rejected(scripted):
     assert mode.label == rule
     scripted.reply = lambda m: '{"label": ""}'
     assert asyncio.run(llm_label(mode, ["x"], LLM("scripted/m"))) is None
+
+
+def _mode(ids, centroid, failures, runs):
+    from cegraph.mass import estimate
+
+    est = estimate(failures, runs)
+    return FailureMode(ids[0], list(ids), np.asarray(centroid, dtype=np.float32), 1.0, "n",
+                       "Op", "t", list(ids[:1]), mass=est.mass, mass_lo=est.lo, mass_hi=est.hi)
+
+
+def _previous(mode):
+    return PreviousMode(mode.mode_id, mode.centroid, mode.mass, mode.label, mode.mass_lo,
+                        mode.mass_hi)
+
+
+def test_trend_needs_separated_intervals():
+    here = [1.0, 0.0]
+    yesterday = _previous(_mode(["m-a"], here, 2, 40))
+    for failures, status in ((3, "stable"), (1, "stable"), (20, "growing")):
+        today = _mode(["m-new"], here, failures, 40)
+        match_modes([yesterday], [today])
+        assert today.status == status, (failures, today.status)
+    big = _previous(_mode(["m-b"], here, 20, 40))
+    today = _mode(["m-new"], here, 2, 40)
+    match_modes([big], [today])
+    assert today.status == "shrinking"
+
+
+def test_a_new_mode_never_takes_an_id_the_workflow_used_before():
+    from cegraph.modes import _mode_id
+
+    seed_id = _mode_id("f1")
+    # yesterday's mode (seeded by f1) moved too far: it is resolved, and today's mode, seeded
+    # by the same failure, must not take its id (the rows would collide on night, mode)
+    resolved_prev = _previous(_mode([seed_id], [0.0, 1.0], 3, 40))
+    today = _mode([seed_id], [1.0, 0.0], 3, 40)
+    today.failure_ids = ["f1", "f2", "f3"]
+    resolved = match_modes([resolved_prev], [today], used_ids={_mode_id("f1", 1)})
+    assert [p.mode_id for p in resolved] == [seed_id]
+    assert today.status == "new" and today.mode_id not in (seed_id, _mode_id("f1", 1))
+    twin = _mode([seed_id], [0.5, 0.5], 3, 40)
+    twin.failure_ids = ["f1", "f4", "f5"]
+    other = _mode([seed_id], [-1.0, 0.0], 3, 40)
+    other.failure_ids = ["f1", "f6", "f7"]
+    match_modes([], [twin, other], used_ids={seed_id})
+    assert len({twin.mode_id, other.mode_id, seed_id}) == 3

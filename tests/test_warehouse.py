@@ -33,10 +33,10 @@ def traces(scripted, llm=None):
 def test_traces_are_stored_once_and_survive_reopen(tmp_path, scripted):
     with Warehouse(tmp_path) as wh:
         failures = wh.record_traces(traces(scripted), night_id="n1", source="benchmark",
-                                    dataset="gsm8k")
+                                    dataset="gsm8k", model="m")
         assert len(failures) == 3
         assert wh.record_traces(traces(scripted), night_id="n2", source="benchmark",
-                                dataset="gsm8k") == []  # same run ids: not double-counted
+                                dataset="gsm8k", model="m") == []  # same run ids: counted once
     with Warehouse(tmp_path, read_only=True) as wh:
         assert wh.rows("SELECT count(*), sum(passed::INT) FROM runs") == [(6, 3)]
         assert wh.rows("SELECT count(*) FROM spans")[0][0] == 12
@@ -60,16 +60,35 @@ def test_call_store_in_the_catalog_replays(tmp_path, scripted):
 
 
 def test_migration_from_previous_schema_version(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage.schema import arrow_schema
+
     with Warehouse(tmp_path, target_version=SCHEMA_VERSION - 1) as old:
         assert old.schema_version() == SCHEMA_VERSION - 1
         old.con.execute("INSERT INTO signatures (failure_id, text) VALUES ('f1', 'kept')")
+        old.con.execute("INSERT INTO edits (edit_id, status) VALUES ('e1', 'a'), ('e1', 'a')")
+        old.con.execute("INSERT INTO nights (night_id, workflow) VALUES ('n', 'w')")
         cols = {r[0] for r in old.rows("SELECT column_name FROM information_schema.columns "
-                                       "WHERE table_name = 'signatures'")}
-        assert "locus_weight" not in cols
+                                       "WHERE table_name = 'nights'")}
+        assert "model" not in cols
+    # a history file from before v3: no batch id, no model; it counts as committed
+    legacy = pa.schema([f for f in arrow_schema("runs") if f.name not in
+                        ("model", "evaluator_version", "batch_id")])
+    folder = tmp_path / "history" / "runs" / "date=2024-01-01"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"run_id": "r0", "workflow": "w", "passed": True,
+                                          "outcome": "pass"}], schema=legacy),
+                   folder / "part-old.parquet")
     with Warehouse(tmp_path) as new:
         assert new.schema_version() == SCHEMA_VERSION
-        assert new.rows("SELECT text, locus_weight FROM signatures") == [("kept", None)]
-        assert new.rows("SELECT count(*) FROM embedding_cache")[0][0] == 0
+        assert new.rows("SELECT text FROM signatures") == [("kept",)]
+        assert new.rows("SELECT count(*) FROM edits") == [(1,)]  # deduplicated, then keyed
+        new.insert("edits", [{"edit_id": "e1", "status": "b"}])
+        assert new.rows("SELECT status FROM edits") == [("a",)]
+        assert new.rows("SELECT night_id, model FROM nights") == [("n", None)]
+        assert new.rows("SELECT run_id, model, batch_id FROM runs") == [("r0", None, None)]
         tables = {r[0] for r in new.rows("SELECT table_name FROM information_schema.tables")}
         assert {t.name for t in TABLES if not t.history} <= tables
 
@@ -93,7 +112,7 @@ def test_embedding_cache_and_vectors_persist(tmp_path, embedder, scripted):
         assert near[0].failure_id == failures[0].failure_id and near[0].distance < 1e-3
         assert index.count_within(again[0].vector, 0.01) == 3  # all share one signature
         assert index.nearest(np.zeros(builder.dim), k=5, workflow="other") == []
-        wh.record_failures(failures)
+        wh.record_failures(failures, night_id="n", model="m", dataset="gsm8k", source="x")
     out = runner.invoke(app, ["similar", failures[1].failure_id, "--k", "2", "--home",
                               str(tmp_path)])
     assert out.exit_code == 0, out.output
@@ -107,7 +126,8 @@ runner = CliRunner()
 
 def test_sql_is_read_only_and_formats(tmp_path, scripted):
     with Warehouse(tmp_path) as wh:
-        wh.record_traces(traces(scripted), night_id="n1", source="benchmark", dataset="gsm8k")
+        wh.record_traces(traces(scripted), night_id="n1", source="benchmark", dataset="gsm8k",
+                         model="m")
     ok = runner.invoke(app, ["sql", "SELECT outcome, count(*) AS n FROM runs GROUP BY 1 "
                              "ORDER BY 1", "--home", str(tmp_path), "--format", "json"])
     assert ok.exit_code == 0, ok.output
@@ -117,7 +137,8 @@ def test_sql_is_read_only_and_formats(tmp_path, scripted):
     for write in ("DELETE FROM llm_calls", "CREATE TABLE x (a INT)",
                   "INSERT INTO quarantine (reason) VALUES ('x')"):
         refused = runner.invoke(app, ["sql", write, "--home", str(tmp_path)])
-        assert refused.exit_code == 2 and "read-only" in refused.output.lower(), refused.output
+        assert refused.exit_code == 2 and "only a read statement" in refused.output, \
+            refused.output
 
 
 def test_sql_without_a_home_says_what_to_do(tmp_path):
@@ -184,3 +205,72 @@ def test_run_and_workflow_commands(tmp_path, scripted):
     (tmp_path / "bad.yaml").write_text("name: x\nnodes:\n  - {id: a, op: Nope}\noutput: a\n")
     bad = runner.invoke(app, ["workflow", "validate", str(tmp_path / "bad.yaml")])
     assert bad.exit_code == 2 and "unknown operator 'Nope'" in bad.output
+
+
+def _home_with_runs(tmp_path, scripted):
+    with Warehouse(tmp_path) as wh:
+        wh.record_traces(traces(scripted), night_id="n1", source="benchmark", dataset="gsm8k",
+                         model="m")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("attack, why", [
+    ("COPY (SELECT * FROM runs) TO '{home}/history/runs/date=2020-01-01/forged.parquet'",
+     "COPY statement"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "files and extensions are off limits"),
+    ("SELECT * FROM read_csv('{home}/history/../catalog.duckdb.wal')",
+     "files and extensions are off limits"),
+    ("SELECT 1; SELECT 2", "one statement per call, got 2"),
+    ("SELECT 1; DROP VIEW runs", "one statement per call, got 2"),
+    ("INSTALL httpfs", "LOAD statement"),
+    ("LOAD httpfs", "LOAD statement"),
+    ("CREATE TEMP VIEW runs AS SELECT 1 AS passed", "CREATE statement"),
+    ("SET enable_external_access = true", "SET statement"),
+    ("SET lock_configuration = false", "SET statement"),
+    ("ATTACH '/tmp/other.duckdb'", "ATTACH statement"),
+    ("SELECT * FROM query('COPY (SELECT 1) TO ''/tmp/x.csv''')", "SELECT statement"),
+])
+def test_sql_audit_refuses_every_way_out(tmp_path, scripted, attack, why):
+    home = _home_with_runs(tmp_path, scripted)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    out = runner.invoke(app, ["sql", attack.format(home=home), "--home", home])
+    assert out.exit_code == 2 and why in out.output, out.output
+    assert len(out.output.strip().splitlines()) == 1 and "Traceback" not in out.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    ok = runner.invoke(app, ["sql", "SELECT sum(passed::INT) || '/' || count(*) AS r FROM runs",
+                             "--home", home, "-f", "csv"])
+    assert ok.output.splitlines() == ["r", "3/6"]
+
+
+def test_sql_audit_still_reads_the_history_views_and_catalog(tmp_path, scripted):
+    home = _home_with_runs(tmp_path, scripted)
+    for query, expected in [
+            ("SELECT count(*) AS n FROM spans", "12"),
+            ("SELECT count(*) AS n FROM failures f JOIN runs r USING (run_id)", "3"),
+            ("SELECT count(*) AS n FROM runs_all WHERE NOT superseded", "6"),
+            ("WITH x AS (SELECT DISTINCT model FROM runs) SELECT model AS n FROM x", "m"),
+            ("SELECT count(*) AS n FROM batches", "1"),
+            ("FROM (SELECT 7 AS n)", "7")]:
+        out = runner.invoke(app, ["sql", query, "--home", home, "-f", "csv"])
+        assert out.exit_code == 0 and out.output.splitlines() == ["n", expected], \
+            (query, out.output)
+    described = runner.invoke(app, ["sql", "DESCRIBE runs", "--home", home, "-f", "csv"])
+    assert described.exit_code == 0 and "evaluator_version" in described.output
+
+
+def test_sql_on_a_catalog_held_by_a_running_job_is_one_line(tmp_path, scripted):
+    import subprocess
+    import sys
+
+    home = _home_with_runs(tmp_path, scripted)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1]); "
+         "print('held', flush=True); sys.stdin.read()", str(tmp_path / "catalog.duckdb")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = runner.invoke(app, ["sql", "SELECT 1", "--home", home])
+    finally:
+        holder.communicate("")
+    assert out.exit_code == 2 and "locked by a running job" in out.output
+    assert len(out.output.strip().splitlines()) == 1, out.output
