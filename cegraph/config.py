@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from cegraph.local_model import DEFAULT_MODEL
+from cegraph.recipe import DEFAULT_RECIPE
 from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 
 
@@ -21,6 +22,8 @@ class Settings(BaseModel):
     data_dir: str | None = None
     concurrency: int = 2
     locus_weight: float = DEFAULT_LOCUS_WEIGHT
+    signature_recipe: str = DEFAULT_RECIPE  # see cegraph.recipe
+    diagnosis_model: str | None = None  # None: the run's model
 
     @classmethod
     def load(cls, cwd: Path | None = None) -> Settings:

@@ -3,7 +3,7 @@ today's modes matched to yesterday's. Pure library code; storage is done by the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cegraph.failure import Failure
@@ -30,10 +30,12 @@ class Analysis:
 
 def analyze_failures(failures: Sequence[Failure], runs: int, builder: SignatureBuilder, *,
                      previous: Sequence[PreviousMode] = (), used_ids: Iterable[str] = (),
-                     eps: float = DEFAULT_EPS, min_size: int = DEFAULT_MIN_SIZE) -> Analysis:
+                     eps: float = DEFAULT_EPS, min_size: int = DEFAULT_MIN_SIZE,
+                     texts: Mapping[str, str] | None = None) -> Analysis:
     """Signatures, modes and Expected Failure Mass of `failures` observed over `runs` runs;
-    `previous` are the last night's live modes, `used_ids` every mode id the workflow had."""
-    sigs = builder.build(failures)
+    `previous` are the last night's live modes (of the same signature recipe), `used_ids`
+    every mode id the workflow had, `texts` the recipe's signature texts by failure id."""
+    sigs = builder.build(failures, texts)
     found = find_modes(sigs, eps=eps, min_size=min_size)
     mass = expected_failure_mass(runs, {m.mode_id: m.size for m in found.modes},
                                  len(found.noise_ids))

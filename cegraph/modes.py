@@ -49,6 +49,7 @@ class FailureMode:
     mass_lo: float = 0.0
     mass_hi: float = 0.0
     llm_label: str | None = None  # see cegraph.mode_label
+    kind_label: str | None = None  # from its members' diagnoses (cegraph.diagnosis)
 
     @property
     def size(self) -> int:
@@ -56,7 +57,7 @@ class FailureMode:
 
     @property
     def label(self) -> str:
-        rule = f"{self.locus_node} ({self.locus_operator}): {self.template}"
+        rule = f"{self.locus_node} ({self.locus_operator}): {self.kind_label or self.template}"
         return f"{self.llm_label} [{rule}]" if self.llm_label else rule
 
 

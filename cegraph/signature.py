@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -167,8 +167,12 @@ class SignatureBuilder:
             found.update(fresh)
         return found
 
-    def build(self, failures: Sequence[Failure]) -> list[Signature]:
-        texts = [signature_text(f.failure_class, f.message) for f in failures]
+    def build(self, failures: Sequence[Failure],
+              texts: Mapping[str, str] | None = None) -> list[Signature]:
+        """Signatures of `failures`; `texts` (by failure id, see `cegraph.recipe`) replaces
+        the message-only text."""
+        texts = [texts[f.failure_id] if texts else signature_text(f.failure_class, f.message)
+                 for f in failures]
         meanings = self.meanings(texts)
         a, b = np.sqrt(self.locus_weight), np.sqrt(1.0 - self.locus_weight)
         loci: dict[tuple[str, str, int], np.ndarray] = {}

@@ -165,17 +165,24 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
          home: Home = Path(SETTINGS.home),
          data_dir: DataPath = SETTINGS.data_dir,
          seed: int = 0,
-         llm_labels: Annotated[bool, typer.Option(help="let the LLM name each mode")] = False
-         ) -> None:
+         llm_labels: Annotated[bool, typer.Option(help="let the LLM name each mode")] = False,
+         recipe: Annotated[str, typer.Option(
+             help="signature recipe: message | message+features | "
+                  "message+features+diagnosis")] = SETTINGS.signature_recipe,
+         diagnosis_model: Annotated[str | None, typer.Option(
+             help="model of the diagnosis recipe (default: --model)")] = (
+             SETTINGS.diagnosis_model)) -> None:
     """The main job on the embedded defaults: run the seed workflow with the local model on a
     benchmark slice (Prefect flow), store runs/spans/failures/signatures/modes in the
     warehouse, and print the traces' summary and the failure modes."""
     from cegraph.benchmarks import DatasetNotFound, data_file
     from cegraph.local_model import MODELS, fetch
+    from cegraph.recipe import check_recipe
     from flows.evaluation import evaluate_workflow
 
     try:
         data_file(dataset, data_dir)
+        check_recipe(recipe)
     except (DatasetNotFound, ValueError) as exc:
         _fail(str(exc))
     if model in MODELS:
@@ -184,7 +191,8 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                data_dir=data_dir, seed_value=seed,
                                concurrency=SETTINGS.concurrency, llm_labels=llm_labels,
-                               locus_weight=SETTINGS.locus_weight)
+                               locus_weight=SETTINGS.locus_weight, recipe=recipe,
+                               diagnosis_model=diagnosis_model)
     bench.print_traces(result.traces)
     with _read_only(home) as wh:
         _print_modes(wh, result.workflow, result.version_id)
@@ -215,7 +223,8 @@ def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
     from cegraph.mass import estimate
 
     nights = wh.rows(
-        "SELECT night_id, workflow, version_id, runs, noise, model, dataset FROM nights "
+        "SELECT night_id, workflow, version_id, runs, noise, model, dataset, "
+        "coalesce(recipe, 'message') FROM nights "
         "WHERE (?::VARCHAR IS NULL OR workflow = ?) AND (?::VARCHAR IS NULL OR version_id = ?) "
         "QUALIFY row_number() OVER (PARTITION BY workflow, model, dataset "
         "ORDER BY computed_at DESC) = 1 ORDER BY workflow, model, dataset",
@@ -225,7 +234,7 @@ def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
                              "--version, --home)")
         return
     example = ("(SELECT message FROM failures x WHERE x.failure_id = {} LIMIT 1) AS example")
-    for night_id, wf, version_id, runs, noise, model, dataset in nights:
+    for night_id, wf, version_id, runs, noise, model, dataset, recipe in nights:
         rows = wh.query(
             "SELECT rank, label, size, mass, mass_lo AS lo, mass_hi AS hi, status AS trend, "
             "locus_node || ' (' || locus_operator || ')' AS locus, "
@@ -243,7 +252,7 @@ def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
         columns = ["rank", "label", "size", "mass", "lo", "hi", "trend", "locus", "example"]
         render.grid(columns, [[r[c] for c in columns] for r in rows],
                     title=f"{wf} {version_id} ({model} on {dataset}): failure modes of night "
-                          f"{night_id}, {runs} runs")
+                          f"{night_id}, {runs} runs, recipe {recipe}")
 
 
 @app.command("modes")

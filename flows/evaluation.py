@@ -13,6 +13,7 @@ from cegraph.benchmarks import load
 from cegraph.failure_space import Analysis
 from cegraph.graph import Workflow
 from cegraph.llm import Meter
+from cegraph.recipe import DEFAULT_RECIPE, check_recipe
 from cegraph.seeds import seed
 from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.trace import Trace
@@ -36,20 +37,27 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
                       data_dir: str | None = None, seed_value: int = 0,
                       concurrency: int = 2, llm_labels: bool = False,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_tokens: int | None = None,
-                      max_cost: float | None = None) -> Evaluation:
+                      max_cost: float | None = None, recipe: str = DEFAULT_RECIPE,
+                      diagnosis_model: str | None = None) -> Evaluation:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
     span and failure, embed and index the signatures, and compute the failure modes; runs,
     failures, the pool and the mode history are keyed on (workflow, model, dataset).
-    `max_tokens`/`max_cost` are the job's hard budget, kept across task retries."""
+    `max_tokens`/`max_cost` are the job's hard budget, kept across task retries. `recipe`
+    picks the signature recipe; under `message+features+diagnosis` the failures are
+    diagnosed by `diagnosis_model` (default: `model`) within the same budget."""
+    check_recipe(recipe)
     wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
     night_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     with Warehouse(Path(home) if home else None) as wh:
+        meter = Meter(max_tokens=max_tokens, max_cost=max_cost)
         executed = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency,
-                                meter=Meter(max_tokens=max_tokens, max_cost=max_cost))
+                                meter=meter)
         pool = {"dataset": dataset, "source": "benchmark", "model": executed.model}
         store_traces(wh, wf, executed.traces, night_id=night_id, **pool)
         analysis = analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
                                      night_id=night_id, locus_weight=locus_weight,
-                                     label_model=model if llm_labels else None, **pool)
+                                     label_model=model if llm_labels else None,
+                                     recipe=recipe, diagnosis_model=diagnosis_model or model,
+                                     meter=meter, **pool)
     return Evaluation(wf.name, wf.version_id, night_id, executed.traces, analysis)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,27 @@ TABLES: tuple[Table, ...] = (
         C("source", "VARCHAR", "benchmark | production | verification", 3),
         C("evaluator_version", "VARCHAR", "version of the grader that gave the verdict", 3),
         C("batch_id", "VARCHAR", "the write batch (joins batches.batch_id)", 3),
+        # trace features (cegraph.features), read from the trace without an LLM
+        C("features", "VARCHAR", "the trace features as the phrase the signature recipe "
+                                 "'message+features' adds ('' when none hold)", 4),
+        C("feature_tags", "VARCHAR[]", "the features that hold (keys of "
+                                       "cegraph.features.PHRASES: extraction_slip, "
+                                       "intermediate_answer, percent_factor, sign_error, "
+                                       "cut_at_limit, wrong_values, ...)", 4),
+        C("expected_at_node", "VARCHAR", "first reasoning node whose output shows the "
+                                         "expected value (not one given in the question)", 4),
+        C("expected_at_step", "INTEGER", "its step (1-based non-empty line)", 4),
+        C("reported_at_node", "VARCHAR", "first reasoning node whose output shows the "
+                                         "reported value", 4),
+        C("reported_at_step", "INTEGER", "its step", 4),
+        C("reasoning_steps", "INTEGER", "steps of the last reasoning node", 4),
+        C("answer_ratio", "DOUBLE", "reported / expected value, both numbers", 4),
+        C("code_outcome", "VARCHAR", "code: raises | wrong_values | timeout | exits | "
+                                     "no_code", 4),
+        C("exception_type", "VARCHAR", "exception type named by the message", 4),
+        C("failing_input_class", "VARCHAR", "kind of input of the failing assert: empty | "
+                                            "single | negative | zero | float | large | "
+                                            "nested | text | typical", 4),
     ), history=True),
     Table("batches", "Commit markers of history writes: a batch's Parquet files are visible "
           "only once its row exists (written after all of them).", (
@@ -137,7 +158,33 @@ TABLES: tuple[Table, ...] = (
         C("vector_id", "VARCHAR", "row key in the LanceDB table 'signatures'"),
         C("created_at", "TIMESTAMP", "when the signature was computed"),
         C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.signature)", 2),
+        C("recipe", "VARCHAR", "signature recipe the text was built with: message | "
+                               "message+features | message+features+diagnosis (NULL: "
+                               "message)", 4),
     ), key=("failure_id",)),
+    Table("diagnoses", "LLM diagnoses of failures (cegraph.diagnosis): one call per distinct "
+          "failure, valid or not.", (
+        C("failure_id", "VARCHAR", "the failure"),
+        C("run_id", "VARCHAR", "its run"),
+        C("model", "VARCHAR", "diagnosing model (LLM.identity)"),
+        C("prompt_hash", "VARCHAR", "the distinct failure: failures with the same prompt "
+                                    "share one call"),
+        C("valid", "BOOLEAN", "the answer validated (else the failure keeps its features)"),
+        C("node", "VARCHAR", "node where it went wrong"),
+        C("node_operator", "VARCHAR", "operator of that node"),
+        C("node_depth", "INTEGER", "depth of that node"),
+        C("step", "INTEGER", "step in that node's output (0: unclear)"),
+        C("kind", "VARCHAR", "misread_question | wrong_operation | arithmetic_slip | "
+                             "unit_or_percent | incomplete_reasoning | extraction_format | "
+                             "wrong_algorithm | edge_case_missed | hallucinated_fact | other"),
+        C("explanation", "VARCHAR", "one sentence, numbers masked"),
+        C("raw", "VARCHAR", "the model's answer as received"),
+        C("error", "VARCHAR", "why an invalid answer was rejected"),
+        C("call_key", "VARCHAR", "the LLM call (joins llm_calls.key)"),
+        C("fresh", "BOOLEAN", "a provider call was paid for (not replayed)"),
+        C("latency_s", "DOUBLE", "seconds of the paid call (0 when replayed)"),
+        C("created_at", "TIMESTAMP", "when diagnosed"),
+    ), key=("failure_id", "model"), since=4),
     Table("embedding_cache", "Embeddings by normalized-text hash: a text is embedded once.", (
         C("model", "VARCHAR", "embedding model"),
         C("text_hash", "VARCHAR", "hash of the normalized text"),
@@ -158,6 +205,8 @@ TABLES: tuple[Table, ...] = (
         C("model", "VARCHAR", "the model (as runs.model)", 3),
         C("dataset", "VARCHAR", "benchmark name or 'production'", 3),
         C("source", "VARCHAR", "benchmark | production | verification", 3),
+        C("recipe", "VARCHAR", "signature recipe of the night; nights are matched only to "
+                               "nights of the same recipe (NULL: message)", 4),
     ), key=("night_id", "workflow")),
     Table("failure_modes", "Dense regions of the signature space, one row per mode per night.", (
         C("night_id", "VARCHAR", "the computation (joins nights.night_id)"),

@@ -64,8 +64,10 @@ class VectorIndex:
     def __len__(self) -> int:
         return self.table.count_rows()
 
-    def add(self, sigs: Sequence[Signature], *, workflow: str, version_id: str) -> int:
-        """Insert signatures not yet indexed; returns how many were new."""
+    def add(self, sigs: Sequence[Signature], *, workflow: str, version_id: str,
+            replace: bool = False) -> int:
+        """Insert signatures not yet indexed (with `replace`, overwrite indexed ones: a
+        signature rebuilt by another recipe); returns how many were new."""
         if not sigs:
             return 0
         flat = np.stack([s.vector for s in sigs]).astype(np.float32).ravel()
@@ -81,7 +83,8 @@ class VectorIndex:
         if before == 0:
             self.table.add(data)
         else:
-            (self.table.merge_insert("failure_id").when_not_matched_insert_all().execute(data))
+            merge = self.table.merge_insert("failure_id").when_not_matched_insert_all()
+            (merge.when_matched_update_all() if replace else merge).execute(data)
         self.maybe_index()
         return len(self) - before
 

@@ -10,7 +10,7 @@ import os
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from cegraph.diagnosis import DiagnosisRecord
 from cegraph.failure import Failure
 from cegraph.graph import Workflow
 from cegraph.infrastructure import INFRASTRUCTURE
@@ -194,6 +195,7 @@ class Warehouse:
         version. Otherwise replays and retries are not double-counted. Infrastructure
         outcomes are stored but yield no failure."""
         from cegraph.failure import failure_from_trace
+        from cegraph.features import digest_from_trace, trace_features
 
         stored = self._verdicts([t.run_id for t in traces])
         traces = [t for t in traces if _supersedes(t, stored.get(t.run_id))]
@@ -230,7 +232,8 @@ class Warehouse:
                     f = replace(f, failure_id=fid[:16])
                 failures.append(f)
                 failure_rows.append(self._failure_row(
-                    f, model=model, dataset=dataset, source=source, evaluator_version=version))
+                    f, model=model, dataset=dataset, source=source, evaluator_version=version,
+                    **trace_features(digest_from_trace(t)).row()))
         self.write_batch({"runs": runs, "spans": spans, "failures": failure_rows},
                          night_id=night_id, batch_id=batch_id)
         return failures
@@ -280,6 +283,15 @@ class Warehouse:
             f"epoch(created_at) FROM failures WHERE {where} ORDER BY created_at, failure_id",
             params)]
 
+    def failure_features(self, failure_ids: Sequence[str]) -> dict[str, str]:
+        """The stored trace-feature phrase of each failure (none for failures stored before
+        schema v4 or without a trace)."""
+        if not failure_ids:
+            return {}
+        return dict(self.rows("SELECT failure_id, features FROM failures WHERE failure_id IN "
+                              "(SELECT unnest(?::VARCHAR[])) AND features IS NOT NULL",
+                              [list(failure_ids)]))
+
     def run_count(self, workflow: str, version_id: str | None = None, *,
                   model: str | None = None, dataset: str | None = None) -> int:
         """Runs that count in the mass: latest verdicts, infrastructure errors left out."""
@@ -308,16 +320,26 @@ class Warehouse:
                 self.con.unregister("_ids")
         return {r[0] for r in found}
 
-    def known_signatures(self, failure_ids: Sequence[str]) -> set[str]:
-        return self._existing("signatures", "failure_id", failure_ids)
+    def known_signatures(self, failure_ids: Sequence[str],
+                         recipe: str | None = None) -> set[str]:
+        """Failures with a stored signature (with `recipe`: built by that recipe)."""
+        if recipe is None:
+            return self._existing("signatures", "failure_id", failure_ids)
+        return {r[0] for r in self.rows(
+            "SELECT failure_id FROM signatures WHERE failure_id IN (SELECT unnest(?::VARCHAR[]))"
+            " AND coalesce(recipe, 'message') = ?", [list(failure_ids), recipe])}
 
     def record_signatures(self, failures: Sequence[Failure], sigs: Sequence[Signature], *,
-                          embedding_model: str, locus_weight: float) -> int:
-        """Store the signatures not stored yet: vectors into LanceDB first, then the catalog
-        rows that mark them known. A crash in between leaves vectors without rows, which the
-        rerun completes (LanceDB adds are idempotent); the other order would leave rows whose
-        vectors no rerun adds. Returns how many vectors were new."""
-        known = self.known_signatures([s.failure_id for s in sigs])
+                          embedding_model: str, locus_weight: float,
+                          recipe: str = "message") -> int:
+        """Store the signatures not stored yet with this recipe (one built by another recipe
+        is replaced): vectors into LanceDB first, then the catalog rows that mark them known.
+        A crash in between leaves vectors without rows, which the rerun completes (LanceDB
+        writes are idempotent); the other order would leave rows whose vectors no rerun adds.
+        Returns how many vectors were new."""
+        ids = [s.failure_id for s in sigs]
+        known = self.known_signatures(ids, recipe)
+        other = self.known_signatures(ids) - known  # stored by another recipe: replaced
         fresh = [s for s in sigs if s.failure_id not in known]
         if not fresh:
             return 0
@@ -327,7 +349,7 @@ class Warehouse:
         for s in fresh:
             f = by_id[s.failure_id]
             groups.setdefault((f.workflow, f.version_id), []).append(s)
-        added = sum(index.add(group, workflow=wf, version_id=version)
+        added = sum(index.add(group, workflow=wf, version_id=version, replace=bool(other))
                     for (wf, version), group in groups.items())
         now = _now()
         self.insert("signatures", [{
@@ -337,7 +359,7 @@ class Warehouse:
             "locus_operator": s.locus_operator, "locus_depth": s.locus_depth,
             "failure_class": s.failure_class, "text": s.text, "text_hash": s.text_hash,
             "embedding_model": embedding_model, "vector_id": s.failure_id, "created_at": now,
-            "locus_weight": locus_weight} for s in fresh])
+            "locus_weight": locus_weight, "recipe": recipe} for s in fresh], upsert=bool(other))
         return added
 
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
@@ -362,14 +384,17 @@ class Warehouse:
 
     # --- failure modes ------------------------------------------------------------------
     def previous_modes(self, workflow: str, *, model: str | None = None,
-                       dataset: str | None = None) -> list[PreviousMode]:
-        """The live (not resolved) modes of the latest night of (workflow, model, dataset)."""
+                       dataset: str | None = None, recipe: str = "message"
+                       ) -> list[PreviousMode]:
+        """The live (not resolved) modes of the latest night of (workflow, model, dataset)
+        computed with the same signature recipe (another recipe's vectors are not
+        comparable, so its nights are never matched)."""
         where, params = self._pool(workflow, None, model, dataset)
         rows = self.rows(
             "SELECT mode_id, centroid, mass, label, mass_lo, mass_hi FROM failure_modes WHERE "
             "workflow = ? AND status <> 'resolved' AND night_id = (SELECT night_id FROM nights "
-            f"WHERE {where} ORDER BY computed_at DESC LIMIT 1) ORDER BY rank",
-            [workflow, *params])
+            f"WHERE {where} AND coalesce(recipe, 'message') = ? ORDER BY computed_at DESC "
+            "LIMIT 1) ORDER BY rank", [workflow, *params, recipe])
         return [PreviousMode(m, np.asarray(c, dtype=np.float32), mass, label, lo, hi)
                 for m, c, mass, label, lo, hi in rows]
 
@@ -381,7 +406,7 @@ class Warehouse:
     def record_night(self, *, night_id: str, workflow: str, version_id: str, model: str,
                      dataset: str, source: str, runs: int, modes: Sequence[FailureMode],
                      resolved: Sequence[PreviousMode], noise_ids: Sequence[str],
-                     mass: tuple[float, float, float]) -> None:
+                     mass: tuple[float, float, float], recipe: str = "message") -> None:
         now = _now()
         rows = [{
             "night_id": night_id, "mode_id": m.mode_id, "workflow": workflow,
@@ -414,11 +439,27 @@ class Warehouse:
                     "computed_at": now, "runs": runs, "failures": failures,
                     "modes": len(modes), "noise": len(noise_ids), "mass": mass[0],
                     "mass_lo": mass[1], "mass_hi": mass[2], "model": model,
-                    "dataset": dataset, "source": source}], upsert=True)
+                    "dataset": dataset, "source": source, "recipe": recipe}], upsert=True)
                 self.con.execute("COMMIT")
             except Exception:
                 self.con.execute("ROLLBACK")
                 raise
+
+    # --- diagnoses ----------------------------------------------------------------------
+    def diagnoses(self, failure_ids: Sequence[str], model: str) -> dict[str, DiagnosisRecord]:
+        """The stored diagnoses by `model` of these failures (valid or not)."""
+        if not failure_ids:
+            return {}
+        cols = [f.name for f in fields(DiagnosisRecord)]
+        rows = self.rows(f"SELECT {', '.join(cols)} FROM diagnoses WHERE model = ? AND "
+                         "failure_id IN (SELECT unnest(?::VARCHAR[]))",
+                         [model, list(failure_ids)])
+        return {r[0]: DiagnosisRecord(*r) for r in rows}
+
+    def record_diagnoses(self, records: Sequence[DiagnosisRecord]) -> None:
+        """Keep diagnoses; a failure already diagnosed by the model keeps its first one."""
+        now = _now()
+        self.insert("diagnoses", [{**r.__dict__, "created_at": now} for r in records])
 
     # --- call store ---------------------------------------------------------------------
     def get(self, key: str) -> Completion | None:

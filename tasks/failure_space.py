@@ -7,32 +7,51 @@ import asyncio
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from cegraph.diagnosis import diagnose_pool, kind_label
 from cegraph.failure_space import Analysis, analyze_failures
-from cegraph.llm import LLM
+from cegraph.llm import LLM, Meter
 from cegraph.mode_label import llm_label
+from cegraph.recipe import DEFAULT_RECIPE, apply_recipe, uses_diagnosis
 from cegraph.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
 from storage import Warehouse
+from storage.digests import run_digests
 
 
 @task(name="analyze-failures", cache_policy=NO_CACHE)
 def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id: str,
                       model: str, dataset: str, source: str,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT,
-                      label_model: str | None = None) -> Analysis:
+                      label_model: str | None = None, recipe: str = DEFAULT_RECIPE,
+                      diagnosis_model: str | None = None,
+                      meter: Meter | None = None) -> Analysis:
     """Embed the pool of (workflow, version, model, dataset) (cache first), index it, find
-    and store its modes, matched to the last night of the same (workflow, model, dataset);
-    with `label_model`, an LLM also names each mode (kept only when its answer parses)."""
+    and store its modes, matched to the last night of the same (workflow, model, dataset)
+    and signature `recipe`; with `label_model`, an LLM also names each mode (kept only when
+    its answer parses). Under the diagnosis recipe, `diagnosis_model` diagnoses each failure
+    not diagnosed before (spending from `meter`), and modes are labelled by their kinds."""
     log = get_run_logger()
     failures = wh.failures(workflow, version_id, model=model, dataset=dataset)
     runs = wh.run_count(workflow, version_id, model=model, dataset=dataset)
+    diagnoses = {}
+    if uses_diagnosis(recipe) and diagnosis_model:
+        done = diagnose_pool(failures, LLM(diagnosis_model, store=wh, meter=meter), wh,
+                             lambda fs: run_digests(wh, fs))
+        diagnoses = done.records
+        log.info("diagnosis: %d failures diagnosed with %d paid calls in %.1fs",
+                 done.diagnosed, done.calls, done.seconds)
+    seen, texts = apply_recipe(failures, recipe,
+                               features=wh.failure_features([f.failure_id for f in failures]),
+                               diagnoses=diagnoses)
     builder = SignatureBuilder(MiniLMEmbedder(), cache=wh, locus_weight=locus_weight)
     analysis = analyze_failures(
-        failures, runs, builder,
-        previous=wh.previous_modes(workflow, model=model, dataset=dataset),
+        seen, runs, builder, texts=texts,
+        previous=wh.previous_modes(workflow, model=model, dataset=dataset, recipe=recipe),
         used_ids=wh.mode_ids(workflow))
-    added = wh.record_signatures(failures, analysis.signatures,
+    added = wh.record_signatures(seen, analysis.signatures,
                                  embedding_model=builder.embedder.name,
-                                 locus_weight=locus_weight)
+                                 locus_weight=locus_weight, recipe=recipe)
+    for mode in analysis.modes:
+        mode.kind_label = kind_label(mode.failure_ids, mode.representative_ids, diagnoses)
     if label_model:
         messages = {f.failure_id: f.message for f in failures}
         llm = LLM(label_model, store=wh)
@@ -46,8 +65,8 @@ def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id
     wh.record_night(night_id=night_id, workflow=workflow, version_id=version_id, model=model,
                     dataset=dataset, source=source, runs=runs,
                     modes=analysis.modes, resolved=analysis.resolved,
-                    noise_ids=analysis.noise_ids, mass=(m.mass, m.lo, m.hi))
-    log.info("%d failures / %d runs: mass %.3f [%.3f, %.3f], %d modes, %d noise, %d new "
-             "vectors", len(failures), runs, m.mass, m.lo, m.hi, len(analysis.modes),
-             len(analysis.noise_ids), added)
+                    noise_ids=analysis.noise_ids, mass=(m.mass, m.lo, m.hi), recipe=recipe)
+    log.info("%d failures / %d runs (recipe %s): mass %.3f [%.3f, %.3f], %d modes, %d noise, "
+             "%d new vectors", len(failures), runs, recipe, m.mass, m.lo, m.hi,
+             len(analysis.modes), len(analysis.noise_ids), added)
     return analysis
