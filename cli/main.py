@@ -17,7 +17,7 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
-from cli import bench, render  # noqa: E402
+from cli import bench, render, signatures  # noqa: E402, F401  (registers bench commands)
 from cli.options import DataPath, Home, Model  # noqa: E402
 
 if TYPE_CHECKING:

@@ -213,3 +213,48 @@ def test_prompt_shows_the_trace_step_by_step():
     text = prompt(digests(failures[:1])[failures[0].failure_id])
     assert QUESTION in text and "Node `solve` (ChainOfThought):\n  1. 3 * 4 = 12 apples." in text
     assert "Expected answer: 18\nGot: 19" in text
+
+
+# --- the measurement commands -----------------------------------------------------------------
+
+def test_bench_failures_and_signatures_on_a_home(tmp_path, scripted):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from storage import Warehouse
+
+    question = "A shirt costs 40 dollars; the discount is 10 dollars. What percent is it?"
+    percent = [math_trace("10 / 40 = 0.25\n\\boxed{0.25}", "0.25", "25", question=question,
+                          run=f"p{i}") for i in range(4)]
+    finals = [math_trace(f"3 * 4 = 12 apples.\n12 + {k} = {12 + k} apples.\n"
+                         f"\\boxed{{{12 + k}}}", str(12 + k), run=f"w{k}")
+              for k in (8, 13, 23, 28)]
+    traces = percent + finals
+    for i, t in enumerate(traces):
+        t.task_id = f"t{i}"
+    with Warehouse(tmp_path) as wh:
+        wh.record_traces(traces, night_id="n", source="benchmark", dataset="gsm8k",
+                         model="scripted/m@scripted")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps({"dataset": "gsm8k", "task_id": f"t{i}",
+                                            "label": "percent" if i < 4 else "arithmetic"})
+                                for i in range(8)))
+    runner = CliRunner()
+    dump = runner.invoke(app, ["bench", "failures", "--home", str(tmp_path), "--json"])
+    assert dump.exit_code == 0, dump.output
+    rows = [json.loads(line) for line in dump.output.splitlines()]
+    assert len(rows) == 8 and {r["question"] for r in rows} == {question, QUESTION}
+    assert [n["node"] for n in rows[0]["nodes"]] == ["solve", "format"]
+    scripted.reply = lambda messages: json.dumps(VALID)
+    out = runner.invoke(app, ["bench", "signatures", "--home", str(tmp_path), "--labels",
+                              str(labels), "--json"])
+    assert out.exit_code == 0, out.output
+    figures = {r["recipe"]: r for r in json.loads(out.output.splitlines()[-1])}
+    assert figures["message"]["modes"] == 1 and figures["message"]["ari"] == 0.0
+    assert figures["message+features"]["modes"] == 2
+    assert figures["message+features"]["ari"] == 1.0
+    diag = figures["message+features+diagnosis"]
+    assert diag["diagnosis_calls"] == 5 and diag["diagnosed"] == 8  # 4 share one prompt
+    again = runner.invoke(app, ["bench", "signatures", "--home", str(tmp_path), "--labels",
+                                str(labels), "--json"])
+    assert json.loads(again.output.splitlines()[-1])[2]["diagnosed"] == 0

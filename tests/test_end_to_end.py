@@ -2,6 +2,7 @@
 warehouse."""
 
 import asyncio
+import json
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -113,3 +114,38 @@ def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, 
     assert job() == 2 and CrashesOnce.crashed
     # both attempts spent from the one meter: 4 paid calls, then 4 replayed by the retry
     assert meter.calls == len(scripted.calls) == 4 and meter.cached_calls == 4
+
+
+def test_recipes_are_never_matched_across_nights_and_diagnosis_is_paid_once(
+        tmp_path, scripted, prefect):
+    from flows.evaluation import evaluate_workflow
+    from storage import Warehouse
+
+    diagnosis = json.dumps({"node": "solve", "step": 1, "kind": "wrong_operation",
+                            "explanation": "Answered zero instead of computing."})
+    scripted.reply = lambda messages: (diagnosis if "Kinds of mistake" in
+                                       messages[-1]["content"] else "The answer is \\boxed{0}.")
+    run = dict(dataset="gsm8k", n=6, model="scripted/m", home=str(tmp_path))
+    plain = evaluate_workflow(**run, recipe="message").analysis
+    assert [m.status for m in plain.modes] == ["new"]
+    calls = len(scripted.calls)
+    diagnosed = evaluate_workflow(**run, recipe="message+features+diagnosis").analysis
+    assert len(scripted.calls) == calls + 6  # six distinct failures, one call each
+    # another recipe's night is never matched: its modes are new, with new ids
+    assert {m.status for m in diagnosed.modes} == {"new"}
+    assert not {m.mode_id for m in diagnosed.modes} & {m.mode_id for m in plain.modes}
+    assert all(m.label.startswith("solve (ChainOfThought): applied the wrong operation")
+               for m in diagnosed.modes)
+    again = evaluate_workflow(**run, recipe="message+features+diagnosis").analysis
+    assert len(scripted.calls) == calls + 6  # a second pass makes no diagnosis call
+    assert [m.status for m in again.modes] == ["stable"] * len(diagnosed.modes)
+    back = evaluate_workflow(**run, recipe="message").analysis
+    assert [m.mode_id for m in back.modes] == [m.mode_id for m in plain.modes]
+    with Warehouse(tmp_path, read_only=True) as wh:
+        assert wh.rows("SELECT recipe, count(*) FROM nights GROUP BY 1 ORDER BY 1") == [
+            ("message", 2), ("message+features+diagnosis", 2)]
+        assert wh.rows("SELECT count(*), count(DISTINCT failure_id), bool_and(valid) "
+                       "FROM diagnoses") == [(6, 6, True)]
+        assert wh.rows("SELECT DISTINCT recipe FROM signatures") == [("message",)]
+    out = CliRunner().invoke(app, ["modes", "--home", str(tmp_path)])
+    assert "recipe message" in out.output
