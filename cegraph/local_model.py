@@ -180,17 +180,6 @@ def register() -> None:
                                                 "custom_handler": _handler})
 
 
-def _grammar_format(response_format: Any) -> dict[str, Any] | None:
-    """OpenAI's `json_schema` response format as llama.cpp's, which decodes under a grammar
-    built from the schema (so the answer always parses)."""
-    if not isinstance(response_format, dict):
-        return None
-    if response_format.get("type") == "json_schema":
-        return {"type": "json_object",
-                "schema": response_format.get("json_schema", {}).get("schema", {})}
-    return response_format if response_format.get("type") == "json_object" else None
-
-
 def _make_handler() -> Any:
     import litellm
     from litellm import CustomLLM
@@ -225,8 +214,7 @@ def _make_handler() -> Any:
                 out = llm.create_chat_completion(
                     messages=messages, temperature=float(params.get("temperature", 0.0)),
                     max_tokens=int(params.get("max_tokens", 512)),
-                    seed=int(params.get("seed", 0)),
-                    response_format=_grammar_format(params.get("response_format")))
+                    seed=int(params.get("seed", 0)))
             choice = out["choices"][0]
             usage = out.get("usage", {})
             response = litellm.ModelResponse(
