@@ -65,8 +65,8 @@ def test_migration_from_previous_schema_version(tmp_path):
 
     from storage.schema import arrow_schema
 
-    with Warehouse(tmp_path, target_version=SCHEMA_VERSION - 1) as old:
-        assert old.schema_version() == SCHEMA_VERSION - 1
+    with Warehouse(tmp_path, target_version=2) as old:  # through every later migration
+        assert old.schema_version() == 2
         old.con.execute("INSERT INTO signatures (failure_id, text) VALUES ('f1', 'kept')")
         old.con.execute("INSERT INTO edits (edit_id, status) VALUES ('e1', 'a'), ('e1', 'a')")
         old.con.execute("INSERT INTO nights (night_id, workflow) VALUES ('n', 'w')")
@@ -87,7 +87,7 @@ def test_migration_from_previous_schema_version(tmp_path):
         assert new.rows("SELECT count(*) FROM edits") == [(1,)]  # deduplicated, then keyed
         new.insert("edits", [{"edit_id": "e1", "status": "b"}])
         assert new.rows("SELECT status FROM edits") == [("a",)]
-        assert new.rows("SELECT night_id, model FROM nights") == [("n", None)]
+        assert new.rows("SELECT night_id, model, recipe FROM nights") == [("n", None, None)]
         assert new.rows("SELECT run_id, model, batch_id FROM runs") == [("r0", None, None)]
         tables = {r[0] for r in new.rows("SELECT table_name FROM information_schema.tables")}
         assert {t.name for t in TABLES if not t.history} <= tables
