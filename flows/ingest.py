@@ -22,8 +22,8 @@ def ingest_logs(paths: list[str], home: str | None = None, fmt: str = "auto",
     result = ingest_files(home, paths, fmt=fmt, mapping=mapping)
     if modes and result.pools:
         with Warehouse(Path(home) if home else None) as wh:
-            for workflow, version_id, model in result.pools:
+            for n, (workflow, version_id, model) in enumerate(result.pools):
                 analyze_and_store(wh, workflow=workflow, version_id=version_id,
-                                  night_id=f"{result.ingest_id}-{abs(hash((version_id, model))) % 10**6:06d}", model=model,
+                                  night_id=f"{result.ingest_id}-{n}", model=model,
                                   dataset=DATASET, source=SOURCE, locus_weight=locus_weight)
     return result

@@ -1,9 +1,10 @@
 """The warehouse side of an ingest: what is known already (dedup), staged spans between
 ingests, quarantine rows, ingest and batch records, gate results and the unmapped report.
 
-Order of writes per batch, so an ingest killed anywhere and run again ends with the same
-tables as one clean run: gate results and the `ingest_batches` row (keyed by batch id)
-first, then the history batch with its commit marker (runs, spans, failures, source_spans),
+Order of writes per batch (each attempt under a fresh batch id, so files a killed attempt
+left are never committed by a later one), so an ingest killed anywhere and run again ends
+with the same tables as one clean run: gate results and the `ingest_batches` row first,
+then the history batch with its commit marker (runs, spans, failures, source_spans),
 then the staged rows of the traces it completed are dropped. A rerun finds the committed
 runs' source spans (duplicates), re-stores what was not committed, and re-drops staged rows.
 Quarantine and staged rows are keyed, so writing them twice keeps one."""

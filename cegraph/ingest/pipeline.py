@@ -139,7 +139,10 @@ class Pipeline:
 
     def feed(self, source: str, line_no: int, raw: bytes) -> Iterator[Batch]:
         """Take one line; yields a settled batch when enough spans are buffered."""
-        line = self.decode(source, line_no, raw)
+        yield from self.add(self.decode(source, line_no, raw))
+
+    def add(self, line: Line) -> Iterator[Batch]:
+        """Take a decoded line (see `feed`)."""
         self.lines.append(line)
         self.buffered += max(1, len(line.items))
         if self.buffered >= self.batch_spans:
