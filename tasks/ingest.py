@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -37,6 +38,10 @@ def outcome_label(t: Trace) -> str:
     return "unevaluated" if o is None else "pass" if o.passed else o.failure_class or "unknown"
 
 
+def _json(value: object) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
 def source_rows(run: Run) -> list[dict[str, Any]]:
     """The `source_spans` rows of a run: every span and log record as read."""
     rid = run.trace.run_id
@@ -45,15 +50,14 @@ def source_rows(run: Run) -> list[dict[str, Any]]:
              "kind": "workflow" if s.span_id == run.spans[0][0].span_id and s.parent_id is None
              else r.kind, "node_id": node, "started_at": _ts(s.start_ns),
              "ended_at": _ts(s.end_ns), "status": s.status,
-             "attributes": json.dumps(s.attributes, default=str),
-             "events": json.dumps([e.__dict__ for e in s.events], default=str),
+             "attributes": _json(s.attributes), "events": _json([e.__dict__ for e in s.events]),
              "oversized": s.oversized} for s, r, node in run.spans]
     from cegraph.ingest.staging import log_key
 
     rows += [{"run_id": rid, "trace_id": g.trace_id, "span_key": log_key(g),
               "parent_span_id": g.span_id, "name": g.event_name, "kind": "log",
               "node_id": None, "started_at": _ts(g.time_ns), "ended_at": _ts(g.time_ns),
-              "status": None, "attributes": json.dumps(g.attributes, default=str),
+              "status": None, "attributes": _json(g.attributes),
               "events": "[]", "oversized": []} for g in run.logs]
     if run.record:
         t = run.trace

@@ -135,23 +135,23 @@ def assemble(spans: Sequence[SourceSpan], logs: Sequence[LogRecord], mappings: M
 def _span(step: SourceSpan, readings: dict[str, Reading], inner: list[SourceSpan],
           node_id: str, depth: int) -> Span:
     own = readings[step.span_id]
-    calls = [s for s in [step, *inner] if readings[s.span_id].kind == "llm"]
-    completions = [Completion(
-        key=f"{s.trace_id}:{s.span_id}", model=readings[s.span_id].model,
-        messages=[{"role": "user", "content": readings[s.span_id].input}], params={},
-        sample=0, text=readings[s.span_id].output, tokens_in=readings[s.span_id].tokens_in,
-        tokens_out=readings[s.span_id].tokens_out, cost=0.0,
-        latency_s=_ns(s.end_ns - s.start_ns), finish_reason=readings[s.span_id].finish_reason,
-        created_at=_ns(s.end_ns)) for s in sorted(calls, key=lambda c: c.start_ns)]
-    failed = next((readings[s.span_id] for s in [step, *inner] if readings[s.span_id].error),
-                  None)
-    last = completions[-1].text if completions else ""
-    first_in = completions[0].messages[0]["content"] if completions else ""
+    completions, failed = [], None
+    for s in sorted([step, *inner], key=lambda c: c.start_ns):
+        r = readings[s.span_id]
+        if failed is None and r.error:
+            failed = r
+        if r.kind == "llm":
+            completions.append(Completion(
+                f"{s.trace_id}:{s.span_id}", r.model, [{"role": "user", "content": r.input}],
+                {}, 0, r.output, r.tokens_in, r.tokens_out, 0.0, _ns(s.end_ns - s.start_ns),
+                r.finish_reason, _ns(s.end_ns)))
+    given = own.input or (completions[0].messages[0]["content"] if completions else "")
+    made = own.output or (completions[-1].text if completions else "")
     operator = ("llm" if own.kind == "llm" else own.kind if own.kind != "step"
                 else str(step.attributes.get("openinference.span.kind", "step")).lower())
     return Span(node_id=node_id, operator=operator, depth=depth,
-                inputs={"input": own.input or first_in} if (own.input or first_in) else {},
-                outputs={"output": own.output or last} if (own.output or last) else {},
+                inputs={"input": given} if given else {},
+                outputs={"output": made} if made else {},
                 started=_ns(step.start_ns), ended=_ns(step.end_ns), calls=completions,
                 error=failed.error if failed else None,
                 error_type=failed.error_type if failed else None)

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from cegraph.ingest.span import LogRecord, Reading, SourceSpan
 
@@ -45,8 +46,8 @@ def text(value: Any) -> str:
         stripped = value.lstrip()
         if stripped[:1] in ("[", "{"):
             try:
-                return text(json.loads(value))
-            except ValueError:
+                return text(orjson.loads(value))
+            except orjson.JSONDecodeError:
                 return value
         return value
     if isinstance(value, dict):
@@ -71,8 +72,8 @@ def last_user(value: Any) -> str:
     """The last user message's text (the task a chat call was asked), else all of it."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
             return value
     if isinstance(value, list):
         users = [m for m in value if isinstance(m, dict) and m.get("role") == "user"]

@@ -9,12 +9,12 @@ span has arrived is assembled into a run."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
 from pydantic import ValidationError
 
 from cegraph.ingest import jsonl, otlp
@@ -99,8 +99,8 @@ class Pipeline:
         except UnicodeDecodeError as exc:
             return fault("not_utf8", str(exc))
         try:
-            obj = json.loads(text)
-        except ValueError as exc:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
             near_end = getattr(exc, "pos", 0) >= len(text.rstrip()) - 1
             return fault("truncated" if near_end and text.lstrip()[:1] in "{[" else
                          "invalid_json", str(exc).splitlines()[0])

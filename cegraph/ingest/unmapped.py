@@ -13,8 +13,9 @@ from cegraph.ingest.span import Reading, SourceSpan
 def unmapped_keys(spans: Iterable[tuple[SourceSpan, Reading]], mapped: set[str]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for span, reading in spans:
-        used = reading.consumed | mapped
-        counts.update(k for k in span.attributes if k not in used)
+        for key in span.attributes:
+            if key not in reading.consumed and key not in mapped:
+                counts[key] += 1
     return counts
 
 
