@@ -262,3 +262,33 @@ def test_receiver_accepts_json_and_protobuf_on_loopback(tmp_path: Path) -> None:
         stored = dict(wh.rows("SELECT workflow, count(*) FROM runs GROUP BY 1"))
     assert stored["qa-service"] == 1 and stored["math"] >= 2
     assert summary["span_faults"] == {"missing_id": 1}
+
+
+def test_cli_ingest_then_modes_show_production_failures(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    home = str(tmp_path / "home")
+    result = runner.invoke(app, ["ingest", str(SPANS), *map(str, EVENTS), str(OPENINFERENCE),
+                                 "--json", "--home", home])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert {"lines_read", "runs_stored", "spans_stored", "duplicates", "quarantined",
+            "staged_incomplete"} <= set(summary)
+    assert summary["runs_stored"] == 8 and summary["quarantined"] == {}
+    assert "app.tenant" in result.output  # the unmapped report is printed
+    nights = rows(tmp_path / "home", "SELECT workflow, source, dataset, failures FROM nights")
+    assert {(w, s, d) for w, s, d, _ in nights} == {("math", "production", "production"),
+                                                    ("qa-service", "production", "production")}
+    assert rows(tmp_path / "home", "SELECT count(*) FROM signatures")[0][0] == 8
+    shown = runner.invoke(app, ["modes", "--home", home])
+    assert shown.exit_code == 0 and "math" in shown.output and "production" in shown.output
+    # nothing usable: exit code 1, still a JSON summary
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("nope\n")
+    result = runner.invoke(app, ["ingest", str(junk), "--json", "--home", home])
+    assert result.exit_code == 1
+    assert json.loads(result.output.strip().splitlines()[-1])["quarantined"] == {
+        "invalid_json": 1}
