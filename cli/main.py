@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -271,6 +272,9 @@ def collect(port: Annotated[int, typer.Option(help="port (OTLP/HTTP's is 4318)")
         ingestor = Ingestor(wh, mappings=Mappings.load(mapping), inputs=["otlp-http"])
         receiver = Receiver(ReceiverSink(ingestor), host=host, port=port)
         render.console.print(f"receiving OTLP/HTTP on {receiver.address} (Ctrl-C ends)")
+        # Ctrl-C or a TERM (a service manager) ends it cleanly: what was accepted is stored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
             receiver.serve_forever()
         result = ingestor.finish()
