@@ -292,3 +292,15 @@ def test_cli_ingest_then_modes_show_production_failures(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert json.loads(result.output.strip().splitlines()[-1])["quarantined"] == {
         "invalid_json": 1}
+
+
+def test_bench_ingest_on_a_small_slice() -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["bench", "ingest", "--spans", "1000", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["spans_stored"] == 1000 and figures["runs_stored"] == 200
+    assert figures["spans_per_s"] > 0 and figures["peak_rss_mb"] > 0
