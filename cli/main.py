@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -214,6 +216,77 @@ def serve(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     from deployments.serve import serve as serve_deployment
 
     serve_deployment(dataset=dataset, n=n, model=model, home=str(home.resolve()), cron=cron)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+def _print_ingest(result: object, as_json: bool) -> None:
+    s = result.summary
+    q = ", ".join(f"{k} {v}" for k, v in s["quarantined"].items()) or "none"
+    render.console.print(
+        f"{result.ingest_id}: {s['lines_read']} lines read: {s['lines_stored']} stored, "
+        f"{s['duplicates']} duplicates, quarantined: {q}; {s['runs_stored']} runs and "
+        f"{s['spans_stored']} spans stored, {s['staged_incomplete']} traces staged incomplete"
+        + (f", {s['marked_batches']} batch(es) failed the gate" if s["marked_batches"] else ""))
+    if s["span_faults"]:
+        render.console.print("span faults: " + ", ".join(f"{k} {v}"
+                                                         for k, v in s["span_faults"].items()))
+    if result.unmapped:
+        render.console.print("unmapped attributes: " + "; ".join(result.unmapped[:10]))
+    if as_json:
+        print(json.dumps(s))
+
+
+@app.command("ingest")
+def ingest(paths: Annotated[list[str], typer.Argument(help="files, directories, globs, - "
+                                                           "(stdin); plain or .gz")],
+           fmt: Annotated[str, typer.Option("--format", help="auto | otlp | jsonl")] = "auto",
+           mapping: Annotated[str | None, typer.Option(help="per-workflow TOML mapping")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="last line: JSON summary")
+                              ] = False,
+           modes: Annotated[bool, typer.Option(help="compute signatures and modes after")
+                            ] = True,
+           home: Home = Path(SETTINGS.home)) -> None:
+    """Ingest production traces (OTLP/JSON GenAI or OpenInference, cegraph JSONL) into the
+    warehouse: runs, spans, failures, then signatures and modes (`cegraph modes`)."""
+    from cegraph.ingest.lines import InputError
+    from cegraph.ingest.mapping import MappingError
+    from flows.ingest import ingest_logs
+
+    try:
+        result = ingest_logs(paths=paths, home=str(home), fmt=fmt, mapping=mapping,
+                             modes=modes, locus_weight=SETTINGS.locus_weight)
+    except (InputError, MappingError, ValueError) as exc:
+        _fail(str(exc))
+    _print_ingest(result, as_json)
+    if not (result.summary["lines_stored"] or result.summary["duplicates"]):
+        raise typer.Exit(1)
+
+
+@app.command("collect")
+def collect(port: Annotated[int, typer.Option(help="port (OTLP/HTTP's is 4318)")] = 4318,
+            host: Annotated[str, typer.Option(help="address to bind (loopback by default)")
+                            ] = "127.0.0.1",
+            mapping: Annotated[str | None, typer.Option(help="per-workflow TOML mapping")
+                               ] = None,
+            home: Home = Path(SETTINGS.home)) -> None:
+    """Receive OTLP/HTTP traces and logs (JSON or protobuf) on POST /v1/traces and /v1/logs
+    and ingest them in micro-batches until Ctrl-C; point an exporter at http://HOST:PORT."""
+    from cegraph.ingest.mapping import Mappings
+    from cegraph.ingest.receiver import Receiver
+    from storage import Warehouse
+    from tasks.ingest import Ingestor, ReceiverSink
+
+    with Warehouse(home) as wh:
+        ingestor = Ingestor(wh, mappings=Mappings.load(mapping), inputs=["otlp-http"])
+        receiver = Receiver(ReceiverSink(ingestor), host=host, port=port)
+        render.console.print(f"receiving OTLP/HTTP on {receiver.address} (Ctrl-C ends)")
+        # Ctrl-C or a TERM (a service manager) ends it cleanly: what was accepted is stored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        with contextlib.suppress(KeyboardInterrupt):
+            receiver.serve_forever()
+        result = ingestor.finish()
+    _print_ingest(result, False)
 
 
 # --- the warehouse --------------------------------------------------------------------------

@@ -135,6 +135,24 @@ TABLES: tuple[Table, ...] = (
                                             "single | negative | zero | float | large | "
                                             "nested | text | typical", 4),
     ), history=True),
+    Table("source_spans", "Every span and log record an ingest read, as read, with the run "
+          "and node it was mapped to (ingested runs only).", (
+        C("run_id", "VARCHAR", "the run (joins runs.run_id)"),
+        C("trace_id", "VARCHAR", "source trace id (hex), or the JSONL run id"),
+        C("span_key", "VARCHAR", "source span id (hex), 'log:<span>:<time>:<event>' for a "
+                                 "log record, 'run' for a JSONL run"),
+        C("parent_span_id", "VARCHAR", "source parent span id"),
+        C("name", "VARCHAR", "span name or log event name"),
+        C("kind", "VARCHAR", "workflow | llm | tool | step | log | run"),
+        C("node_id", "VARCHAR", "node the span was mapped to"),
+        C("started_at", "TIMESTAMP", "span start (UTC)"),
+        C("ended_at", "TIMESTAMP", "span end (UTC)"),
+        C("status", "VARCHAR", "unset | ok | error"),
+        C("attributes", "VARCHAR", "JSON of the attributes (the JSONL record for 'run')"),
+        C("events", "VARCHAR", "JSON of the span events"),
+        C("oversized", "VARCHAR[]", "'key:original_length' of values cut to the size limit"),
+        C("batch_id", "VARCHAR", "the write batch (joins batches.batch_id)"),
+    ), history=True, since=4),
     Table("batches", "Commit markers of history writes: a batch's Parquet files are visible "
           "only once its row exists (written after all of them).", (
         C("batch_id", "VARCHAR", "batch id (the batch_id column of its history rows)"),
@@ -274,7 +292,8 @@ TABLES: tuple[Table, ...] = (
         C("cost", "DOUBLE", "USD paid"),
         C("created_at", "TIMESTAMP", "when verified"),
     ), key=("verification_id",), key_since=3),
-    Table("gate_results", "Data-quality checks on verification results.", (
+    Table("gate_results", "Data-quality checks (Great Expectations) on verification results "
+          "and on every ingest batch.", (
         C("gate_id", "VARCHAR", "unique id"),
         C("verification_id", "VARCHAR", "the verification checked"),
         C("edit_id", "VARCHAR", "the edit"),
@@ -283,6 +302,8 @@ TABLES: tuple[Table, ...] = (
         C("observed", "VARCHAR", "observed value"),
         C("details", "VARCHAR", "JSON result"),
         C("created_at", "TIMESTAMP", "when checked"),
+        C("batch_id", "VARCHAR", "the ingest batch checked (joins ingest_batches.batch_id)", 4),
+        C("suite", "VARCHAR", "the expectation suite", 4),
     ), key=("gate_id",), key_since=3),
     Table("deployments", "Promotions of a version to the active one.", (
         C("deployment_id", "VARCHAR", "unique id"),
@@ -300,7 +321,49 @@ TABLES: tuple[Table, ...] = (
         C("raw", "VARCHAR", "the record as received"),
         C("reason", "VARCHAR", "why it was rejected"),
         C("received_at", "TIMESTAMP", "when"),
+        C("level", "VARCHAR", "'line' (the whole line) or 'span' (one span of a stored line)",
+          4),
+        C("detail", "VARCHAR", "what exactly was wrong (parser message, span id, key:length)",
+          4),
+        C("raw_bytes", "BIGINT", "length of the raw line; `raw` keeps at most 64 KiB", 4),
+        C("raw_truncated", "BOOLEAN", "raw was cut to 64 KiB", 4),
+        C("ingest_id", "VARCHAR", "the ingest that met it first (joins ingests.ingest_id)", 4),
     ), key=("quarantine_id",), key_since=3),
+    Table("staged_spans", "Spans and log records of traces whose run span has not arrived "
+          "yet, kept between ingests.", (
+        C("trace_id", "VARCHAR", "source trace id"),
+        C("span_key", "VARCHAR", "as source_spans.span_key"),
+        C("kind", "VARCHAR", "span | log"),
+        C("payload", "VARCHAR", "the decoded span or log record as JSON"),
+        C("source", "VARCHAR", "file or stream it came from"),
+        C("staged_at", "TIMESTAMP", "when staged"),
+    ), key=("trace_id", "span_key"), since=4),
+    Table("ingests", "One `cegraph ingest` / `ingest-logs` flow / receiver session.", (
+        C("ingest_id", "VARCHAR", "ingest id"),
+        C("inputs", "VARCHAR[]", "files (or 'otlp-http')"),
+        C("started_at", "TIMESTAMP", "start"),
+        C("finished_at", "TIMESTAMP", "end"),
+        C("summary", "VARCHAR", "JSON accounting: lines_read, lines_stored, duplicates, "
+                                "quarantined (reason -> lines), span_faults, runs_stored, "
+                                "spans_stored, staged_incomplete"),
+    ), key=("ingest_id",), since=4),
+    Table("ingest_batches", "Each history batch an ingest wrote, with its gate verdict: a "
+          "batch that failed the gate is stored but marked (`gate_passed = false`).", (
+        C("batch_id", "VARCHAR", "the batch (joins batches.batch_id, gate_results.batch_id)"),
+        C("ingest_id", "VARCHAR", "the ingest"),
+        C("workflow", "VARCHAR", "workflow of its runs"),
+        C("model", "VARCHAR", "model of its runs"),
+        C("runs", "INTEGER", "runs in the batch"),
+        C("spans", "INTEGER", "source spans in the batch"),
+        C("gate_passed", "BOOLEAN", "every expectation of the suite held"),
+        C("created_at", "TIMESTAMP", "when gated"),
+    ), key=("batch_id",), since=4),
+    Table("unmapped_attributes", "Source attribute keys an ingest saw but did not map.", (
+        C("ingest_id", "VARCHAR", "the ingest"),
+        C("workflow", "VARCHAR", "workflow of the spans"),
+        C("attribute", "VARCHAR", "the attribute key"),
+        C("count", "BIGINT", "spans carrying it"),
+    ), key=("ingest_id", "workflow", "attribute"), since=4),
     Table("llm_calls", "The call store: every answered LLM call, for exact replay.", (
         C("key", "VARCHAR", "hash of (model, messages, params, sample)"),
         C("model", "VARCHAR", "litellm model string"),

@@ -187,13 +187,15 @@ class Warehouse:
                          "FROM batches", [batch_id, night_id, rows, _now()])
 
     def record_traces(self, traces: Sequence[Trace], *, night_id: str, source: str,
-                      dataset: str, model: str) -> list[Failure]:
+                      dataset: str, model: str, batch_id: str | None = None,
+                      extra: dict[str, list[dict[str, Any]]] | None = None) -> list[Failure]:
         """Store runs with their spans and failures as one batch; returns the new failures.
 
         A run id already stored is stored again only to re-grade it: when its stored verdict
         was `infrastructure` (a healthy rerun replaces it) or came from another evaluator
         version. Otherwise replays and retries are not double-counted. Infrastructure
-        outcomes are stored but yield no failure."""
+        outcomes are stored but yield no failure. `extra` history rows (by table, each with a
+        run_id) go into the same batch, those of runs not stored again left out."""
         from cegraph.failure import failure_from_trace
         from cegraph.features import digest_from_trace, trace_features
 
@@ -201,7 +203,7 @@ class Warehouse:
         traces = [t for t in traces if _supersedes(t, stored.get(t.run_id))]
         if not traces:
             return []
-        batch_id = uuid.uuid4().hex
+        batch_id = batch_id or uuid.uuid4().hex
         runs, spans, failures, failure_rows = [], [], [], []
         for t in traces:
             o = t.outcome
@@ -234,7 +236,10 @@ class Warehouse:
                 failure_rows.append(self._failure_row(
                     f, model=model, dataset=dataset, source=source, evaluator_version=version,
                     **trace_features(digest_from_trace(t)).row()))
-        self.write_batch({"runs": runs, "spans": spans, "failures": failure_rows},
+        kept = {t.run_id for t in traces}
+        self.write_batch({"runs": runs, "spans": spans, "failures": failure_rows,
+                          **{table: [r for r in rows if r["run_id"] in kept]
+                             for table, rows in (extra or {}).items()}},
                          night_id=night_id, batch_id=batch_id)
         return failures
     @staticmethod

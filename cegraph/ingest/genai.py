@@ -1,0 +1,51 @@
+"""OpenTelemetry GenAI semantic conventions: `gen_ai.operation.name` says what a span is
+(`invoke_workflow` = a run, `chat` etc. = an LLM call, `execute_tool` = a tool), with the
+model, `gen_ai.usage.*`, the messages (a JSON string on the span, or structured values in a
+`gen_ai.client.inference.operation.details` log record of the span) and evaluations
+(`gen_ai.evaluation.result` events on the span or as log records)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cegraph.ingest.conventions import last_user, text
+from cegraph.ingest.span import LogRecord, Reading, SourceSpan
+
+LLM_OPERATIONS = {"chat", "text_completion", "generate_content", "embeddings"}
+EVALUATION = "gen_ai.evaluation.result"
+_KIND = {"invoke_workflow": "workflow", "execute_tool": "tool"}
+_READ = {"gen_ai.operation.name", "gen_ai.workflow.name", "gen_ai.request.model",
+         "gen_ai.response.model", "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
+         "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.response.finish_reasons",
+         "gen_ai.system_instructions"}
+
+
+def evaluation(attrs: dict) -> dict:
+    return {"name": attrs.get("gen_ai.evaluation.name", ""),
+            "score": attrs.get("gen_ai.evaluation.score.value"),
+            "label": attrs.get("gen_ai.evaluation.score.label"),
+            "explanation": attrs.get("gen_ai.evaluation.explanation", "")}
+
+
+def read(span: SourceSpan, logs: Sequence[LogRecord] = ()) -> Reading:
+    attrs = dict(span.attributes)
+    evaluations = [evaluation(e.attributes) for e in span.events if e.name == EVALUATION]
+    for record in logs:  # content events fill what the span left out
+        if record.event_name == EVALUATION:
+            evaluations.append(evaluation(record.attributes))
+        else:
+            for key, value in record.attributes.items():
+                attrs.setdefault(key, value)
+    op = str(attrs.get("gen_ai.operation.name", ""))
+    kind = "llm" if op in LLM_OPERATIONS else _KIND.get(op, "step")
+    reasons = attrs.get("gen_ai.response.finish_reasons") or []
+    return Reading(
+        kind=kind,
+        model=str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or ""),
+        tokens_in=int(attrs.get("gen_ai.usage.input_tokens") or 0),
+        tokens_out=int(attrs.get("gen_ai.usage.output_tokens") or 0),
+        input=last_user(attrs.get("gen_ai.input.messages")),
+        output=text(attrs.get("gen_ai.output.messages")),
+        finish_reason=str(reasons[0]) if isinstance(reasons, list) and reasons else "",
+        evaluation=evaluations[-1] if evaluations else None,
+        consumed={k for k in attrs if k in _READ})

@@ -1,0 +1,74 @@
+"""What the decoders read from a log, before any convention gives it a meaning: a source span
+(with its events), a log record, and what a convention reads from a span."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class SpanEvent:
+    name: str
+    time_ns: int
+    attributes: dict[str, Any]
+
+
+@dataclass
+class SourceSpan:
+    """One span as an exporter wrote it; ids are lower-case hex whatever the encoding was.
+    `oversized` lists `key:original_length` of attribute values cut to the configured size."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    status: str  # unset | ok | error
+    status_message: str
+    attributes: dict[str, Any]
+    events: list[SpanEvent] = field(default_factory=list)
+    resource: dict[str, Any] = field(default_factory=dict)
+    scope: str = ""
+    oversized: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SourceSpan:
+        events = [SpanEvent(**e) for e in data.get("events", [])]
+        return cls(**{**data, "events": events})
+
+
+@dataclass
+class LogRecord:
+    """An OTLP log record tied to a span (GenAI content events)."""
+
+    trace_id: str
+    span_id: str
+    event_name: str
+    time_ns: int
+    attributes: dict[str, Any]
+    body: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reading:
+    """What a semantic convention reads from one span. `kind`: workflow | llm | tool | step."""
+
+    kind: str
+    model: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    input: str = ""
+    output: str = ""
+    finish_reason: str = ""
+    error: str | None = None
+    error_type: str | None = None
+    evaluation: dict[str, Any] | None = None  # name, score, label, explanation
+    consumed: set[str] = field(default_factory=set)  # attribute keys the reading used
