@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.local_model import DEFAULT_MODEL
-from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 
 
 class Settings(BaseModel):

@@ -124,7 +124,7 @@ _LOCI = [("solve", "ChainOfThought", 1), ("format", "Format", 2), ("code", "Prog
 
 def synthetic_failures(count: int, *, templates: int = 300, seed: int = 0) -> list:
     """Realistic repeats: `templates` message templates with varying numbers, ~10 loci."""
-    from cegraph.failure import Failure
+    from cegraph.fss.failure import Failure
 
     rng = random.Random(seed)
     shapes = [(f"{_EXC[i % len(_EXC)]}: {_PHRASES[(i // len(_EXC)) % len(_PHRASES)]} {{}}"
@@ -149,8 +149,8 @@ def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Signatures -> LanceDB, modes, kNN latency and history writes at scale, on synthetic
     failures in a temporary home."""
-    from cegraph.modes import find_modes
-    from cegraph.signature import MiniLMEmbedder, SignatureBuilder
+    from cegraph.fss.modes import find_modes
+    from cegraph.fss.signature import MiniLMEmbedder, SignatureBuilder
     from storage import VectorIndex, Warehouse, history
 
     pool = synthetic_failures(failures)

@@ -212,7 +212,7 @@ def serve(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
 def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
     """The latest night of each (workflow, model, dataset): its modes ranked by mass, then the
     noise row (the failures in no dense mode, which still count in the mass)."""
-    from cegraph.mass import estimate
+    from cegraph.fss.mass import estimate
 
     nights = wh.rows(
         "SELECT night_id, workflow, version_id, runs, noise, model, dataset FROM nights "

@@ -10,11 +10,11 @@ from pathlib import Path
 from prefect import flow
 
 from cegraph.benchmarks import load
-from cegraph.failure_space import Analysis
+from cegraph.fss.failure_space import Analysis
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.graph import Workflow
 from cegraph.llm import Meter
 from cegraph.seeds import seed
-from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.trace import Trace
 from storage import Warehouse
 from tasks.execution import run_workflow, store_traces

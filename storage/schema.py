@@ -136,7 +136,7 @@ TABLES: tuple[Table, ...] = (
         C("embedding_model", "VARCHAR", "sentence-transformers model of the meaning part"),
         C("vector_id", "VARCHAR", "row key in the LanceDB table 'signatures'"),
         C("created_at", "TIMESTAMP", "when the signature was computed"),
-        C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.signature)", 2),
+        C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.fss.signature)", 2),
     ), key=("failure_id",)),
     Table("embedding_cache", "Embeddings by normalized-text hash: a text is embedded once.", (
         C("model", "VARCHAR", "embedding model"),

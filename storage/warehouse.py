@@ -18,12 +18,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from cegraph.failure import Failure
+from cegraph.fss.failure import Failure
+from cegraph.fss.modes import FailureMode, PreviousMode
+from cegraph.fss.signature import Signature
 from cegraph.graph import Workflow
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import Completion
-from cegraph.modes import FailureMode, PreviousMode
-from cegraph.signature import Signature
 from cegraph.trace import Trace
 from storage import history
 from storage.schema import SCHEMA_VERSION, TABLE, migration
@@ -193,7 +193,7 @@ class Warehouse:
         was `infrastructure` (a healthy rerun replaces it) or came from another evaluator
         version. Otherwise replays and retries are not double-counted. Infrastructure
         outcomes are stored but yield no failure."""
-        from cegraph.failure import failure_from_trace
+        from cegraph.fss.failure import failure_from_trace
 
         stored = self._verdicts([t.run_id for t in traces])
         traces = [t for t in traces if _supersedes(t, stored.get(t.run_id))]

@@ -7,10 +7,10 @@ import asyncio
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cegraph.failure_space import Analysis, analyze_failures
+from cegraph.fss.failure_space import Analysis, analyze_failures
+from cegraph.fss.mode_label import llm_label
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
 from cegraph.llm import LLM
-from cegraph.mode_label import llm_label
-from cegraph.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
 from storage import Warehouse
 
 

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cegraph.failure import Failure
+from cegraph.fss.failure import Failure
 
 LOCUS_DIM = 32
 DEFAULT_LOCUS_WEIGHT = 0.3
