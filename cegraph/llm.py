@@ -216,13 +216,17 @@ class LLM:
         return state
 
     async def complete(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
-                       max_tokens: int = 512, sample: int = 0, model: str | None = None
-                       ) -> Completion:
+                       max_tokens: int = 512, sample: int = 0, model: str | None = None,
+                       response_format: dict[str, Any] | None = None) -> Completion:
         """One chat completion; replayed from the store when this exact call was made before,
-        shared with an identical call in flight."""
+        shared with an identical call in flight. `response_format` (a JSON schema request,
+        `{"type": "json_object", "schema": ...}`) constrains decoding where the provider can
+        (llama.cpp turns it into a grammar); it is part of the call key."""
         model = resolve_model(model) if model else self.model
         params = {k: v for k, v in self.extra.items() if k not in NOT_IN_KEY}
         params |= {"temperature": temperature, "max_tokens": max_tokens}
+        if response_format is not None:
+            params["response_format"] = response_format
         fingerprint = (self.fingerprint if model == self.model
                        else model_fingerprint(model, self.extra))
         key = call_key(fingerprint, model, messages, params, sample)
