@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,9 @@ TABLES: tuple[Table, ...] = (
         C("status", "VARCHAR", "proposed | invalid | verified | accepted | rejected"),
         C("reject_reason", "VARCHAR", "why it was not applied"),
         C("created_at", "TIMESTAMP", "when proposed"),
+        C("round", "INTEGER", "refinement round that proposed it", 4),
+        C("source", "VARCHAR", "prior | llm | random: who proposed it", 4),
+        C("diff", "VARCHAR", "node-level diff from the base version", 4),
     ), key=("edit_id",), key_since=3),
     Table("verifications", "Re-runs of a candidate on counterexamples and regressions.", (
         C("verification_id", "VARCHAR", "unique id"),
@@ -224,7 +227,28 @@ TABLES: tuple[Table, ...] = (
         C("tokens", "BIGINT", "tokens paid"),
         C("cost", "DOUBLE", "USD paid"),
         C("created_at", "TIMESTAMP", "when verified"),
+        C("others", "INTEGER", "counterexamples of other modes re-run", 4),
+        C("reason", "VARCHAR", "the acceptance rule's verdict in words", 4),
+        C("calls_made", "INTEGER", "LLM calls paid for", 4),
+        C("calls_replayed", "INTEGER", "calls answered from the call store (unchanged "
+                                       "nodes)", 4),
+        C("calls_full", "INTEGER", "calls a full re-execution of the planned inputs would "
+                                   "make", 4),
+        C("stopped_early", "BOOLEAN", "stopped once it could no longer beat the best", 4),
     ), key=("verification_id",), key_since=3),
+    Table("refinements", "One refinement run (`cegraph refine`): rerunning it resumes it.", (
+        C("refine_id", "VARCHAR", "hash of seed, models, inputs, method, budget, settings "
+                                  "(joins edits.night_id)"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("seed_version_id", "VARCHAR", "version refined"),
+        C("version_id", "VARCHAR", "final (refined) version; NULL while running"),
+        C("method", "VARCHAR", "cegraph | scalar | random"),
+        C("spec", "VARCHAR", "JSON of the settings and budget"),
+        C("status", "VARCHAR", "running | done | interrupted"),
+        C("summary", "VARCHAR", "JSON of the result (masses, calls, accepted edits)"),
+        C("started_at", "TIMESTAMP", "first start (a resumed run keeps it)"),
+        C("ended_at", "TIMESTAMP", "last end"),
+    ), key=("refine_id",), since=4),
     Table("gate_results", "Data-quality checks on verification results.", (
         C("gate_id", "VARCHAR", "unique id"),
         C("verification_id", "VARCHAR", "the verification checked"),
