@@ -17,7 +17,7 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
-from cli import bench, render  # noqa: E402
+from cli import bench, refining, render  # noqa: E402
 from cli.options import DataPath, Home, Model  # noqa: E402
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ workflow_app = typer.Typer(help="Validate, show and diff workflow graphs.", no_a
 app.add_typer(model_app, name="model")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(bench.app, name="bench")
+app.command("refine")(refining.refine)
+app.command("eval")(refining.evaluate)
 
 SETTINGS = Settings.load()
 def _fail(message: str) -> None:

@@ -36,12 +36,15 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
                       data_dir: str | None = None, seed_value: int = 0,
                       concurrency: int = 2, llm_labels: bool = False,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_tokens: int | None = None,
-                      max_cost: float | None = None) -> Evaluation:
+                      max_cost: float | None = None,
+                      workflow_json: str | None = None) -> Evaluation:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
     span and failure, embed and index the signatures, and compute the failure modes; runs,
     failures, the pool and the mode history are keyed on (workflow, model, dataset).
-    `max_tokens`/`max_cost` are the job's hard budget, kept across task retries."""
-    wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
+    `max_tokens`/`max_cost` are the job's hard budget, kept across task retries;
+    `workflow_json` gives the workflow itself (a stored version)."""
+    wf = (Workflow.model_validate_json(workflow_json) if workflow_json else
+          Workflow.load(workflow_path) if workflow_path else seed(dataset))
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
     night_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     with Warehouse(Path(home) if home else None) as wh:

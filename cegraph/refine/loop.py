@@ -205,7 +205,8 @@ class Refinement:
                  embedder: Embedder | None = None, regression: Sequence[Task] | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  stop_rule: StopRule | None = None, selector: TargetSelector | None = None,
-                 proposers: Sequence[Proposer] | None = None) -> None:
+                 proposers: Sequence[Proposer] | None = None,
+                 charge_since: float | None = None) -> None:
         self.settings = s = settings or Settings()
         if not tasks:
             raise RefineError("the dev set is empty: give refine some inputs (--dev N > 0)")
@@ -227,6 +228,10 @@ class Refinement:
         self.selector = selector or (ModeTargets() if s.method == "cegraph"
                                      else AggregateTarget(s.seed, s.counterexamples))
         self._proposers = proposers
+        # stored calls made since this time are charged once when used (default: since the
+        # job first started); 0 charges every stored call: the budget then counts the
+        # distinct calls the run needs, whatever the store held (equal-budget comparisons)
+        self.charge_since = charge_since
         self.refine_id = _digest({
             "seed": workflow.version_id, "llm": llm.identity,
             "proposer": self.proposer_llm.identity, "dev": sorted(t.id for t in self.dev),
@@ -481,6 +486,8 @@ class Refinement:
             "method": self.settings.method, "budget": self.budget.__dict__,
             "settings": self.settings.__dict__, "dev": len(self.dev),
             "regression": len(self.regression)})
+        if self.charge_since is not None:
+            first_start = self.charge_since
         llms = {id(self.llm): self.llm, id(self.proposer_llm): self.proposer_llm}
         saved = {k: (x.meter, x.store) for k, x in llms.items()}
         for x in llms.values():  # one meter for the run; replays of this job's calls charged
