@@ -65,8 +65,8 @@ def test_migration_from_previous_schema_version(tmp_path):
 
     from storage.schema import arrow_schema
 
-    with Warehouse(tmp_path, target_version=SCHEMA_VERSION - 1) as old:
-        assert old.schema_version() == SCHEMA_VERSION - 1
+    with Warehouse(tmp_path, target_version=2) as old:
+        assert old.schema_version() == 2
         old.con.execute("INSERT INTO signatures (failure_id, text) VALUES ('f1', 'kept')")
         old.con.execute("INSERT INTO edits (edit_id, status) VALUES ('e1', 'a'), ('e1', 'a')")
         old.con.execute("INSERT INTO nights (night_id, workflow) VALUES ('n', 'w')")
