@@ -128,9 +128,22 @@ class _SchemaEdit(BaseModel):
 _SchemaReply.model_rebuild()
 
 
+#: Bounds a grammar cannot afford: llama.cpp expands each repetition into rules and refuses
+#: (or crashes on) schemas with long bounded strings and arrays; pydantic still checks them.
+_GRAMMAR_HEAVY = frozenset({"maxItems", "minItems", "maxLength", "minLength", "pattern"})
+
+
+def _lighten(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _lighten(v) for k, v in schema.items() if k not in _GRAMMAR_HEAVY}
+    if isinstance(schema, list):
+        return [_lighten(v) for v in schema]
+    return schema
+
+
 def reply_format() -> dict[str, Any]:
-    """`response_format` asking for a reply in the proposal schema."""
-    return {"type": "json_object", "schema": _SchemaReply.model_json_schema()}
+    """`response_format` asking for a reply in the proposal schema (bounds left to pydantic)."""
+    return {"type": "json_object", "schema": _lighten(_SchemaReply.model_json_schema())}
 
 
 _EXAMPLES = {
