@@ -88,7 +88,7 @@ class Settings:
     max_break_rate: float = 0.1
     seed: int = 0
     concurrency: int = 2
-    proposer_tokens: int = 1024
+    proposer_tokens: int = 512
 
 
 @dataclass(frozen=True)
