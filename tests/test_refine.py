@@ -301,10 +301,19 @@ def test_a_killed_run_resumes_to_the_same_final_version(scripted, embedder):
 def test_scalar_and_random_baselines_run_in_the_same_harness(scripted, embedder):
     scripted.reply = world
     for method in ("scalar", "random"):
-        result = asyncio.run(_refinement(embedder, 300,
+        journal = MemoryJournal()
+        result = asyncio.run(_refinement(embedder, 300, journal,
                                          settings=Settings(method=method)).run())
         assert result.llm_calls <= 300
         assert all(a.source in ("llm", "random") for a in result.accepted)
+        assert {r["source"] for r in journal.edits.values()} == {
+            "scalar": {"llm"}, "random": {"random"}}[method]
+    # the aggregate target stays open: scalar keeps asking until patience runs out
+    journal = MemoryJournal()
+    result = asyncio.run(_refinement(embedder, 300, journal,
+                                     settings=Settings(method="scalar")).run())
+    assert {r["round"] for r in journal.edits.values()} == {1, 2}
+    assert result.stop_reason == "mass has not fallen for 2 rounds"
 
 
 def test_library_refine_rejects_an_empty_dev_set_and_a_tiny_budget(scripted):

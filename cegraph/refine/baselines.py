@@ -75,7 +75,7 @@ class RandomProposer:
     round: int = 0
 
     async def propose(self, wf: Workflow, target: Target, kind: Kind, k: int) -> Proposals:
-        rng = random.Random(f"{self.seed}:{wf.version_id}")
+        rng = random.Random(f"{self.seed}:{wf.version_id}:{self.round}")
         out = Proposals()
         seen: set[str] = set()
         for _ in range(20 * k):

@@ -319,8 +319,9 @@ class Refinement:
         kind = self.dev[0].kind
         merged = Proposals()
         for proposer in self.proposers():
+            if hasattr(proposer, "round"):
+                proposer.round = self.round  # a new round asks anew; a resumed one replays
             if isinstance(proposer, LLMProposer):
-                proposer.round = self.round
                 proposer.accuracy = 1 - state.mass
             if proposer.projected_calls and not self._affordable(proposer.projected_calls):
                 continue
@@ -371,7 +372,10 @@ class Refinement:
             result.stop_reason = "no untried failure target on this version"
             return False
         target = targets[0]
-        tried.add(f"{state.wf.version_id}@{target.target_id}")
+        if isinstance(self.selector, ModeTargets):
+            # a mode is aimed at once per version; the aggregate target of the baselines
+            # stays open, each round asking its proposer anew
+            tried.add(f"{state.wf.version_id}@{target.target_id}")
         cands, proposals = await self._propose(state, target)
         edit_rows = []
         ids = [f"{self.refine_id}-{self.round}-{i}" for i in range(len(proposals.candidates))]
