@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from cegraph.benchmarks import load
     from cegraph.evaluators import evaluate
     from cegraph.executor import Executor
-    from cegraph.failure import Failure, failure_from_trace
-    from cegraph.failure_space import Analysis, analyze_failures
+    from cegraph.fss.failure import Failure, failure_from_trace
+    from cegraph.fss.failure_space import Analysis, analyze_failures
     from cegraph.graph import Workflow, WorkflowError
     from cegraph.llm import LLM, MemoryCallStore, Meter
     from cegraph.seeds import seed
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 _HOME = {
     "load": "benchmarks", "evaluate": "evaluators", "Executor": "executor",
-    "Failure": "failure", "failure_from_trace": "failure", "Analysis": "failure_space",
-    "analyze_failures": "failure_space", "Workflow": "graph", "WorkflowError": "graph",
+    "Failure": "fss.failure", "failure_from_trace": "fss.failure", "Analysis": "fss.failure_space",
+    "analyze_failures": "fss.failure_space", "Workflow": "graph", "WorkflowError": "graph",
     "LLM": "llm", "MemoryCallStore": "llm", "Meter": "llm", "seed": "seeds", "Task": "task",
     "Outcome": "trace", "Span": "trace", "Trace": "trace",
 }

@@ -1,4 +1,4 @@
-"""The hard budget of one job: tokens and dollars, reserved before a call, settled after it.
+"""The hard budget of one job: calls, tokens and dollars, reserved before a call, settled after.
 
 A call reserves its worst case (estimated prompt tokens + `max_tokens`, and that priced when
 `max_cost` is set) under a lock before it even waits for a slot, so calls queued together
@@ -44,10 +44,12 @@ class Reservation:
 
 @dataclass
 class Meter:
-    """Tokens, cost and calls of one job; `max_tokens`/`max_cost` make a hard budget."""
+    """Tokens, cost and calls of one job; `max_calls`/`max_tokens`/`max_cost` make a hard
+    budget."""
 
     max_tokens: int | None = None
     max_cost: float | None = None
+    max_calls: int | None = None
     calls: int = 0
     cached_calls: int = 0
     tokens_in: int = 0
@@ -55,6 +57,7 @@ class Meter:
     cost: float = 0.0
     reserved_tokens: int = 0  # worst case of the calls in flight
     reserved_cost: float = 0.0
+    reserved_calls: int = 0
     # a threading lock, not an asyncio one: the meter outlives event loops and crosses threads
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -65,6 +68,10 @@ class Meter:
         worst = Reservation(prompt_tokens + max_tokens,
                             price.of(prompt_tokens, max_tokens) if price else 0.0)
         with self._lock:
+            if self.max_calls is not None and self.calls + self.reserved_calls >= self.max_calls:
+                raise BudgetExceeded(
+                    f"call budget of {self.max_calls} would be passed: {self.calls} made, "
+                    f"{self.reserved_calls} in flight; raise max_calls to go on")
             used = self.tokens_in + self.tokens_out + self.reserved_tokens
             if self.max_tokens is not None and used + worst.tokens > self.max_tokens:
                 raise BudgetExceeded(
@@ -77,6 +84,7 @@ class Meter:
                     f"or reserved, this call may need ${worst.cost:.4f}; raise max_cost to go on")
             self.reserved_tokens += worst.tokens
             self.reserved_cost += worst.cost
+            self.reserved_calls += 1
         return worst
 
     def require_price(self, model: str, price: Price | None) -> None:
@@ -109,6 +117,29 @@ class Meter:
     def _unreserve(self, reservation: Reservation) -> None:
         self.reserved_tokens -= reservation.tokens
         self.reserved_cost -= reservation.cost
+        self.reserved_calls -= 1
+
+    def charge(self, calls: int, tokens_in: int, tokens_out: int, cost: float) -> None:
+        """Count spend made before this meter existed (a resumed job's earlier attempt)."""
+        with self._lock:
+            self.calls += calls
+            self.tokens_in += tokens_in
+            self.tokens_out += tokens_out
+            self.cost += cost
+
+    def remaining_calls(self) -> int | None:
+        """Calls the budget still allows (None: no call limit)."""
+        with self._lock:
+            if self.max_calls is None:
+                return None
+            return max(0, self.max_calls - self.calls - self.reserved_calls)
+
+    def remaining_tokens(self) -> int | None:
+        with self._lock:
+            if self.max_tokens is None:
+                return None
+            used = self.tokens_in + self.tokens_out + self.reserved_tokens
+            return max(0, self.max_tokens - used)
 
     def summary(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from cegraph.fss.recipe import DEFAULT_RECIPE
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.local_model import DEFAULT_MODEL
-from cegraph.recipe import DEFAULT_RECIPE
-from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 
 
 class Settings(BaseModel):
@@ -22,7 +22,7 @@ class Settings(BaseModel):
     data_dir: str | None = None
     concurrency: int = 2
     locus_weight: float = DEFAULT_LOCUS_WEIGHT
-    signature_recipe: str = DEFAULT_RECIPE  # see cegraph.recipe
+    signature_recipe: str = DEFAULT_RECIPE  # see cegraph.fss.recipe
     diagnosis_model: str | None = None  # None: the run's model
 
     @classmethod

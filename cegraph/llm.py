@@ -219,8 +219,9 @@ class LLM:
                        max_tokens: int = 512, sample: int = 0, model: str | None = None,
                        response_format: dict[str, Any] | None = None) -> Completion:
         """One chat completion; replayed from the store when this exact call was made before,
-        shared with an identical call in flight. `response_format` (OpenAI's `json_schema`
-        form) constrains the answer where the provider supports it and is dropped elsewhere."""
+        shared with an identical call in flight. `response_format` (a JSON schema request)
+        constrains decoding where the provider can (llama.cpp turns it into a grammar) and is
+        dropped elsewhere; it is part of the call key."""
         model = resolve_model(model) if model else self.model
         params = {k: v for k, v in self.extra.items() if k not in NOT_IN_KEY}
         params |= {"temperature": temperature, "max_tokens": max_tokens}

@@ -214,7 +214,10 @@ def _make_handler() -> Any:
                 out = llm.create_chat_completion(
                     messages=messages, temperature=float(params.get("temperature", 0.0)),
                     max_tokens=int(params.get("max_tokens", 512)),
-                    seed=int(params.get("seed", 0)))
+                    seed=int(params.get("seed", 0)),
+                    # a JSON schema becomes a llama.cpp grammar: output that cannot parse
+                    # is never sampled
+                    response_format=params.get("response_format"))
             choice = out["choices"][0]
             usage = out.get("usage", {})
             response = litellm.ModelResponse(

@@ -124,7 +124,7 @@ _LOCI = [("solve", "ChainOfThought", 1), ("format", "Format", 2), ("code", "Prog
 
 def synthetic_failures(count: int, *, templates: int = 300, seed: int = 0) -> list:
     """Realistic repeats: `templates` message templates with varying numbers, ~10 loci."""
-    from cegraph.failure import Failure
+    from cegraph.fss.failure import Failure
 
     rng = random.Random(seed)
     shapes = [(f"{_EXC[i % len(_EXC)]}: {_PHRASES[(i // len(_EXC)) % len(_PHRASES)]} {{}}"
@@ -149,8 +149,8 @@ def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Signatures -> LanceDB, modes, kNN latency and history writes at scale, on synthetic
     failures in a temporary home."""
-    from cegraph.modes import find_modes
-    from cegraph.signature import MiniLMEmbedder, SignatureBuilder
+    from cegraph.fss.modes import find_modes
+    from cegraph.fss.signature import MiniLMEmbedder, SignatureBuilder
     from storage import VectorIndex, Warehouse, history
 
     pool = synthetic_failures(failures)
@@ -371,3 +371,107 @@ def bench_ingest(spans: Annotated[int, typer.Option("--spans")] = 200_000,
     render.grid(list(figures), [list(figures.values())], title="ingest")
     if as_json:
         print(json.dumps(figures))
+
+
+# --- refinement against its baselines -------------------------------------------------------
+@app.command("refine")
+def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
+                 methods: Annotated[str, typer.Option(help="comma-separated: cegraph, scalar, "
+                                                           "random")] = "cegraph,scalar,random",
+                 budget: Annotated[int, typer.Option(help="LLM calls per method (seed "
+                                                          "evaluation included)")] = 300,
+                 dev: Annotated[int, typer.Option()] = 30,
+                 test: Annotated[int, typer.Option()] = 40,
+                 model: Model = "qwen2.5-coder-0.5b",
+                 proposer_model: Annotated[str | None, typer.Option()] = None,
+                 references: Annotated[str, typer.Option(
+                     help="static reference workflows scored on the test set too (io, cot, "
+                          "cot-sc, pot; '' for none)")] = "",
+                 alpha: float = 0.05, patience: int = 2, concurrency: int = 2, seed: int = 0,
+                 data_dir: DataPath = None,
+                 home: Annotated[Path | None, typer.Option(
+                     help="keep the warehouse here (default: a temporary home)")] = None,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Refine the dataset's seed with each method at the same call budget on a dev set, then
+    score seed and refined versions on a disjoint test set the loop never saw. Each method is
+    charged for every call it needs, replayed or not, so sharing one call store is fair."""
+    from cegraph.benchmarks import load
+    from cegraph.evaluators import evaluate
+    from cegraph.executor import Executor, stable_run_id
+    from cegraph.llm import LLM
+    from cegraph.local_model import MODELS, fetch
+    from cegraph.refine.baselines import reference
+    from cegraph.refine.loop import Budget, Refinement
+    from cegraph.refine.loop import Settings as RefineSettings
+    from cegraph.refine.splits import dev_test
+    from cegraph.seeds import seed as seed_workflow
+    from storage import Warehouse
+    from storage.refinement import RefinementJournal
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    if bad := [m for m in chosen if m not in ("cegraph", "scalar", "random")]:
+        raise typer.BadParameter(f"unknown method(s) {', '.join(bad)}; use cegraph, scalar, "
+                                 "random")
+    split = dev_test(load(dataset, path=data_dir), dev=dev, test=test, seed=seed)
+    for name in {model, proposer_model} & set(MODELS):
+        fetch(name, progress=render.console.print)
+    wf = seed_workflow(dataset)
+    with contextlib.ExitStack() as stack:
+        root = home or Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="cegraph-bench-refine-")))
+        wh = stack.enter_context(Warehouse(root))
+        llm = LLM(model, store=wh, concurrency=concurrency)
+        proposer = LLM(proposer_model, store=wh) if proposer_model else None
+
+        def score(version: object) -> dict[str, float]:
+            started = time.perf_counter()
+            before = llm.meter.calls
+            traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
+                version, list(split.test), evaluate=evaluate,
+                run_id=lambda t: stable_run_id(version.version_id, llm.identity, t.id)))
+            wh.record_traces(traces, night_id="bench-refine-test", source="benchmark",
+                             dataset=dataset, model=llm.identity)
+            passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
+            return {"accuracy": round(passed / max(1, len(traces)), 4),
+                    "calls": llm.meter.calls - before,
+                    "wall_s": round(time.perf_counter() - started, 1)}
+
+        rows: list[dict[str, object]] = []
+        seed_test = score(wf)
+        for method in chosen:
+            render.console.print(f"refining with {method} (budget {budget} calls)")
+            run = Refinement(wf, list(split.dev), llm=llm, proposer_llm=proposer,
+                             budget=Budget(calls=budget),
+                             settings=RefineSettings(method=method, alpha=alpha,
+                                                     patience=patience, seed=seed,
+                                                     concurrency=concurrency),
+                             journal=RefinementJournal(wh, dataset=dataset,
+                                                       model=llm.identity),
+                             charge_since=0.0)
+            result = asyncio.run(run.run())
+            refined = score(result.workflow)
+            rows.append({"method": method, "seed_test_acc": seed_test["accuracy"],
+                         "refined_test_acc": refined["accuracy"],
+                         "mass_before": round(result.mass_before, 3),
+                         "mass_after": round(result.mass_after, 3),
+                         "llm_calls": result.llm_calls, "tokens": result.tokens,
+                         "wall_s": round(result.wall_s, 1),
+                         "accepted_edits": ",".join(a.op for a in result.accepted) or "-",
+                         "verification_saving": round(result.verification_saving, 3),
+                         "version": result.workflow.version_id,
+                         "stop_reason": result.stop_reason})
+        for name in [r.strip() for r in references.split(",") if r.strip()]:
+            ref = score(reference(name))
+            rows.append({"method": f"ref:{name}", "seed_test_acc": seed_test["accuracy"],
+                         "refined_test_acc": ref["accuracy"], "mass_before": None,
+                         "mass_after": None, "llm_calls": ref["calls"], "tokens": None,
+                         "wall_s": ref["wall_s"], "accepted_edits": "-",
+                         "verification_saving": None, "version": reference(name).version_id,
+                         "stop_reason": ""})
+    columns = list(rows[0]) if rows else []
+    render.grid(columns, [[r[c] for c in columns] for r in rows],
+                title=f"bench refine: {dataset}, {model}, dev {len(split.dev)}, test "
+                      f"{len(split.test)}, budget {budget} calls")
+    if as_json:
+        print(json.dumps({"dataset": dataset, "model": model, "dev": len(split.dev),
+                          "test": len(split.test), "budget": budget, "rows": rows}))

@@ -19,7 +19,7 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
-from cli import bench, render, signatures  # noqa: E402, F401  (registers bench commands)
+from cli import bench, refining, render, signatures  # noqa: E402, F401  (registers commands)
 from cli.options import DataPath, Home, Model  # noqa: E402
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ workflow_app = typer.Typer(help="Validate, show and diff workflow graphs.", no_a
 app.add_typer(model_app, name="model")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(bench.app, name="bench")
+app.command("refine")(refining.refine)
+app.command("eval")(refining.evaluate)
 
 SETTINGS = Settings.load()
 def _fail(message: str) -> None:
@@ -178,8 +180,8 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     benchmark slice (Prefect flow), store runs/spans/failures/signatures/modes in the
     warehouse, and print the traces' summary and the failure modes."""
     from cegraph.benchmarks import DatasetNotFound, data_file
+    from cegraph.fss.recipe import check_recipe
     from cegraph.local_model import MODELS, fetch
-    from cegraph.recipe import check_recipe
     from flows.evaluation import evaluate_workflow
 
     try:
@@ -293,7 +295,7 @@ def collect(port: Annotated[int, typer.Option(help="port (OTLP/HTTP's is 4318)")
 def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
     """The latest night of each (workflow, model, dataset): its modes ranked by mass, then the
     noise row (the failures in no dense mode, which still count in the mass)."""
-    from cegraph.mass import estimate
+    from cegraph.fss.mass import estimate
 
     nights = wh.rows(
         "SELECT night_id, workflow, version_id, runs, noise, model, dataset, "

@@ -42,7 +42,7 @@ def bench_failures(home: Home = Path(".cegraph"),
                                                          "line")] = False) -> None:
     """Print every stored failure with its trace for hand labelling: ids, question, each
     node's output, expected vs. got, and its trace features."""
-    from cegraph.features import trace_features
+    from cegraph.fss.features import trace_features
     from storage.digests import run_digests
 
     with _open(home, read_only=True) as wh:
@@ -115,13 +115,13 @@ def bench_signatures(
     modes vs. noise, adjusted Rand index against the hand labels, and the diagnosis cost
     (paid calls and seconds per failure). Diagnoses are kept in the home, so a second run
     pays nothing."""
-    from cegraph.diagnosis import diagnose_pool
-    from cegraph.features import trace_features
+    from cegraph.fss.diagnosis import diagnose_pool
+    from cegraph.fss.features import trace_features
+    from cegraph.fss.modes import find_modes
+    from cegraph.fss.recipe import apply_recipe, check_recipe, uses_diagnosis
+    from cegraph.fss.signature import MiniLMEmbedder, SignatureBuilder
     from cegraph.llm import LLM
     from cegraph.local_model import LOCAL_PROVIDER, MODELS, fetch
-    from cegraph.modes import find_modes
-    from cegraph.recipe import apply_recipe, check_recipe, uses_diagnosis
-    from cegraph.signature import MiniLMEmbedder, SignatureBuilder
     from storage.digests import run_digests
 
     chosen = [check_recipe(r.strip()) for r in recipes.split(",") if r.strip()]

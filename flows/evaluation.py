@@ -10,12 +10,12 @@ from pathlib import Path
 from prefect import flow
 
 from cegraph.benchmarks import load
-from cegraph.failure_space import Analysis
+from cegraph.fss.failure_space import Analysis
+from cegraph.fss.recipe import DEFAULT_RECIPE, check_recipe
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.graph import Workflow
 from cegraph.llm import Meter
-from cegraph.recipe import DEFAULT_RECIPE, check_recipe
 from cegraph.seeds import seed
-from cegraph.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.trace import Trace
 from storage import Warehouse
 from tasks.execution import run_workflow, store_traces
@@ -38,15 +38,18 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
                       concurrency: int = 2, llm_labels: bool = False,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_tokens: int | None = None,
                       max_cost: float | None = None, recipe: str = DEFAULT_RECIPE,
-                      diagnosis_model: str | None = None) -> Evaluation:
+                      diagnosis_model: str | None = None,
+                      workflow_json: str | None = None) -> Evaluation:
     """Run the workflow (default: the dataset's seed) on `n` problems, store every run,
     span and failure, embed and index the signatures, and compute the failure modes; runs,
     failures, the pool and the mode history are keyed on (workflow, model, dataset).
     `max_tokens`/`max_cost` are the job's hard budget, kept across task retries. `recipe`
     picks the signature recipe; under `message+features+diagnosis` the failures are
-    diagnosed by `diagnosis_model` (default: `model`) within the same budget."""
+    diagnosed by `diagnosis_model` (default: `model`) within the same budget.
+    `workflow_json` gives the workflow itself (a stored version)."""
     check_recipe(recipe)
-    wf = Workflow.load(workflow_path) if workflow_path else seed(dataset)
+    wf = (Workflow.model_validate_json(workflow_json) if workflow_json else
+          Workflow.load(workflow_path) if workflow_path else seed(dataset))
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
     night_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     with Warehouse(Path(home) if home else None) as wh:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from cegraph.signature import DEFAULT_LOCUS_WEIGHT
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from storage import Warehouse
 from tasks.failure_space import analyze_and_store
 from tasks.ingest import DATASET, SOURCE, Ingested, ingest_files

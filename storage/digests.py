@@ -8,8 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cegraph.failure import Failure
-from cegraph.features import NodeOutput, RunDigest, kind_of_dataset, outputs_text, question_of
+from cegraph.fss.failure import Failure
+from cegraph.fss.features import NodeOutput, RunDigest, kind_of_dataset, outputs_text, question_of
 
 if TYPE_CHECKING:
     from storage.warehouse import Warehouse

@@ -113,11 +113,11 @@ TABLES: tuple[Table, ...] = (
         C("source", "VARCHAR", "benchmark | production | verification", 3),
         C("evaluator_version", "VARCHAR", "version of the grader that gave the verdict", 3),
         C("batch_id", "VARCHAR", "the write batch (joins batches.batch_id)", 3),
-        # trace features (cegraph.features), read from the trace without an LLM
+        # trace features (cegraph.fss.features), read from the trace without an LLM
         C("features", "VARCHAR", "the trace features as the phrase the signature recipe "
                                  "'message+features' adds ('' when none hold)", 4),
         C("feature_tags", "VARCHAR[]", "the features that hold (keys of "
-                                       "cegraph.features.PHRASES: extraction_slip, "
+                                       "cegraph.fss.features.PHRASES: extraction_slip, "
                                        "intermediate_answer, percent_factor, sign_error, "
                                        "cut_at_limit, wrong_values, ...)", 4),
         C("expected_at_node", "VARCHAR", "first reasoning node whose output shows the "
@@ -175,12 +175,12 @@ TABLES: tuple[Table, ...] = (
         C("embedding_model", "VARCHAR", "sentence-transformers model of the meaning part"),
         C("vector_id", "VARCHAR", "row key in the LanceDB table 'signatures'"),
         C("created_at", "TIMESTAMP", "when the signature was computed"),
-        C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.signature)", 2),
+        C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.fss.signature)", 2),
         C("recipe", "VARCHAR", "signature recipe the text was built with: message | "
                                "message+features | message+features+diagnosis (NULL: "
                                "message)", 4),
     ), key=("failure_id",)),
-    Table("diagnoses", "LLM diagnoses of failures (cegraph.diagnosis): one call per distinct "
+    Table("diagnoses", "LLM diagnoses of failures (cegraph.fss.diagnosis): one call per distinct "
           "failure, valid or not.", (
         C("failure_id", "VARCHAR", "the failure"),
         C("run_id", "VARCHAR", "its run"),
@@ -275,6 +275,9 @@ TABLES: tuple[Table, ...] = (
         C("status", "VARCHAR", "proposed | invalid | verified | accepted | rejected"),
         C("reject_reason", "VARCHAR", "why it was not applied"),
         C("created_at", "TIMESTAMP", "when proposed"),
+        C("round", "INTEGER", "refinement round that proposed it", 4),
+        C("source", "VARCHAR", "prior | llm | random: who proposed it", 4),
+        C("diff", "VARCHAR", "node-level diff from the base version", 4),
     ), key=("edit_id",), key_since=3),
     Table("verifications", "Re-runs of a candidate on counterexamples and regressions.", (
         C("verification_id", "VARCHAR", "unique id"),
@@ -291,7 +294,28 @@ TABLES: tuple[Table, ...] = (
         C("tokens", "BIGINT", "tokens paid"),
         C("cost", "DOUBLE", "USD paid"),
         C("created_at", "TIMESTAMP", "when verified"),
+        C("others", "INTEGER", "counterexamples of other modes re-run", 4),
+        C("reason", "VARCHAR", "the acceptance rule's verdict in words", 4),
+        C("calls_made", "INTEGER", "LLM calls paid for", 4),
+        C("calls_replayed", "INTEGER", "calls answered from the call store (unchanged "
+                                       "nodes)", 4),
+        C("calls_full", "INTEGER", "calls a full re-execution of the planned inputs would "
+                                   "make", 4),
+        C("stopped_early", "BOOLEAN", "stopped once it could no longer beat the best", 4),
     ), key=("verification_id",), key_since=3),
+    Table("refinements", "One refinement run (`cegraph refine`): rerunning it resumes it.", (
+        C("refine_id", "VARCHAR", "hash of seed, models, inputs, method, budget, settings "
+                                  "(joins edits.night_id)"),
+        C("workflow", "VARCHAR", "workflow name"),
+        C("seed_version_id", "VARCHAR", "version refined"),
+        C("version_id", "VARCHAR", "final (refined) version; NULL while running"),
+        C("method", "VARCHAR", "cegraph | scalar | random"),
+        C("spec", "VARCHAR", "JSON of the settings and budget"),
+        C("status", "VARCHAR", "running | done | interrupted"),
+        C("summary", "VARCHAR", "JSON of the result (masses, calls, accepted edits)"),
+        C("started_at", "TIMESTAMP", "first start (a resumed run keeps it)"),
+        C("ended_at", "TIMESTAMP", "last end"),
+    ), key=("refine_id",), since=4),
     Table("gate_results", "Data-quality checks (Great Expectations) on verification results "
           "and on every ingest batch.", (
         C("gate_id", "VARCHAR", "unique id"),

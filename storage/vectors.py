@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import IvfFlat
 
-from cegraph.signature import Signature
+from cegraph.fss.signature import Signature
 
 TABLE = "signatures"
 INDEX_MIN_ROWS = 20_000

@@ -18,13 +18,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from cegraph.diagnosis import DiagnosisRecord
-from cegraph.failure import Failure
+from cegraph.fss.diagnosis import DiagnosisRecord
+from cegraph.fss.failure import Failure
+from cegraph.fss.modes import FailureMode, PreviousMode
+from cegraph.fss.signature import Signature
 from cegraph.graph import Workflow
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import Completion
-from cegraph.modes import FailureMode, PreviousMode
-from cegraph.signature import Signature
 from cegraph.trace import Trace
 from storage import history
 from storage.schema import SCHEMA_VERSION, TABLE, migration
@@ -196,8 +196,8 @@ class Warehouse:
         version. Otherwise replays and retries are not double-counted. Infrastructure
         outcomes are stored but yield no failure. `extra` history rows (by table, each with a
         run_id) go into the same batch, those of runs not stored again left out."""
-        from cegraph.failure import failure_from_trace
-        from cegraph.features import digest_from_trace, trace_features
+        from cegraph.fss.failure import failure_from_trace
+        from cegraph.fss.features import digest_from_trace, trace_features
 
         stored = self._verdicts([t.run_id for t in traces])
         traces = [t for t in traces if _supersedes(t, stored.get(t.run_id))]

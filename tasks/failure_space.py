@@ -7,12 +7,12 @@ import asyncio
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cegraph.diagnosis import diagnose_pool, kind_label
-from cegraph.failure_space import Analysis, analyze_failures
+from cegraph.fss.diagnosis import diagnose_pool, kind_label
+from cegraph.fss.failure_space import Analysis, analyze_failures
+from cegraph.fss.mode_label import llm_label
+from cegraph.fss.recipe import DEFAULT_RECIPE, apply_recipe, uses_diagnosis
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
 from cegraph.llm import LLM, Meter
-from cegraph.mode_label import llm_label
-from cegraph.recipe import DEFAULT_RECIPE, apply_recipe, uses_diagnosis
-from cegraph.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
 from storage import Warehouse
 from storage.digests import run_digests
 

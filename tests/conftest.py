@@ -84,6 +84,6 @@ def last_user(messages: list[dict[str, str]]) -> str:
 
 @pytest.fixture(scope="session")
 def embedder() -> Any:
-    from cegraph.signature import MiniLMEmbedder
+    from cegraph.fss.signature import MiniLMEmbedder
 
     return MiniLMEmbedder()

@@ -4,18 +4,18 @@ import json
 
 import pytest
 
-from cegraph.diagnosis import (
+from cegraph.evaluators import _with_truncation, grade_number
+from cegraph.fss.diagnosis import (
     DiagnosisRecord,
     diagnose_pool,
     kind_label,
     parse_diagnosis,
     prompt,
 )
-from cegraph.evaluators import _with_truncation, grade_number
-from cegraph.failure import Failure, failure_from_trace
-from cegraph.features import RunDigest, digest_from_trace, input_class, trace_features
+from cegraph.fss.failure import Failure, failure_from_trace
+from cegraph.fss.features import RunDigest, digest_from_trace, input_class, trace_features
+from cegraph.fss.recipe import DIAGNOSIS, FEATURES, MESSAGE, apply_recipe, check_recipe
 from cegraph.llm import LLM, Completion, MemoryCallStore
-from cegraph.recipe import DIAGNOSIS, FEATURES, MESSAGE, apply_recipe, check_recipe
 from cegraph.trace import Span, Trace
 
 QUESTION = "Tom has 3 bags with 4 apples each and buys 6 more apples. How many apples?"
@@ -85,7 +85,7 @@ def test_truncation_and_not_a_number():
 
 
 def test_features_have_no_digits_so_normalization_keeps_them():
-    from cegraph.features import INPUT_CLASSES, PHRASES
+    from cegraph.fss.features import INPUT_CLASSES, PHRASES
 
     assert not any(c.isdigit() for text in [*PHRASES.values(), *INPUT_CLASSES.values()]
                    for c in text)

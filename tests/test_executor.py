@@ -197,7 +197,7 @@ def test_concurrency_is_bounded(scripted):
 
 
 def test_locus_is_where_the_wrong_answer_was_born(scripted):
-    from cegraph.failure import failure_from_trace
+    from cegraph.fss.failure import failure_from_trace
 
     # CoT mentions 12 along the way but concludes 9; Format then boxes 12: Format's fault
     scripted.reply = lambda m: ("\\boxed{12}" if "Solution:" in last_user(m)

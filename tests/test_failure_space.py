@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from cegraph.failure import Failure
-from cegraph.failure_space import analyze_failures
-from cegraph.mass import expected_failure_mass, wilson
-from cegraph.modes import FailureMode, PreviousMode, find_modes, match_modes
-from cegraph.signature import Signature, SignatureBuilder, normalize_message
+from cegraph.fss.failure import Failure
+from cegraph.fss.failure_space import analyze_failures
+from cegraph.fss.mass import expected_failure_mass, wilson
+from cegraph.fss.modes import FailureMode, PreviousMode, find_modes, match_modes
+from cegraph.fss.signature import Signature, SignatureBuilder, normalize_message
 
 
 def failure(i, message, node="solve", op="ChainOfThought", depth=1, cls="wrong_answer"):
@@ -130,8 +130,8 @@ def test_modes_matched_across_nights(embedder):
 def test_llm_mode_label_is_parsed_or_rejected(scripted):
     import asyncio
 
+    from cegraph.fss.mode_label import llm_label
     from cegraph.llm import LLM
-    from cegraph.mode_label import llm_label
 
     vec = np.ones(8, dtype=np.float32)
     mode = find_modes([Signature(f"f{i}", "solve", "ChainOfThought", 1, "wrong_answer",
@@ -150,7 +150,7 @@ def test_llm_mode_label_is_parsed_or_rejected(scripted):
 
 
 def _mode(ids, centroid, failures, runs):
-    from cegraph.mass import estimate
+    from cegraph.fss.mass import estimate
 
     est = estimate(failures, runs)
     return FailureMode(ids[0], list(ids), np.asarray(centroid, dtype=np.float32), 1.0, "n",
@@ -176,7 +176,7 @@ def test_trend_needs_separated_intervals():
 
 
 def test_a_new_mode_never_takes_an_id_the_workflow_used_before():
-    from cegraph.modes import _mode_id
+    from cegraph.fss.modes import _mode_id
 
     seed_id = _mode_id("f1")
     # yesterday's mode (seeded by f1) moved too far: it is resolved, and today's mode, seeded

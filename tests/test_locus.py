@@ -5,7 +5,7 @@ import asyncio
 
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
-from cegraph.failure import failure_from_trace
+from cegraph.fss.failure import failure_from_trace
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, Completion
 from cegraph.seeds import seed

@@ -8,11 +8,11 @@ import pytest
 
 from cegraph.evaluators import EVALUATOR_VERSION, evaluate
 from cegraph.executor import Executor
-from cegraph.failure import failure_from_trace
+from cegraph.fss.failure import failure_from_trace
+from cegraph.fss.signature import SignatureBuilder
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import LLM
 from cegraph.seeds import seed
-from cegraph.signature import SignatureBuilder
 from cegraph.task import Task
 from storage import VectorIndex, Warehouse, history  # noqa: F401  (history patched)
 

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
+from cegraph.fss.signature import SignatureBuilder
 from cegraph.llm import LLM
 from cegraph.seeds import seed
-from cegraph.signature import SignatureBuilder
 from cegraph.task import Task
 from cli.main import app
 from storage import VectorIndex, Warehouse
@@ -94,7 +94,7 @@ def test_migration_from_previous_schema_version(tmp_path):
 
 
 def test_embedding_cache_and_vectors_persist(tmp_path, embedder, scripted):
-    from cegraph.failure import failure_from_trace
+    from cegraph.fss.failure import failure_from_trace
 
     with Warehouse(tmp_path) as wh:
         failures = [f for f in map(failure_from_trace, traces(scripted)) if f]
@@ -165,7 +165,7 @@ def test_docs_schema_is_generated_from_the_code():
 
 def test_vector_index_is_built_and_kept_current(tmp_path, monkeypatch):
     import storage.vectors as vectors
-    from cegraph.signature import Signature
+    from cegraph.fss.signature import Signature
 
     monkeypatch.setattr(vectors, "INDEX_MIN_ROWS", 400)
     rng = np.random.default_rng(0)

@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import DBSCAN
 from sklearn.decomposition import PCA
 
-from cegraph.signature import Signature
+from cegraph.fss.signature import Signature
 
 DEFAULT_EPS = 0.30
 DEFAULT_MIN_SIZE = 3
@@ -48,8 +48,8 @@ class FailureMode:
     mass: float = 0.0
     mass_lo: float = 0.0
     mass_hi: float = 0.0
-    llm_label: str | None = None  # see cegraph.mode_label
-    kind_label: str | None = None  # from its members' diagnoses (cegraph.diagnosis)
+    llm_label: str | None = None  # see cegraph.fss.mode_label
+    kind_label: str | None = None  # from its members' diagnoses (cegraph.fss.diagnosis)
 
     @property
     def size(self) -> int:

@@ -1,8 +1,8 @@
 """The signature recipe: which readings of a failure its signature's meaning is built from.
 
 - `message`: the evaluator's message alone (`[wrong_answer] expected <NUM>, got <NUM>`);
-- `message+features`: plus the trace features (`cegraph.features`), no LLM;
-- `message+features+diagnosis`: plus the LLM diagnosis (`cegraph.diagnosis`) where there
+- `message+features`: plus the trace features (`cegraph.fss.features`), no LLM;
+- `message+features+diagnosis`: plus the LLM diagnosis (`cegraph.fss.diagnosis`) where there
   is a valid one: its kind and explanation join the text, and for a `wrong_answer` or
   `no_answer` (where the evaluator cannot tell which node erred) the locus moves to the
   diagnosed node.
@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from cegraph.diagnosis import KINDS, DiagnosisRecord
-from cegraph.failure import Failure
-from cegraph.signature import normalize_message, signature_text
+from cegraph.fss.diagnosis import KINDS, DiagnosisRecord
+from cegraph.fss.failure import Failure
+from cegraph.fss.signature import normalize_message, signature_text
 
 MESSAGE = "message"
 FEATURES = "message+features"

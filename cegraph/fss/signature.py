@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cegraph.failure import Failure
+from cegraph.fss.failure import Failure
 
 LOCUS_DIM = 32
 DEFAULT_LOCUS_WEIGHT = 0.3
@@ -169,7 +169,7 @@ class SignatureBuilder:
 
     def build(self, failures: Sequence[Failure],
               texts: Mapping[str, str] | None = None) -> list[Signature]:
-        """Signatures of `failures`; `texts` (by failure id, see `cegraph.recipe`) replaces
+        """Signatures of `failures`; `texts` (by failure id, see `cegraph.fss.recipe`) replaces
         the message-only text."""
         texts = [texts[f.failure_id] if texts else signature_text(f.failure_class, f.message)
                  for f in failures]

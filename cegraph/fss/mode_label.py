@@ -11,8 +11,8 @@ import re
 
 from pydantic import BaseModel, Field, ValidationError
 
+from cegraph.fss.modes import FailureMode
 from cegraph.llm import LLM
-from cegraph.modes import FailureMode
 
 
 class ModeLabel(BaseModel):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cegraph.failure import Failure
-from cegraph.mass import FailureMass, expected_failure_mass
-from cegraph.modes import (
+from cegraph.fss.failure import Failure
+from cegraph.fss.mass import FailureMass, expected_failure_mass
+from cegraph.fss.modes import (
     DEFAULT_EPS,
     DEFAULT_MIN_SIZE,
     FailureMode,
@@ -16,7 +16,7 @@ from cegraph.modes import (
     find_modes,
     match_modes,
 )
-from cegraph.signature import Signature, SignatureBuilder
+from cegraph.fss.signature import Signature, SignatureBuilder
 
 
 @dataclass

@@ -28,8 +28,8 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cegraph.budget import BudgetExceeded
-from cegraph.failure import Failure
-from cegraph.features import RunDigest, steps, trace_features
+from cegraph.fss.failure import Failure
+from cegraph.fss.features import RunDigest, steps, trace_features
 from cegraph.llm import LLM, transient_errors
 
 #: The taxonomy of how a run went wrong, with what each kind means (shown to the model and

@@ -1,0 +1,1 @@
+"""Map a workflow's failures: counterexamples, signatures, modes, Expected Failure Mass."""

@@ -1,0 +1,549 @@
+"""The greedy refinement loop: mode -> propose -> verify -> accept, under one hard budget.
+
+    result = refine(seed("math"), tasks, llm=LLM("qwen2.5-coder-0.5b"), budget=Budget(calls=800))
+
+Each round maps the current version's failures on the dev inputs (modes and mass), aims at
+the densest mode not yet tried on this version, gathers candidate edits (operator prior and
+LLM proposer; `scalar` and `random` swap these, see `baselines.py`), verifies them
+incrementally, and accepts the one with the largest significant mass drop. It stops when the
+mass has not fallen for `patience` rounds, the target mass is reached, or the next step
+cannot be paid for: every step's calls (and tokens) are projected before it starts, from the
+nodes it re-runs, and a step that may not fit is not started. The budget (`Budget`) covers
+execution, proposals and labels alike: one meter, shared by every LLM of the run.
+
+Every step is journaled as it happens (`Journal`); running the same refinement again
+resumes it (see `journal.py`). Ctrl-C raises `KeyboardInterrupt` out of `refine` after the
+last completed step is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cegraph.evaluators import evaluate
+from cegraph.executor import Executor, stable_run_id
+from cegraph.fss.failure import Failure, failure_from_trace
+from cegraph.fss.failure_space import Analysis, analyze_failures
+from cegraph.fss.signature import Embedder, SignatureBuilder
+from cegraph.graph import Workflow
+from cegraph.llm import LLM, BudgetExceeded, Meter
+from cegraph.operators import REGISTRY
+from cegraph.refine.acceptance import DenseNewMode, PairedSignRule, Verdict
+from cegraph.refine.edits import Applied
+from cegraph.refine.journal import ChargingStore, Journal, MemoryJournal
+from cegraph.refine.proposer import (
+    Candidate,
+    LLMProposer,
+    PriorProposer,
+    Proposals,
+    Proposer,
+    Target,
+    screen,
+)
+from cegraph.refine.splits import hold_aside
+from cegraph.refine.stopping import Convergence, StopRule
+from cegraph.refine.targets import AggregateTarget, ModeTargets, TargetSelector, untried
+from cegraph.refine.verify import CertainlyWorse, Plan, Verification, Verifier, stratified_sample
+from cegraph.task import Task
+from cegraph.trace import INFRASTRUCTURE, Trace
+
+Method = Literal["cegraph", "scalar", "random"]
+
+
+class RefineError(ValueError):
+    """A refinement that cannot start; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The one hard budget of a run: LLM calls, tokens and/or dollars (None: no limit)."""
+
+    calls: int | None = None
+    tokens: int | None = None
+    dollars: float | None = None
+
+    def meter(self) -> Meter:
+        return Meter(max_calls=self.calls, max_tokens=self.tokens, max_cost=self.dollars)
+
+
+@dataclass(frozen=True)
+class Settings:
+    method: Method = "cegraph"
+    k: int = 3  # LLM-proposed candidates per round
+    prior_k: int = 3  # operator-prior candidates per round
+    patience: int = 2
+    target_mass: float = 0.0
+    max_rounds: int = 8
+    holdout: float = 0.34  # share of the tasks held aside for regression checks
+    regression: int = 12  # regression inputs per verification
+    counterexamples: int = 12  # target counterexamples per verification
+    others: int = 3  # other modes' counterexamples per verification
+    alpha: float = 0.05
+    max_break_rate: float = 0.1
+    seed: int = 0
+    concurrency: int = 2
+    proposer_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the loop is doing, for a progress display."""
+
+    round: int
+    step: str  # evaluate | propose | verify | accept | stop
+    target: str = ""
+    candidate: str = ""  # "2/5 set_param (prior)"
+    calls: int = 0
+    budget_calls: int | None = None
+    message: str = ""
+
+
+@dataclass
+class Accepted:
+    round: int
+    edit_id: str
+    op: str
+    source: str
+    target: str
+    version_id: str
+    verdict: Verdict
+    diff: list[str]
+
+
+@dataclass
+class RefineResult:
+    refine_id: str
+    seed: Workflow
+    workflow: Workflow
+    mass_before: float
+    mass_after: float
+    masses: list[float]
+    accepted: list[Accepted]
+    stop_reason: str
+    llm_calls: int
+    tokens: int
+    cost: float
+    wall_s: float
+    verification_calls: int = 0  # calls verification paid for
+    verification_replayed: int = 0
+    verification_full: int = 0  # calls a full re-execution of the same candidates would make
+    invalid: int = 0
+    candidates: int = 0
+
+    @property
+    def verification_saving(self) -> float:
+        """Share of a full re-execution's calls that incremental verification did not make."""
+        full = self.verification_full
+        return 1 - self.verification_calls / full if full else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"refine_id": self.refine_id, "seed_version": self.seed.version_id,
+                "version": self.workflow.version_id, "mass_before": round(self.mass_before, 4),
+                "mass_after": round(self.mass_after, 4),
+                "accepted_edits": [a.op for a in self.accepted], "llm_calls": self.llm_calls,
+                "tokens": self.tokens, "cost": round(self.cost, 6),
+                "wall_s": round(self.wall_s, 2), "stop_reason": self.stop_reason,
+                "candidates": self.candidates, "invalid_candidates": self.invalid,
+                "verification_calls": self.verification_calls,
+                "verification_full_calls": self.verification_full,
+                "verification_saving": round(self.verification_saving, 3)}
+
+
+def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None) -> int:
+    """The most LLM calls one run of `nodes` (default: all) can make."""
+    total = 0
+    for nid in nodes if nodes is not None else wf.order:
+        n = wf.by_id[nid]
+        params = {**REGISTRY[n.op].params, **n.params}
+        if n.op == "Test" or (n.op == "Format" and not params.get("llm", True)):
+            continue
+        if n.op == "SelfConsistency":
+            total += int(params["n"]) + (1 if params["vote"] == "llm" else 0)
+        else:
+            total += 1
+    return total
+
+
+def changed_nodes(base: Workflow, cand: Workflow) -> list[str]:
+    """Nodes of `cand` that must re-run: changed or new, and everything downstream."""
+    old = {n["id"]: n for n in base.resolved()["nodes"]}
+    dirty = {n["id"] for n in cand.resolved()["nodes"] if old.get(n["id"]) != n}
+    for nid in cand.order:  # topological: a node reading a dirty node is dirty
+        if cand.by_id[nid].upstream() & dirty:
+            dirty.add(nid)
+    return [n for n in cand.order if n in dirty]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
+
+
+@dataclass
+class _State:
+    """The loop's working state for the current version."""
+
+    wf: Workflow
+    traces: dict[str, Trace]  # task id -> the current version's trace
+    mass: float = 1.0
+    failures: list[Failure] = field(default_factory=list)
+    analysis: Analysis | None = None
+
+
+class Refinement:
+    """One refinement run (see module doc); `run()` does it, `refine()` is the shortcut."""
+
+    def __init__(self, workflow: Workflow, tasks: Sequence[Task], *, llm: LLM,
+                 budget: Budget, proposer_llm: LLM | None = None,
+                 settings: Settings | None = None, journal: Journal | None = None,
+                 embedder: Embedder | None = None, regression: Sequence[Task] | None = None,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 stop_rule: StopRule | None = None, selector: TargetSelector | None = None,
+                 proposers: Sequence[Proposer] | None = None,
+                 charge_since: float | None = None) -> None:
+        self.settings = s = settings or Settings()
+        if not tasks:
+            raise RefineError("the dev set is empty: give refine some inputs (--dev N > 0)")
+        if regression is None:
+            dev, regression = hold_aside(tasks, s.holdout, seed=s.seed)
+        else:
+            dev = list(tasks)
+        if not dev:
+            raise RefineError("the dev set is empty after holding regression inputs aside; "
+                              "give more inputs")
+        self.seed, self.dev, self.regression = workflow, list(dev), list(regression)
+        self.tasks = {t.id: t for t in [*self.dev, *self.regression]}
+        self.llm, self.proposer_llm = llm, proposer_llm or llm
+        self.budget = budget
+        self.journal: Journal = journal if journal is not None else MemoryJournal()
+        self.embedder = embedder
+        self.on_progress = on_progress
+        self.stop_rule = stop_rule or Convergence(s.patience, s.target_mass, s.max_rounds)
+        self.selector = selector or (ModeTargets() if s.method == "cegraph"
+                                     else AggregateTarget(s.seed, s.counterexamples))
+        self._proposers = proposers
+        # stored calls made since this time are charged once when used (default: since the
+        # job first started); 0 charges every stored call: the budget then counts the
+        # distinct calls the run needs, whatever the store held (equal-budget comparisons)
+        self.charge_since = charge_since
+        self.refine_id = _digest({
+            "seed": workflow.version_id, "llm": llm.identity,
+            "proposer": self.proposer_llm.identity, "dev": sorted(t.id for t in self.dev),
+            "regression": sorted(t.id for t in self.regression), "budget": budget.__dict__,
+            "settings": s.__dict__})
+        self._check_budget()
+        self.meter = budget.meter()
+        self.round = 0
+        self.calls_seen = 0
+
+    # --- budget ---------------------------------------------------------------------------
+    def _check_budget(self) -> None:
+        """Refuse, before any call, a budget that cannot pay the seed's evaluation and one
+        verification of a one-node edit."""
+        if self.budget.calls is None:
+            return
+        base = llm_calls_per_run(self.seed) * len(self.tasks)
+        one = self.settings.regression + 1
+        if self.budget.calls < base + one:
+            raise RefineError(
+                f"a budget of {self.budget.calls} calls cannot pay for one verification: "
+                f"evaluating the seed on {len(self.tasks)} inputs may take {base} calls and "
+                f"one verification at least {one}; raise --budget-calls to at least "
+                f"{base + one} or lower --dev")
+
+    def _affordable(self, calls: int) -> bool:
+        """Whether a step projected to make `calls` calls fits what the budget has left."""
+        left = self.meter.remaining_calls()
+        if left is not None and calls > left:
+            return False
+        tokens_left = self.meter.remaining_tokens()
+        if tokens_left is not None:
+            made = max(1, self.meter.calls)
+            per_call = (self.meter.tokens_in + self.meter.tokens_out) / made or 1000
+            if calls * per_call > tokens_left:
+                return False
+        return True
+
+    def _emit(self, step: str, **kw: Any) -> None:
+        if self.on_progress is not None:
+            self.on_progress(Progress(self.round, step, calls=self.meter.calls,
+                                      budget_calls=self.budget.calls, **kw))
+
+    # --- running ---------------------------------------------------------------------------
+    async def _evaluate(self, wf: Workflow, tasks: Sequence[Task]) -> dict[str, Trace]:
+        identity = self.llm.identity
+        traces = await self.executor.run_many(
+            wf, tasks, evaluate=evaluate,
+            run_id=lambda t: stable_run_id(wf.version_id, identity, t.id))
+        self.journal.record_traces(traces, source="benchmark")
+        return {t.task_id: t for t in traces}
+
+    def _analyze(self, state: _State) -> None:
+        dev_traces = [state.traces[t.id] for t in self.dev if t.id in state.traces]
+        counted = [t for t in dev_traces
+                   if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE]
+        state.failures = [f for t in counted if (f := failure_from_trace(t)) is not None]
+        state.mass = len(state.failures) / max(1, len(counted))
+        state.analysis = None
+        if self.settings.method == "cegraph" and state.failures:
+            state.analysis = analyze_failures(state.failures, len(counted), self._builder())
+
+    def _builder(self) -> SignatureBuilder:
+        if self.embedder is None:
+            from cegraph.fss.signature import MiniLMEmbedder
+
+            self.embedder = MiniLMEmbedder()
+        if not hasattr(self, "_sig_builder"):
+            self._sig_builder = SignatureBuilder(self.embedder)
+        return self._sig_builder
+
+    def proposers(self) -> list[Proposer]:
+        if self._proposers is not None:
+            return list(self._proposers)
+        s = self.settings
+        if s.method == "random":
+            from cegraph.refine.baselines import RandomProposer
+
+            return [RandomProposer(seed=s.seed)]
+        llm = LLMProposer(self.proposer_llm, max_tokens=s.proposer_tokens)
+        return [llm] if s.method == "scalar" else [PriorProposer(), llm]
+
+    async def _propose(self, state: _State, target: Target) -> tuple[
+            list[tuple[Candidate, Applied]], Proposals]:
+        kind = self.dev[0].kind
+        merged = Proposals()
+        for proposer in self.proposers():
+            if hasattr(proposer, "round"):
+                proposer.round = self.round  # a new round asks anew; a resumed one replays
+            if isinstance(proposer, LLMProposer):
+                proposer.accuracy = 1 - state.mass
+            if proposer.projected_calls and not self._affordable(proposer.projected_calls):
+                continue
+            k = self.settings.prior_k if isinstance(proposer, PriorProposer) else \
+                self.settings.k
+            self._emit("propose", target=target.label, message=type(proposer).__name__)
+            got = await proposer.propose(state.wf, target, kind, k)
+            merged.candidates += got.candidates
+            merged.invalid += got.invalid
+        examples = [text for e in target.examples for text in (e.input, e.expected)]
+        examples += [self.tasks[i].reference for i in target.task_ids]
+        return screen(state.wf, merged, examples, seen=self.tried_versions)
+
+    def _plan(self, state: _State, target: Target) -> Plan:
+        s = self.settings
+        failing = {f.task_id for f in state.failures}
+        chosen = [self.tasks[i] for i in target.task_ids if i in failing][:s.counterexamples]
+        rest = sorted(failing - {t.id for t in chosen})
+        others = [self.tasks[i] for i in rest][:: max(1, len(rest) // max(1, s.others))][
+            :s.others]
+        passing = [t for t in self.regression
+                   if (tr := state.traces.get(t.id)) and tr.outcome and tr.outcome.passed]
+        # strata of the passing inputs: how long the base's run was (a difficulty proxy)
+        lengths = sorted(state.traces[t.id].tokens for t in passing) or [0]
+        cuts = (lengths[len(lengths) // 3], lengths[2 * len(lengths) // 3])
+        reg = stratified_sample(
+            passing, s.regression, key=lambda t: str(sum(
+                state.traces[t.id].tokens > c for c in cuts)), seed=s.seed + self.round)
+        target_mass = len([f for f in state.failures if f.task_id in set(target.task_ids)])
+        dev_runs = max(1, len([t for t in self.dev if t.id in state.traces]))
+        weight = {"target": target_mass / dev_runs / max(1, len(chosen)),
+                  "others": max(0.0, state.mass - target_mass / dev_runs) / max(1, len(others)),
+                  "regression": (1 - state.mass) / max(1, len(reg))}
+        base = {t.id: bool((tr := state.traces[t.id]).outcome and tr.outcome.passed)
+                for t in [*chosen, *others, *reg]}
+        return Plan({"target": tuple(chosen), "others": tuple(others), "regression": tuple(reg)},
+                    base, weight)
+
+    async def _round(self, state: _State, tried: set[str], result: RefineResult) -> bool:
+        """One round; returns whether an edit was accepted."""
+        s = self.settings
+        runs = len([t for t in self.dev if t.id in state.traces])
+        targets = untried(self.selector.targets(
+            state.failures, state.analysis, runs,
+            {t.task_id: t for t in state.traces.values()}, self.tasks),
+            {t.split("@")[1] for t in tried if t.startswith(state.wf.version_id + "@")})
+        if not targets:
+            result.stop_reason = "no untried failure target on this version"
+            return False
+        target = targets[0]
+        if isinstance(self.selector, ModeTargets):
+            # a mode is aimed at once per version; the aggregate target of the baselines
+            # stays open, each round asking its proposer anew
+            tried.add(f"{state.wf.version_id}@{target.target_id}")
+        cands, proposals = await self._propose(state, target)
+        edit_rows = []
+        ids = [f"{self.refine_id}-{self.round}-{i}" for i in range(len(proposals.candidates))]
+        invalid_at = {inv.raw: inv.reason for inv in proposals.invalid}
+        for (cand, edit_id) in zip(proposals.candidates, ids, strict=True):
+            raw = cand.edit.model_dump_json()
+            applied = next((a for c, a in cands if c is cand), None)
+            edit_rows.append(self._edit_row(edit_id, state, target, cand.edit.op, raw,
+                                            cand.rationale, cand.source, applied,
+                                            invalid_at.get(raw)))
+        for j, inv in enumerate(proposals.invalid):
+            if not any(inv.raw == r["payload"] for r in edit_rows):
+                edit_rows.append(self._edit_row(f"{self.refine_id}-{self.round}-x{j}", state,
+                                                target, "", inv.raw, "", inv.source, None,
+                                                inv.reason))
+        self.journal.record_edits(edit_rows)
+        result.invalid += sum(1 for r in edit_rows if r["status"] == "invalid")
+        result.candidates += len(edit_rows)
+        if not cands:
+            return False
+        plan = self._plan(state, target)
+        rule = PairedSignRule(s.alpha, s.max_break_rate, self._new_mode_check(state))
+        verifier = Verifier(self.executor, evaluate, chunk=max(2, s.concurrency),
+                            early_stop=CertainlyWorse(s.max_break_rate),
+                            on_traces=lambda _wf, tr: self.journal.record_traces(
+                                tr, source="verification"))
+        best: Verification | None = None
+        judged: list[tuple[Candidate, Applied, Verification, Verdict, str]] = []
+        edit_of = {id(c): eid for c, eid in zip(proposals.candidates, ids, strict=True)}
+        for n, (cand, applied) in enumerate(cands, start=1):
+            self.tried_versions.add(applied.version_id)
+            projected = plan.size * llm_calls_per_run(
+                applied.workflow, changed_nodes(state.wf, applied.workflow))
+            if not self._affordable(projected):
+                result.stop_reason = (f"budget: verifying the next candidate may take "
+                                      f"{projected} calls, {self.meter.remaining_calls()} left")
+                self.out_of_budget = True
+                break
+            label = f"{n}/{len(cands)} {cand.edit.op} ({cand.source})"
+            self._emit("verify", target=target.label, candidate=label)
+            v = await verifier.verify(applied.workflow, plan, best=best)
+            broken = [f for t in v.traces if plan.base_passed.get(t.task_id)
+                      and (f := failure_from_trace(t)) is not None]
+            verdict = rule.judge(v, broken)
+            eid = edit_of[id(cand)]
+            judged.append((cand, applied, v, verdict, eid))
+            result.verification_calls += v.calls_made
+            result.verification_replayed += v.calls_replayed
+            result.verification_full += v.calls_full
+            self.journal.record_verification(self._verification_row(eid, plan, v, verdict,
+                                                                    state.mass))
+            if not v.stopped_early and (best is None or v.drop > best.drop):
+                best = v
+        pick = rule.choose([j[3] for j in judged])
+        if pick is None:
+            return False
+        cand, applied, v, verdict, eid = judged[pick]
+        self.journal.record_version(applied.workflow, parent=state.wf.version_id,
+                                    created_by=eid)
+        self.journal.record_edits([{**next(r for r in edit_rows if r["edit_id"] == eid),
+                                    "status": "accepted"}])
+        result.accepted.append(Accepted(self.round, eid, cand.edit.op, cand.source,
+                                        target.target_id, applied.version_id, verdict,
+                                        applied.diff))
+        self._emit("accept", target=target.label, candidate=cand.edit.op,
+                   message=verdict.reason)
+        state.wf = applied.workflow
+        projected = len(self.tasks) * llm_calls_per_run(
+            applied.workflow, changed_nodes(self.seed, applied.workflow))
+        if not self._affordable(projected):
+            result.stop_reason = "budget: no calls left to evaluate the accepted version"
+            self.out_of_budget = True
+            state.mass = max(0.0, state.mass - verdict.drop)  # the verified estimate
+            return True
+        state.traces = await self._evaluate(state.wf, list(self.tasks.values()))
+        self._analyze(state)
+        return True
+
+    def _new_mode_check(self, state: _State) -> DenseNewMode | None:
+        if self.settings.method != "cegraph" or state.analysis is None:
+            return None
+        return DenseNewMode(self._builder(), [m.centroid for m in state.analysis.modes])
+
+    def _edit_row(self, edit_id: str, state: _State, target: Target, op: str, payload: str,
+                  rationale: str, source: str, applied: Applied | None,
+                  reason: str | None) -> dict[str, Any]:
+        return {"edit_id": edit_id, "night_id": self.refine_id, "workflow": state.wf.name,
+                "base_version_id": state.wf.version_id,
+                "candidate_version_id": applied.version_id if applied else None,
+                "target_mode_id": target.target_id, "operation": op, "payload": payload,
+                "rationale": rationale, "status": "proposed" if applied else "invalid",
+                "reject_reason": reason, "round": self.round, "source": source,
+                "diff": "\n".join(applied.diff) if applied else None}
+
+    def _verification_row(self, edit_id: str, plan: Plan, v: Verification, verdict: Verdict,
+                          mass: float) -> dict[str, Any]:
+        c = v.counts
+        return {"verification_id": f"{edit_id}-v", "edit_id": edit_id,
+                "candidate_version_id": v.version_id, "counterexamples": c["target"].run,
+                "regression": c["regression"].run, "others": c["others"].run,
+                "fixed": v.fixed, "broken": v.broken, "mass_before": mass,
+                "mass_after": max(0.0, mass - v.drop), "p_value": verdict.p_value,
+                "accepted": verdict.accepted, "reason": verdict.reason,
+                "tokens": v.tokens, "cost": v.cost, "calls_made": v.calls_made,
+                "calls_replayed": v.calls_replayed, "calls_full": v.calls_full,
+                "stopped_early": v.stopped_early}
+
+    async def run(self) -> RefineResult:
+        started = time.perf_counter()
+        first_start = self.journal.start(self.refine_id, {
+            "workflow": self.seed.name, "seed_version_id": self.seed.version_id,
+            "method": self.settings.method, "budget": self.budget.__dict__,
+            "settings": self.settings.__dict__, "dev": len(self.dev),
+            "regression": len(self.regression)})
+        if self.charge_since is not None:
+            first_start = self.charge_since
+        llms = {id(self.llm): self.llm, id(self.proposer_llm): self.proposer_llm}
+        saved = {k: (x.meter, x.store) for k, x in llms.items()}
+        for x in llms.values():  # one meter for the run; replays of this job's calls charged
+            x.meter = self.meter
+            x.store = ChargingStore(x.store, self.meter, first_start)
+        self.executor = Executor(self.llm, concurrency=self.settings.concurrency)
+        self.tried_versions: set[str] = {self.seed.version_id}
+        self.out_of_budget = False
+        result = RefineResult(self.refine_id, self.seed, self.seed, 0.0, 0.0, [], [], "", 0, 0,
+                              0.0, 0.0)
+        status = "interrupted"
+        state: _State | None = None
+        try:
+            self.journal.record_version(self.seed, parent=None, created_by="seed")
+            self._emit("evaluate", message=f"seed on {len(self.tasks)} inputs")
+            state = _State(self.seed, await self._evaluate(self.seed, list(self.tasks.values())))
+            self._analyze(state)
+            result.mass_before = state.mass
+            result.masses.append(state.mass)
+            tried: set[str] = set()
+            while True:
+                why = self.stop_rule.reason(result.masses)
+                if why:
+                    result.stop_reason = why
+                    break
+                if not state.failures:
+                    result.stop_reason = "no failures left on the dev set"
+                    break
+                self.round += 1
+                await self._round(state, tried, result)
+                result.masses.append(state.mass)
+                if self.out_of_budget or result.stop_reason:
+                    break
+            status = "done"
+        except BudgetExceeded as exc:  # a projection fell short: stop, keep what was accepted
+            result.stop_reason = f"budget: {str(exc).splitlines()[0]}"
+            status = "done"
+        finally:
+            for k, x in llms.items():
+                x.meter, x.store = saved[k]
+            result.workflow = state.wf if state is not None else self.seed
+            result.mass_after = result.masses[-1] if result.masses else 0.0
+            result.llm_calls = self.meter.calls
+            result.tokens = self.meter.tokens_in + self.meter.tokens_out
+            result.cost = self.meter.cost
+            result.wall_s = time.perf_counter() - started
+            self.journal.finish(self.refine_id, {**result.summary(), "status": status})
+        self._emit("stop", message=result.stop_reason)
+        return result
+
+
+def refine(workflow: Workflow, tasks: Sequence[Task], *, llm: LLM, budget: Budget,
+           **kwargs: Any) -> RefineResult:
+    """Refine `workflow` on `tasks` (blocking; see `Refinement` for the options)."""
+    return asyncio.run(Refinement(workflow, tasks, llm=llm, budget=budget, **kwargs).run())

@@ -1,0 +1,209 @@
+"""`cegraph refine` and `cegraph eval`: refine a workflow on a dev set, score any version."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cegraph.config import Settings
+from cli import render
+from cli.options import DataPath, Home, Model
+
+if TYPE_CHECKING:
+    from cegraph.graph import Workflow
+    from cegraph.refine.loop import Progress, RefineResult
+    from cegraph.task import Task
+    from storage import Warehouse
+
+SETTINGS = Settings.load()
+WorkflowOpt = Annotated[str, typer.Option(
+    "--workflow", "-w", help="a seed name (math, code, qa, or a dataset), a reference (io, cot, "
+    "cot-sc, pot), a workflow file, or a version id stored in the home")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="last line: one JSON object")]
+
+
+def fail(message: str) -> None:
+    render.console.print(f"[red]error:[/red] {render.escape(message)}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def resolve_workflow(spec: str, wh: Warehouse | None) -> Workflow:
+    """A workflow from a file, a seed or reference name, or a stored version id."""
+    from cegraph.graph import Workflow, WorkflowError
+    from cegraph.refine.baselines import REFERENCES, reference
+    from cegraph.seeds import SEEDS, seed
+    from cegraph.task import DATASET_KIND
+    from storage.refinement import RefinementJournal
+
+    try:
+        if Path(spec).is_file():
+            return Workflow.load(spec)
+        if spec in SEEDS or spec in DATASET_KIND:
+            return seed(spec)
+        if spec in REFERENCES:
+            return reference(spec)
+    except (WorkflowError, OSError) as exc:
+        fail(str(exc))
+    found = (RefinementJournal(wh, dataset="", model="").version(spec)
+             if wh is not None and len(spec) >= 6 else None)
+    if found is None:
+        fail(f"unknown workflow {spec!r}: not a file, a seed ({', '.join(SEEDS)}), a reference "
+             f"({', '.join(REFERENCES)}) or a version id stored in this home; list them with "
+             "cegraph sql \"SELECT * FROM workflow_versions\"")
+    return found
+
+
+def load_tasks(dataset: str, data: str | None) -> list[Task]:
+    from cegraph.benchmarks import DatasetError, DatasetNotFound, load
+
+    try:
+        return load(dataset, path=data)
+    except (DatasetNotFound, DatasetError, ValueError) as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def open_home(home: Path) -> Warehouse:
+    from storage import Warehouse
+    from storage.warehouse import CatalogLocked
+
+    try:
+        return Warehouse(home)
+    except CatalogLocked as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def progress_line(total: int | None) -> Iterator[Callable[[Progress], None]]:
+    """A one-line live display: round, target mode, candidate, calls spent / budget."""
+    with render.console.status("starting") as status:
+        def show(p: Progress) -> None:
+            budget = f"/{total}" if total is not None else ""
+            status.update(f"round {p.round} | {p.step} | {p.target[:60]} | {p.candidate} | "
+                          f"calls {p.calls}{budget} {p.message[:60]}")
+        yield show
+
+
+def print_result(result: RefineResult) -> None:
+    for a in result.accepted:
+        render.console.print(f"round {a.round}: accepted {a.op} ({a.source}) on "
+                             f"{render.escape(a.target)}: {render.escape(a.verdict.reason)}")
+        for line in a.diff:
+            render.console.print(f"    {render.escape(line)}")
+    s = result.summary()
+    render.grid(list(s), [[json.dumps(v) if isinstance(v, list) else v for v in s.values()]],
+                title="refine")
+
+
+def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
+           data: DataPath = SETTINGS.data_dir,
+           dev: Annotated[int, typer.Option(help="inputs the loop may use (a third is held "
+                                                 "aside for regression checks)")] = 30,
+           budget_calls: Annotated[int | None, typer.Option(help="hard budget in LLM calls "
+                                                                 "(execution, proposals, "
+                                                                 "labels)")] = 300,
+           budget_tokens: Annotated[int | None, typer.Option()] = None,
+           budget_dollars: Annotated[float | None, typer.Option()] = None,
+           model: Model = SETTINGS.model,
+           proposer_model: Annotated[str | None, typer.Option(
+               help="the proposer's model (default: --model)")] = None,
+           method: Annotated[str, typer.Option(help="cegraph | scalar | random")] = "cegraph",
+           patience: int = 2, alpha: float = 0.05, seed: int = 0,
+           home: Home = Path(SETTINGS.home), as_json: JsonOpt = False) -> None:
+    """Refine a workflow from its failures on a dev set (Propose-and-Verify, one budget).
+    Every step is stored as it happens; rerunning the same command resumes it."""
+    from cegraph.llm import LLM
+    from cegraph.local_model import MODELS, fetch
+    from cegraph.refine.loop import Budget, RefineError, Refinement
+    from cegraph.refine.loop import Settings as RefineSettings
+    from cegraph.refine.splits import dev_test
+    from storage.refinement import RefinementJournal
+
+    if method not in ("cegraph", "scalar", "random"):
+        fail(f"--method {method!r}: choose cegraph, scalar or random")
+    if dev <= 0:
+        fail("the dev set is empty: give --dev N with N > 0")
+    with open_home(home) as wh:
+        wf = resolve_workflow(workflow, wh)
+        tasks = load_tasks(dataset, data)
+        try:
+            part = dev_test(tasks, dev=min(dev, len(tasks)), test=0, seed=seed).dev
+        except ValueError as exc:
+            fail(str(exc))
+        if not part:
+            fail(f"the dev set is empty: {dataset} has no inputs here")
+        llm = LLM(model, store=wh, concurrency=SETTINGS.concurrency)
+        proposer = LLM(proposer_model, store=wh) if proposer_model else None
+        try:
+            run = Refinement(wf, part, llm=llm, proposer_llm=proposer,
+                             budget=Budget(budget_calls, budget_tokens, budget_dollars),
+                             settings=RefineSettings(method=method, patience=patience,
+                                                     alpha=alpha, seed=seed,
+                                                     concurrency=SETTINGS.concurrency),
+                             journal=RefinementJournal(wh, dataset=dataset,
+                                                       model=llm.identity))
+        except RefineError as exc:
+            fail(str(exc))
+        for name in {model, proposer_model} & set(MODELS):
+            fetch(name, progress=render.console.print)
+        try:
+            with progress_line(budget_calls) as show:
+                run.on_progress = show
+                result = _run(run)
+        except KeyboardInterrupt:
+            render.console.print("interrupted: every completed step is stored; rerun the same "
+                                 "command to resume")
+            raise typer.Exit(130) from None
+    print_result(result)
+    if as_json:
+        print(json.dumps(result.summary()))
+
+
+def _run(run: Any) -> RefineResult:
+    import asyncio
+
+    return asyncio.run(run.run())
+
+
+def evaluate(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
+             data: DataPath = SETTINGS.data_dir, n: Annotated[int, typer.Option("--n")] = 20,
+             model: Model = SETTINGS.model, seed: int = 0, home: Home = Path(SETTINGS.home),
+             as_json: JsonOpt = False) -> None:
+    """Score any workflow version on a benchmark slice; stores its runs and failures and
+    computes its failure modes (see them with `cegraph modes`)."""
+    from cegraph.local_model import MODELS, fetch
+    from flows.evaluation import evaluate_workflow
+
+    if n <= 0:
+        fail("--n must be at least 1")
+    with open_home(home) as wh:
+        wf = resolve_workflow(workflow, wh)
+    load_tasks(dataset, data)  # a bad dataset or file fails here, before the flow starts
+    if model in MODELS:
+        fetch(model, progress=render.console.print)
+    started = time.time()
+    result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
+                               data_dir=data, seed_value=seed,
+                               concurrency=SETTINGS.concurrency,
+                               locus_weight=SETTINGS.locus_weight,
+                               workflow_json=wf.model_dump_json())
+    traces = result.traces
+    passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
+    figures = {"workflow": wf.name, "version": wf.version_id, "dataset": dataset,
+               "n": len(traces), "accuracy": passed / max(1, len(traces)),
+               "failure_mass": result.analysis.mass.total.mass,
+               "llm_calls": sum(t.llm_calls for t in traces),
+               "tokens": sum(t.tokens for t in traces),
+               "wall_s": round(time.time() - started, 2),
+               "modes": len(result.analysis.modes)}
+    render.grid(list(figures), [list(figures.values())], title="eval")
+    if as_json:
+        print(json.dumps(figures))
