@@ -18,7 +18,12 @@ import litellm  # noqa: E402
 import pytest  # noqa: E402
 from litellm import CustomLLM  # noqa: E402
 
+from cegraph.task import Task  # noqa: E402
+
 Reply = Callable[[list[dict[str, str]]], str]
+
+
+SIX_TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(6)]
 
 
 class ScriptedLLM(CustomLLM):
@@ -87,3 +92,22 @@ def embedder() -> Any:
     from cegraph.fss.signature import MiniLMEmbedder
 
     return MiniLMEmbedder()
+
+
+def half_right_traces(scripted: ScriptedLLM, llm: Any = None, tasks: Any = None) -> list:
+    """The seed math workflow on six `What is i + 1?` tasks (`SIX_TASKS`), right for even i
+    and off by 10 for odd i, with stable run ids `run-<task id>`."""
+    import asyncio
+
+    from cegraph.evaluators import evaluate
+    from cegraph.executor import Executor
+    from cegraph.llm import LLM
+    from cegraph.seeds import seed
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        i = int(messages[-1]["content"].split("What is ")[1].split(" ")[0])
+        return f"\\boxed{{{i + 1 if i % 2 == 0 else i + 11}}}"
+
+    scripted.reply = reply
+    return asyncio.run(Executor(llm or LLM("scripted/m")).run_many(
+        seed("math"), tasks or SIX_TASKS, evaluate=evaluate, run_id=lambda t: f"run-{t.id}"))

@@ -1,34 +1,21 @@
 """Crash consistency, re-grades, infrastructure outcomes, pool keys and replay-safe keys of
 the warehouse."""
 
-import asyncio
 from dataclasses import replace
 
 import pytest
 
-from cegraph.evaluators import EVALUATOR_VERSION, evaluate
-from cegraph.executor import Executor
+from cegraph.evaluators import EVALUATOR_VERSION
 from cegraph.fss.failure import failure_from_trace
 from cegraph.fss.signature import SignatureBuilder
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import LLM
-from cegraph.seeds import seed
-from cegraph.task import Task
 from storage import VectorIndex, Warehouse, history  # noqa: F401  (history patched)
+from tests.conftest import half_right_traces as traces
 
-TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(6)]
 STORE = {"night_id": "n1", "source": "benchmark", "dataset": "gsm8k", "model": "m"}
 
 
-def traces(scripted, llm=None, tasks=TASKS):
-    """Three of six right (even i), graded through the infrastructure-aware grader."""
-    def reply(messages):
-        i = int(messages[-1]["content"].split("What is ")[1].split(" ")[0])
-        return f"\\boxed{{{i + 1 if i % 2 == 0 else i + 11}}}"
-
-    scripted.reply = reply
-    return asyncio.run(Executor(llm or LLM("scripted/m")).run_many(
-        seed("math"), tasks, evaluate=evaluate, run_id=lambda t: f"run-{t.id}"))
 
 
 def pool(wh):

@@ -1,33 +1,16 @@
 """The warehouse: catalog, Parquet history, migrations, LanceDB, and the read-only SQL CLI."""
 
-import asyncio
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cegraph.evaluators import evaluate
-from cegraph.executor import Executor
 from cegraph.fss.signature import SignatureBuilder
 from cegraph.llm import LLM
-from cegraph.seeds import seed
-from cegraph.task import Task
 from cli.main import app
 from storage import VectorIndex, Warehouse
 from storage.schema import SCHEMA_VERSION, TABLES
-
-TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(6)]
-
-
-def traces(scripted, llm=None):
-    # right for even i, wrong (off by 10) for odd i
-    def reply(messages):
-        i = int(messages[-1]["content"].split("What is ")[1].split(" ")[0])
-        return f"\\boxed{{{i + 1 if i % 2 == 0 else i + 11}}}"
-
-    scripted.reply = reply
-    return asyncio.run(Executor(llm or LLM("scripted/m")).run_many(
-        seed("math"), TASKS, evaluate=evaluate, run_id=lambda t: f"run-{t.id}"))
+from tests.conftest import half_right_traces as traces
 
 
 def test_traces_are_stored_once_and_survive_reopen(tmp_path, scripted):
