@@ -22,6 +22,11 @@ def test_normalization_merges_numbers_and_keeps_kinds_apart():
         "expected 7, got 9")
     assert normalize_message("AssertionError: assert candidate([1,2,3]) == 6") == \
         normalize_message("AssertionError: assert candidate([4, 5]) == -1")
+    # each code task names its own function: the name is incidental, like a number
+    assert normalize_message("AssertionError: assert count_rotation([4,5,1,2,3]) == 2") == \
+        normalize_message("AssertionError: assert dif_Square(15) == True")
+    assert normalize_message("AssertionError: assert (Diff([1,2], [6,7,1])) == [2,6,7]") == \
+        normalize_message("AssertionError: assert math.isclose(area(10, 15), 17.3)")
     assert normalize_message("FileNotFoundError: /tmp/run-3/data.csv") == \
         normalize_message("FileNotFoundError: /home/u/other.csv")
     assert normalize_message("TypeError: unsupported operand") != normalize_message(

@@ -9,9 +9,11 @@ so that the squared distance between two signatures is `w * d_locus^2 + (1-w) * 
 place" and "failed the same way". `locus` is a feature-hashed vector of the node id,
 operator and depth; `meaning` is the sentence-transformers embedding of the *normalized*
 message prefixed with its failure class. Normalization replaces numbers, quoted strings,
-paths, ids and long literals by placeholders, so `expected 18, got 16` and
-`expected 7, got 9` become the same text (and one cached embedding) while
-`NameError: name 'x' is not defined` stays elsewhere.
+paths, ids, long literals and a failing assert's expression by placeholders, so
+`expected 18, got 16` and `expected 7, got 9` become the same text (and one cached
+embedding), as do `assert count_rotation([4,5,1]) == 2` and `assert dif_Square(15) == True`
+(each code task names its own function), while `NameError: name 'x' is not defined` stays
+elsewhere.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"```.*?```", re.DOTALL), "<CODE>"),
+    (re.compile(r"\bassert\b[^\n;]*"), "assert <EXPR>"),
     (re.compile(r"(?:[A-Za-z]:)?(?:/[\w.\-]+){2,}/?"), "<PATH>"),
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "<ID>"),
     (re.compile(r"\b0x[0-9a-f]+\b|\b[0-9a-f]{12,}\b", re.I), "<ID>"),
