@@ -136,6 +136,11 @@ def test_parser_accepts_a_valid_answer_and_rejects_an_invalid_one():
     d, err = parse_diagnosis("Sure:\n" + json.dumps(VALID), ["solve", "format"])
     assert err is None and d.kind == "arithmetic_slip" and d.step == 2
     assert d.explanation == "Added N and N wrongly."  # one sentence, no task numbers
+    # LaTeX in the explanation: a backslash JSON does not allow is read as a literal one
+    latex = '{"node": "solve", "step": 1, "kind": "wrong_operation", "explanation": ' \
+            '"Used \\(x \\times y\\) instead of a sum."}'
+    d, err = parse_diagnosis(latex, ["solve"])
+    assert err is None and d.explanation == "Used \\(x \\times y\\) instead of a sum."
     for bad, why in ((dict(VALID, kind="bad_luck"), "kind"),
                      (dict(VALID, node="nowhere"), "not a node"),
                      ("{not json", "JSON")):

@@ -57,6 +57,9 @@ DIAGNOSIS_VERSION = "1"
 MAX_TOKENS = 120
 _NODE_CHARS = 1800
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
+# JSON escapes kept as they are; any other backslash is literal text (models quote LaTeX
+# such as \( or \times in explanations, which json.loads rejects or reads as a tab).
+_BACKSLASH = re.compile(r'\\(["\\/]|u[0-9a-fA-F]{4})|\\')
 
 
 class Diagnosis(BaseModel):
@@ -118,7 +121,9 @@ def parse_diagnosis(text: str, nodes: Sequence[str]) -> tuple[Diagnosis | None, 
     if not found:
         return None, "no JSON object in the answer"
     try:
-        diagnosis = Diagnosis.model_validate(json.loads(found.group(0)))
+        diagnosis = Diagnosis.model_validate(
+            json.loads(_BACKSLASH.sub(lambda m: m.group(0) if m.group(1) else "\\\\",
+                                      found.group(0))))
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg}"
     except ValidationError as exc:
