@@ -21,7 +21,7 @@ from cegraph.math_equivalence import verified_equal
 from cegraph.task import Kind, Task
 
 GRADER_KIND: dict[str, Kind] = {"number": "math", "math": "math", "code": "code",
-                                "drop": "qa", "qa": "qa"}
+                                "drop": "qa", "qa": "qa", "exact": "qa"}
 
 # A comma is a thousands separator only between groups of three digits: `2,3` is two numbers.
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
