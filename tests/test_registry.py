@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from cegraph.evaluator_spec import EvaluatorSpec
 from cegraph.graph import Workflow
@@ -145,3 +146,44 @@ def test_the_latest_gate_decides(reg: Registry) -> None:
     _gate(reg, v1, passed=True, edit_id="e2", verification_id="ver2")
     assert reg.latest_gate(v1) == (True, [])
     assert reg.promote(v1, reason="re-verified") == v1
+
+
+def test_cli_register_promote_rollback_export(tmp_path: Path) -> None:
+    from cli.main import app
+    from cli.refining import resolve_workflow
+
+    home = tmp_path / "home"
+    wf_file = tmp_path / "mine.yaml"
+    variant(seed("math"), 100).save(wf_file)
+    runner = CliRunner()
+
+    def run(*args: str) -> object:
+        return runner.invoke(app, [*args, "--home", str(home)])
+
+    r = run("register", str(wf_file), "--name", "prod")
+    assert r.exit_code == 0, r.output
+    seed_id = variant(seed("math"), 100).version_id
+    assert f"seed version {seed_id}" in r.output
+    r = run("workflows")
+    assert "prod" in r.output and seed_id in r.output and "numeric" in r.output
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        v1 = reg.add_version("prod", variant(seed("math"), 50), parent=seed_id,
+                             created_by="user")
+        # a registered name resolves to its active version; seed names still name seeds
+        assert resolve_workflow("prod", wh).version_id == seed_id
+        assert resolve_workflow("math", wh).version_id == seed("math").version_id
+    r = run("promote", v1[:8], "--reason", "looks better")
+    assert r.exit_code == 0 and f"prod: {v1} is active" in r.output
+    out = tmp_path / "served.json"
+    assert run("export", "prod", "--out", str(out)).exit_code == 0
+    assert Workflow.load(out).version_id == v1
+    assert run("rollback", "prod").exit_code == 0
+    assert Workflow.from_dict(json.loads(run("export", "prod").output)).version_id == seed_id
+    # errors: one line, exit 2
+    for args in (("export", "nope"), ("promote", "feedfacecafe"), ("rollback", "prod"),
+                 ("register", str(wf_file), "--evaluator", "judge"),
+                 ("register", str(wf_file), "--evaluator", "bogus")):
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("error:") and r.output.count("\n") == 1, r.output
