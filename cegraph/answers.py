@@ -6,7 +6,8 @@ Format, voting, the evaluators and locus attribution all use these, so they agre
 
 Graders: `number` (GSM8K: the first number of the answer), `math` (MATH: math-verify),
 `code` (the extracted code, compared by hash), `drop` (DROP's official normalization:
-numbers compared as floats) and `qa` (SQuAD normalization).
+numbers compared as floats), `qa` (SQuAD normalization) and `exact` (SQuAD-normalized exact
+match).
 """
 
 from __future__ import annotations
