@@ -66,3 +66,23 @@ def test_spans_of_n_answers_are_ingested_without_loss(scripted, tmp_path):
                        for n in t.spans if not n.skipped]
     assert {f["failure_class"] for f in failures.values()} == {"no_answer", "wrong_answer"}
     assert len(failures) == sum(not t.outcome.passed for t in traces) == 6
+
+
+def test_cli_answer_logs_spans_that_cli_ingest_reads(scripted, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    scripted.reply = reply
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?",
+                                        "answer": f"#### {i + 1}"}) + "\n" for i in range(6)))
+    home, log = tmp_path / "h", tmp_path / "logs" / "a.otlp.jsonl"
+    out = CliRunner().invoke(app, ["answer", "--dataset", "gsm8k", "--data", str(data),
+                                   "--n", "6", "--model", "scripted/x", "--out", str(log),
+                                   "--home", str(home)])
+    assert out.exit_code == 0, out.output
+    command = out.output.split("ingest them: cegraph ")[1].split()
+    out = CliRunner().invoke(app, [*command, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output.strip().splitlines()[-1])["runs_stored"] == 6
