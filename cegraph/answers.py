@@ -6,7 +6,8 @@ Format, voting, the evaluators and locus attribution all use these, so they agre
 
 Graders: `number` (GSM8K: the first number of the answer), `math` (MATH: math-verify),
 `code` (the extracted code, compared by hash), `drop` (DROP's official normalization:
-numbers compared as floats) and `qa` (SQuAD normalization).
+numbers compared as floats), `qa` (SQuAD normalization) and `exact` (SQuAD-normalized exact
+match).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cegraph.math_equivalence import verified_equal
 from cegraph.task import Kind, Task
 
 GRADER_KIND: dict[str, Kind] = {"number": "math", "math": "math", "code": "code",
-                                "drop": "qa", "qa": "qa"}
+                                "drop": "qa", "qa": "qa", "exact": "qa"}
 
 # A comma is a thousands separator only between groups of three digits: `2,3` is two numbers.
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")

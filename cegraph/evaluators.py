@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import re
 from collections import Counter
+from collections.abc import Callable
 
 from cegraph.answers import (
     drop_tokens,
@@ -66,17 +67,19 @@ def _with_truncation(trace: Trace, outcome: Outcome) -> Outcome:
     return outcome
 
 
-def evaluate(task: Task, trace: Trace) -> Outcome:
-    """Grade `trace` against `task` (dispatches on the task's grader). A run a node of which
+def evaluate(task: Task, trace: Trace, *, grader: str | None = None,
+             grade: OutputGrader | None = None) -> Outcome:
+    """Grade `trace` against `task`: by the task's grader, or the named one (a key of
+    `GRADERS`), or by `grade` (an LLM judge) stamped as `grader`. A run a node of which
     hit an infrastructure error, or whose grading did (the grader's sandbox could not start),
     is `infrastructure`, not a verdict on the workflow (see `cegraph.infrastructure`)."""
-    grader = grader_for(task)
+    grader = grader or grader_for(task)
     hit = next((s for s in trace.spans if s.infrastructure), None)
     if hit is not None:
         outcome = infrastructure_outcome(hit.error_type or "Error", hit.error or "")
     else:
         try:
-            outcome = _grade(task, trace, grader)
+            outcome = _grade(task, trace, grade or GRADERS[grader])
         except Exception as exc:
             if not is_infrastructure(exc):
                 raise
@@ -86,7 +89,7 @@ def evaluate(task: Task, trace: Trace) -> Outcome:
     return outcome
 
 
-def _grade(task: Task, trace: Trace, grader: str) -> Outcome:
+def _grade(task: Task, trace: Trace, grade: OutputGrader) -> Outcome:
     # the raiser that left no output: the one on the data path, not any that raised first
     failed = next((s for s, _ in trace.data_path() if s.error), None) or trace.error_span
     if trace.output is None and failed is not None:
@@ -94,16 +97,7 @@ def _grade(task: Task, trace: Trace, grader: str) -> Outcome:
         outcome = Outcome(False, 0.0, kind, f"{failed.error_type}: {failed.error}",
                           task.reference if task.kind != "code" else "", "")
     else:
-        output = trace.output or ""
-        if grader == "code":
-            outcome = grade_code(task, output)
-        elif grader == "math":
-            outcome = grade_math(task.reference, output)
-        elif grader == "number":
-            outcome = grade_number(task.reference, output)
-        else:
-            outcome = grade_qa(task.reference, output, drop=grader == "drop")
-        outcome = _with_truncation(trace, outcome)
+        outcome = _with_truncation(trace, grade(task, trace.output or ""))
     return outcome
 
 
@@ -262,3 +256,28 @@ def grade_qa(reference: str, output: str, *, drop: bool = False) -> Outcome:
     return Outcome(ok, score, None if ok else "wrong_answer",
                    "" if ok else f'expected "{_short(best, 60)}", got "{_short(got, 60)}" '
                    f"(F1 {score:.2f})", best, got)
+
+
+def grade_exact(reference: str, output: str) -> Outcome:
+    """Exact match of the answer (SQuAD normalization) with any accepted answer (`|`)."""
+    got = extract_answer("qa", output) if output else None
+    if not got:
+        return Outcome(False, 0.0, "no_answer", "no answer found", reference, "")
+    golds = [g.strip() for g in reference.split("|") if g.strip()] or [reference]
+    ok = normalize_qa(got) in {normalize_qa(g) for g in golds}
+    return Outcome(ok, float(ok), None if ok else "wrong_answer",
+                   "" if ok else f'expected "{_short(golds[0], 60)}", got "{_short(got, 60)}"',
+                   golds[0], got)
+
+
+OutputGrader = Callable[[Task, str], Outcome]
+
+#: Each grading rule, by name (`Outcome.grader`), on a task and a run's final output.
+GRADERS: dict[str, OutputGrader] = {
+    "code": grade_code,
+    "math": lambda task, output: grade_math(task.reference, output),
+    "number": lambda task, output: grade_number(task.reference, output),
+    "qa": lambda task, output: grade_qa(task.reference, output),
+    "drop": lambda task, output: grade_qa(task.reference, output, drop=True),
+    "exact": lambda task, output: grade_exact(task.reference, output),
+}

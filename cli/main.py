@@ -19,7 +19,7 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
-from cli import bench, refining, render, signatures  # noqa: E402, F401  (registers commands)
+from cli import bench, refining, registry, render, report, service, signatures  # noqa: E402, F401
 from cli.options import DataPath, Home, Model  # noqa: E402
 
 if TYPE_CHECKING:
@@ -35,6 +35,10 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(bench.app, name="bench")
 app.command("refine")(refining.refine)
 app.command("eval")(refining.evaluate)
+for _name in ("register", "promote", "rollback", "export", "workflows"):
+    app.command(_name)(getattr(registry, _name))
+app.command("report")(report.report)
+app.command("answer")(service.answer)
 
 SETTINGS = Settings.load()
 def _fail(message: str) -> None:

@@ -53,10 +53,16 @@ def resolve_workflow(spec: str, wh: Warehouse | None) -> Workflow:
         fail(str(exc))
     found = (RefinementJournal(wh, dataset="", model="").version(spec)
              if wh is not None and len(spec) >= 6 else None)
+    if found is None and wh is not None:  # a registered workflow: its active version
+        from storage.registry import Registry, RegistryError
+
+        with contextlib.suppress(RegistryError):
+            found = Registry(wh).active(spec)[1]
     if found is None:
         fail(f"unknown workflow {spec!r}: not a file, a seed ({', '.join(SEEDS)}), a reference "
-             f"({', '.join(REFERENCES)}) or a version id stored in this home; list them with "
-             "cegraph sql \"SELECT * FROM workflow_versions\"")
+             f"({', '.join(REFERENCES)}), a registered workflow or a version id stored in "
+             "this home; list them with cegraph workflows, or cegraph sql \"SELECT * FROM "
+             "workflow_versions\"")
     return found
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -254,12 +254,22 @@ TABLES: tuple[Table, ...] = (
         C("mode_id", "VARCHAR", "the mode, or 'noise'"),
         C("failure_id", "VARCHAR", "the failure"),
     ), key=("night_id", "failure_id"), key_since=3),
+    Table("workflows", "The workflow registry: one row per registered workflow (`cegraph "
+          "register`); its active version is its latest `deployments` row.", (
+        C("name", "VARCHAR", "workflow name (workflow_versions.workflow, runs.workflow)"),
+        C("evaluator", "VARCHAR", "JSON of how re-runs of its logged inputs are graded "
+                                  "(cegraph.evaluator_spec.EvaluatorSpec)"),
+        C("seed_version_id", "VARCHAR", "the version it was registered with"),
+        C("source", "VARCHAR", "the file it was registered from (NULL: given in code)"),
+        C("registered_at", "TIMESTAMP", "when registered"),
+    ), key=("name",), since=5),
     Table("workflow_versions", "Every workflow version ever seen.", (
         C("version_id", "VARCHAR", "content hash"),
         C("workflow", "VARCHAR", "workflow name"),
         C("parent_version_id", "VARCHAR", "version it was edited from"),
         C("spec", "VARCHAR", "the graph as JSON"),
-        C("created_by", "VARCHAR", "'seed', 'user' or the edit id"),
+        C("created_by", "VARCHAR", "'seed', 'user', the edit id, or who added it to the "
+                                   "registry (`Registry.add_version`)"),
         C("created_at", "TIMESTAMP", "first seen"),
     ), key=("version_id",)),
     Table("edits", "Proposed graph edits (filled by the refinement loop).", (
@@ -272,8 +282,10 @@ TABLES: tuple[Table, ...] = (
         C("operation", "VARCHAR", "edit operation from the vocabulary"),
         C("payload", "VARCHAR", "the edit as JSON"),
         C("rationale", "VARCHAR", "why the proposer chose it"),
-        C("status", "VARCHAR", "proposed | invalid | verified | accepted | rejected"),
-        C("reject_reason", "VARCHAR", "why it was not applied"),
+        C("status", "VARCHAR", "proposed | invalid | verified | accepted | rejected | "
+                               "gated_out (failed its promotion gate, never promoted)"),
+        C("reject_reason", "VARCHAR", "why it was not applied (gated_out: the failing "
+                                      "expectations)"),
         C("created_at", "TIMESTAMP", "when proposed"),
         C("round", "INTEGER", "refinement round that proposed it", 4),
         C("source", "VARCHAR", "prior | llm | random: who proposed it", 4),
@@ -329,7 +341,8 @@ TABLES: tuple[Table, ...] = (
         C("batch_id", "VARCHAR", "the ingest batch checked (joins ingest_batches.batch_id)", 4),
         C("suite", "VARCHAR", "the expectation suite", 4),
     ), key=("gate_id",), key_since=3),
-    Table("deployments", "Promotions of a version to the active one.", (
+    Table("deployments", "Every change of a registered workflow's active version (its "
+          "latest row by `seq` names the active one).", (
         C("deployment_id", "VARCHAR", "unique id"),
         C("workflow", "VARCHAR", "workflow name"),
         C("version_id", "VARCHAR", "version made active"),
@@ -337,6 +350,11 @@ TABLES: tuple[Table, ...] = (
         C("edit_id", "VARCHAR", "edit that produced it"),
         C("reason", "VARCHAR", "why"),
         C("deployed_at", "TIMESTAMP", "when"),
+        C("action", "VARCHAR", "register | promote | rollback", 5),
+        C("run_id", "VARCHAR", "the job that made it (a nightly run id; NULL: a human at the "
+                               "CLI)", 5),
+        C("forced", "BOOLEAN", "promoted with `--force` over a failed gate", 5),
+        C("seq", "BIGINT", "order of the changes (1, 2, ...)", 5),
     ), key=("deployment_id",), key_since=3),
     Table("quarantine", "Records that could not be stored, with the reason.", (
         C("quarantine_id", "VARCHAR", "hash of (source, line_no, raw, reason)"),

@@ -6,32 +6,22 @@ allowed set, non-empty output rate and share of evaluated runs above their `most
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
+from cegraph import expectations
+from cegraph.expectations import SuiteResult
 from cegraph.trace import Trace
 
 SUITE = "ingest_suite.json"
 
 
-@dataclass
-class GateResult:
-    passed: bool
-    suite: str
-    results: list[dict[str, Any]]  # expectation, success, observed, details
-
-    @property
-    def failed(self) -> list[str]:
-        return [r["expectation"] for r in self.results if not r["success"]]
+GateResult = SuiteResult
 
 
 def suite_spec() -> dict[str, Any]:
-    return json.loads(resources.files("cegraph.ingest").joinpath(SUITE).read_text())
+    return expectations.suite_spec("cegraph.ingest", SUITE)
 
 
 def frame(traces: Sequence[Trace], outcomes: Sequence[str]) -> Any:
@@ -54,33 +44,6 @@ def frame(traces: Sequence[Trace], outcomes: Sequence[str]) -> Any:
     return pd.DataFrame(rows)
 
 
-@cache
-def _validator() -> tuple[Any, Any]:
-    import great_expectations as gx
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
-    batch = (context.data_sources.add_pandas("ingest").add_dataframe_asset("runs")
-             .add_batch_definition_whole_dataframe("batch"))
-    spec = suite_spec()
-    suite = gx.ExpectationSuite(name=spec["name"], expectations=[
-        gx.expectations.registry.get_expectation_impl(e["type"])(**e["kwargs"])
-        for e in spec["expectations"]])
-    return batch, context.suites.add(suite)
-
-
 def check(traces: Sequence[Trace], outcomes: Sequence[str]) -> GateResult:
     """Validate one batch of runs; `outcomes` as stored (`runs.outcome`)."""
-    batch, suite = _validator()
-    result = batch.get_batch(batch_parameters={"dataframe": frame(traces, outcomes)}) \
-        .validate(suite)
-    results = []
-    for r in result.to_json_dict()["results"]:
-        config = r["expectation_config"]
-        kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
-        res = r.get("result") or {}
-        observed = res.get("unexpected_count", res.get("observed_value"))
-        results.append({"expectation": f"{config['type']}({json.dumps(kwargs)})",
-                        "success": bool(r["success"]), "observed": str(observed),
-                        "details": res})
-    return GateResult(bool(result.success), suite.name, results)
+    return expectations.validate("cegraph.ingest", SUITE, frame(traces, outcomes))
