@@ -136,7 +136,8 @@ def model_fingerprint(model: str, params: Mapping[str, Any]) -> str:
 
 def resolve_model(name: str) -> str:
     """A short local-model name (`qwen2.5-coder-1.5b`) -> its litellm string; others as given."""
-    from cegraph.local_model import LOCAL_PROVIDER, MODELS, register
+    from cegraph.engine import register
+    from cegraph.local_model import LOCAL_PROVIDER, MODELS
 
     if name in MODELS:
         register()

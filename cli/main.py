@@ -68,12 +68,16 @@ def model_fetch(model: Annotated[str, typer.Option("--model", "-m")] = SETTINGS.
 
 @model_app.command("list")
 def model_list() -> None:
-    """List the local models and whether each is fetched."""
+    """List the local models, whether each is fetched, and the engine that runs them."""
+    from cegraph.engine import info, slots
     from cegraph.local_model import MODELS, model_path
 
-    render.grid(["name", "bytes", "fetched", "path"],
-                [[m.name, m.size, model_path(m.name).exists(), model_path(m.name)]
-                 for m in MODELS.values()])
+    render.grid(["name", "bytes", "fetched", "slots", "path"],
+                [[m.name, m.size, model_path(m.name).exists(), slots(m.name),
+                  model_path(m.name)] for m in MODELS.values()])
+    e = info()
+    render.console.print(f"engine: {e['engine']} {e['version']}, {e['cores']} cores, "
+                         f"CPU features used: {e['cpu_features']}")
 
 
 # --- workflows ------------------------------------------------------------------------------
