@@ -29,9 +29,10 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from cegraph.budget import BudgetExceeded, Meter, Price, Reservation, UnpricedModel
+from cegraph.preflight import ModelUnavailable, check_model
 
 __all__ = ["LLM", "BudgetExceeded", "CallStore", "Completion",
-           "MemoryCallStore", "Meter", "Price", "UnpricedModel", "call_key",
+           "MemoryCallStore", "Meter", "ModelUnavailable", "Price", "UnpricedModel", "call_key",
            "model_fingerprint", "resolve_model", "transient_errors"]
 
 # Call parameters that cannot change the answer, so they stay out of the call key.
@@ -174,6 +175,7 @@ class LLM:
             raise ValueError("give both input_cost_per_token and output_cost_per_token")
         _litellm()
         self.model = resolve_model(model)
+        check_model(self.model, extra)  # one clear error now, not one per task later
         self.store: CallStore = store if store is not None else MemoryCallStore()
         self.meter = meter if meter is not None else Meter()
         self.max_retries = max_retries

@@ -185,7 +185,9 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     warehouse, and print the traces' summary and the failure modes."""
     from cegraph.benchmarks import DatasetNotFound, data_file
     from cegraph.fss.recipe import check_recipe
+    from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
+    from cegraph.preflight import check_model
     from flows.evaluation import evaluate_workflow
 
     try:
@@ -195,6 +197,7 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
         _fail(str(exc))
     if model in MODELS:
         fetch(model, progress=lambda m: render.console.print(m))
+    check_model(resolve_model(model))  # before the flow: one line, not a failed flow's log
     started = time.time()
     result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                data_dir=data_dir, seed_value=seed,
@@ -401,9 +404,16 @@ def schema(markdown: bool = typer.Option(False, help="print docs/schema.md")) ->
                   ", ".join(c.name for c in t.columns)] for t in TABLES])
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """The console entry point: a model that cannot be called is one line, not a traceback."""
+    from cegraph.preflight import ModelUnavailable
+
+    try:
+        app()
+    except ModelUnavailable as exc:
+        render.console.print(f"[red]error:[/red] {render.escape(str(exc))}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -179,7 +179,9 @@ def evaluate(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
              as_json: JsonOpt = False) -> None:
     """Score any workflow version on a benchmark slice; stores its runs and failures and
     computes its failure modes (see them with `cegraph modes`)."""
+    from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
+    from cegraph.preflight import check_model
     from flows.evaluation import evaluate_workflow
 
     if n <= 0:
@@ -189,6 +191,7 @@ def evaluate(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
     load_tasks(dataset, data)  # a bad dataset or file fails here, before the flow starts
     if model in MODELS:
         fetch(model, progress=render.console.print)
+    check_model(resolve_model(model))  # before the flow: one line, not a failed flow's log
     started = time.time()
     result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                data_dir=data, seed_value=seed,

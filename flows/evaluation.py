@@ -14,7 +14,8 @@ from cegraph.fss.failure_space import Analysis
 from cegraph.fss.recipe import DEFAULT_RECIPE, check_recipe
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.graph import Workflow
-from cegraph.llm import Meter
+from cegraph.llm import Meter, resolve_model
+from cegraph.preflight import check_model
 from cegraph.seeds import seed
 from cegraph.trace import Trace
 from storage import Warehouse
@@ -48,6 +49,8 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
     diagnosed by `diagnosis_model` (default: `model`) within the same budget.
     `workflow_json` gives the workflow itself (a stored version)."""
     check_recipe(recipe)
+    for name in {model, diagnosis_model or model}:
+        check_model(resolve_model(name))  # one line saying what to do, before any task runs
     wf = (Workflow.model_validate_json(workflow_json) if workflow_json else
           Workflow.load(workflow_path) if workflow_path else seed(dataset))
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
