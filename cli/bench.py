@@ -16,7 +16,6 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from cegraph.trace import Trace
 from cli import render
@@ -24,15 +23,6 @@ from cli.options import DataPath, Model
 
 app = typer.Typer(help="Benchmarks that print their figures (--json: one JSON object last).",
                   no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=render.console,
-                  transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda: progress.advance(task)
 
 
 def print_traces(traces: Sequence[Trace], *, show: bool = False) -> None:
@@ -77,9 +67,10 @@ def bench_seed(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k
     tasks = load(dataset, path=data_dir, n=n, seed=seed)
     llm = LLM(model, concurrency=concurrency)
     started = time.perf_counter()
-    with progress_bar(len(tasks), f"{wf.name} x {dataset}") as advance:
+    with render.progress(len(tasks), f"{wf.name} x {dataset}",
+                         lambda: llm.meter.tokens_out) as progress:
         traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
-            wf, tasks, evaluate=evaluate, on_done=lambda _t: advance()))
+            wf, tasks, evaluate=evaluate, on_done=progress.run_done))
     wall = time.perf_counter() - started
     passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
     tokens = llm.meter.tokens_in + llm.meter.tokens_out

@@ -161,9 +161,10 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
     except (DatasetNotFound, DatasetError, ValueError) as exc:
         _fail(str(exc))
     llm = LLM(model, concurrency=SETTINGS.concurrency)
-    with bench.progress_bar(len(tasks), f"{wf.name} on {dataset}") as advance:
+    with render.progress(len(tasks), f"{wf.name} on {dataset}",
+                         lambda: llm.meter.tokens_out) as progress:
         traces = asyncio.run(Executor(llm, concurrency=SETTINGS.concurrency).run_many(
-            wf, tasks, evaluate=evaluate, on_done=lambda _t: advance()))
+            wf, tasks, evaluate=evaluate, on_done=progress.run_done))
     bench.print_traces(traces, show=show_traces)
 
 

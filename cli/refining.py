@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cegraph.config import Settings
+from cegraph.progress import Progress
 from cli import render
 from cli.options import DataPath, Home, Model
 
 if TYPE_CHECKING:
     from cegraph.graph import Workflow
-    from cegraph.refine.loop import Progress, RefineResult
+    from cegraph.refine.loop import Progress as LoopProgress
+    from cegraph.refine.loop import RefineResult
     from cegraph.task import Task
     from storage import Warehouse
 
@@ -82,13 +84,18 @@ def open_home(home: Path) -> Warehouse:
 
 
 @contextlib.contextmanager
-def progress_line(total: int | None) -> Iterator[Callable[[Progress], None]]:
-    """A one-line live display: round, target mode, candidate, calls spent / budget."""
+def progress_line(total: int | None, tokens: Callable[[], int]
+                  ) -> Iterator[Callable[[LoopProgress], None]]:
+    """A one-line live display: round, target mode, candidate, calls spent / budget,
+    generated tok/s and the time left at this pace (`cegraph.progress`)."""
+    pace = Progress(total or 0, tokens=tokens)
     with render.console.status("starting") as status:
-        def show(p: Progress) -> None:
-            budget = f"/{total}" if total is not None else ""
-            status.update(f"round {p.round} | {p.step} | {p.target[:60]} | {p.candidate} | "
-                          f"calls {p.calls}{budget} {p.message[:60]}")
+        def show(p: LoopProgress) -> None:
+            pace.done = p.calls
+            budget = f"/{total}, ETA {pace.eta()}" if total is not None else ""
+            status.update(render.escape(
+                f"round {p.round} | {p.step} | {p.target[:60]} | {p.candidate} | "
+                f"calls {p.calls}{budget} | {pace.rate():.1f} tok/s {p.message[:60]}"))
         yield show
 
 
@@ -155,7 +162,7 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
         for name in {model, proposer_model} & set(MODELS):
             fetch(name, progress=render.console.print)
         try:
-            with progress_line(budget_calls) as show:
+            with progress_line(budget_calls, lambda: llm.meter.tokens_out) as show:
                 run.on_progress = show
                 result = _run(run)
         except KeyboardInterrupt:

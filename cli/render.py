@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
 from rich.markup import escape
-
-__all__ = ["arrow_table", "console", "escape", "grid"]
 from rich.table import Table
+
+from cegraph.progress import Progress, live
+
+__all__ = ["arrow_table", "console", "escape", "grid", "progress"]
 
 _probe = Console()
 # a pipe or CI log gets wide tables instead of rich's 80-column default
@@ -51,3 +54,14 @@ def grid(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | 
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     console.print(table)
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str, tokens: Callable[[], int] = lambda: 0
+             ) -> Iterator[Progress]:
+    """The live progress line (`cegraph.progress`) as a terminal status line; its last state
+    stays printed."""
+    with console.status(label) as status, live(Progress(total, label, tokens),
+                                                lambda line: status.update(escape(line))) as p:
+        yield p
+    console.print(escape(p.line()))
