@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from cegraph.budget import BudgetExceeded, Meter, Price, Reservation, UnpricedModel
+from cegraph.engine import default_concurrency
 from cegraph.preflight import ModelUnavailable, check_model
 
 __all__ = ["LLM", "BudgetExceeded", "CallStore", "Completion",
@@ -160,7 +161,8 @@ class LLM:
     """Makes LLM calls through litellm.
 
     `model` is a litellm model string or a local model name; `concurrency` bounds calls in
-    flight (per event loop); `meter` may be shared with other LLMs of the same job;
+    flight (per event loop; default: a local model's engine slots, else 4); `meter` may be
+    shared with other LLMs of the same job;
     `input_cost_per_token`/`output_cost_per_token` price a model litellm has no price for
     (required with `Meter(max_cost=...)`); `fingerprint` identifies the weights of a custom
     model (e.g. an ollama digest) so a changed model under the same name misses the store;
@@ -168,7 +170,7 @@ class LLM:
     """
 
     def __init__(self, model: str, *, store: CallStore | None = None, meter: Meter | None = None,
-                 max_retries: int = 3, concurrency: int = 4, timeout_s: float = 600.0,
+                 max_retries: int = 3, concurrency: int | None = None, timeout_s: float = 600.0,
                  fingerprint: str | None = None, input_cost_per_token: float | None = None,
                  output_cost_per_token: float | None = None, **extra: Any) -> None:
         if (input_cost_per_token is None) != (output_cost_per_token is None):
@@ -179,7 +181,7 @@ class LLM:
         self.store: CallStore = store if store is not None else MemoryCallStore()
         self.meter = meter if meter is not None else Meter()
         self.max_retries = max_retries
-        self.concurrency = concurrency
+        self.concurrency = concurrency or default_concurrency(self.model)
         self.timeout_s = timeout_s
         self.extra = extra
         self.explicit_price = (None if input_cost_per_token is None else

@@ -18,6 +18,9 @@ from cegraph.progress import Progress, live
 
 __all__ = ["arrow_table", "console", "escape", "grid", "progress"]
 
+#: Seconds between progress lines when the output is not a terminal.
+PIPE_EVERY_S = 10.0
+
 _probe = Console()
 # a pipe or CI log gets wide tables instead of rich's 80-column default
 console = _probe if _probe.is_terminal else Console(width=200)
@@ -59,9 +62,14 @@ def grid(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | 
 @contextlib.contextmanager
 def progress(total: int, label: str, tokens: Callable[[], int] = lambda: 0
              ) -> Iterator[Progress]:
-    """The live progress line (`cegraph.progress`) as a terminal status line; its last state
-    stays printed."""
-    with console.status(label) as status, live(Progress(total, label, tokens),
-                                                lambda line: status.update(escape(line))) as p:
-        yield p
-    console.print(escape(p.line()))
+    """The live progress line (`cegraph.progress`): a status line on a terminal whose last
+    state stays printed; in a pipe or log, a printed line every few seconds."""
+    counts = Progress(total, label, tokens)
+    if not console.is_terminal:
+        with live(counts, lambda line: console.print(escape(line)), every_s=PIPE_EVERY_S):
+            yield counts
+        return
+    with console.status(label) as status, live(counts,
+                                                lambda line: status.update(escape(line))):
+        yield counts
+    console.print(escape(counts.line()))

@@ -36,7 +36,7 @@ class Evaluation:
 def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-coder-1.5b",
                       home: str | None = None, workflow_path: str | None = None,
                       data_dir: str | None = None, seed_value: int = 0,
-                      concurrency: int = 2, llm_labels: bool = False,
+                      concurrency: int | None = None, llm_labels: bool = False,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_tokens: int | None = None,
                       max_cost: float | None = None, recipe: str = DEFAULT_RECIPE,
                       diagnosis_model: str | None = None,

@@ -30,7 +30,7 @@ class Executed:
 
 @task(name="run-workflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
-                 concurrency: int = 2, meter: Meter | None = None) -> Executed:
+                 concurrency: int | None = None, meter: Meter | None = None) -> Executed:
     """Run and grade every task; a retry replays finished calls from the call store and
     spends from the same `meter` (the job's budget), not a fresh one. A run that met an
     infrastructure error is graded `infrastructure` (retried by the next job)."""
