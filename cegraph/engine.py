@@ -7,6 +7,11 @@ so there is no process-wide lock and a prompt whose prefix was seen before costs
 its cold time. The xllamacpp wheel is prebuilt (no compile on install) and thread-safe; it also
 listens on a loopback OpenAI-compatible port (`address`), which the scale-out test uses.
 
+Speculative decoding is off by default: `CEGRAPH_SPECULATIVE=ngram` turns on llama.cpp's
+prompt-lookup (n-gram) drafting, which is exact at temperature 0 (drafts are verified by the
+model) and suits nodes that copy from their input (Format, Revise); it stays opt-in until
+`cegraph bench llm` on a quiet machine shows a gain on the seed workflows' prompts.
+
 Busy-polling is off (`poll = 0`): the engine's default spin-wait collapsed throughput from
 ~12 to ~1 tok/s when other processes shared the cores.
 """
@@ -71,6 +76,8 @@ class EngineStats:
     generated: int = 0
     prompt_ms: float = 0.0
     generate_ms: float = 0.0
+    drafted: int = 0  # speculative decoding: tokens proposed by the drafter
+    draft_accepted: int = 0  # ... and kept by the model
 
     def minus(self, before: EngineStats) -> EngineStats:
         a, b = asdict(self), asdict(before)
@@ -118,6 +125,8 @@ class Engine:
         p.warmup = False
         p.verbosity = -1  # errors come back as exceptions; its logs would flood the terminal
         p.sampling.seed = 0
+        if os.environ.get("CEGRAPH_SPECULATIVE") == "ngram":
+            p.speculative.types = [xlc.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
         return xlc.Server(p)
 
     def address(self, name: str) -> str:
@@ -138,6 +147,8 @@ class Engine:
             s.generated += int(t.get("predicted_n", 0))
             s.prompt_ms += float(t.get("prompt_ms", 0.0))
             s.generate_ms += float(t.get("predicted_ms", 0.0))
+            s.drafted += int(t.get("draft_n", 0))
+            s.draft_accepted += int(t.get("draft_n_accepted", 0))
         return response
 
     def snapshot(self) -> EngineStats:
