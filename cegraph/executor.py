@@ -33,10 +33,12 @@ class _Skipped(Exception):
 class Executor:
     """Runs workflows with one `LLM` (its store makes reruns replay) and bounded concurrency."""
 
-    def __init__(self, llm: LLM, *, concurrency: int = 4,
+    def __init__(self, llm: LLM, *, concurrency: int | None = None,
                  sandbox: SandboxLimits | None = None) -> None:
         self.llm = llm
-        self.concurrency = concurrency
+        # runs in flight; by default as many as the LLM keeps calls in flight (a local
+        # model's engine slots), so the engine batches that many sequences
+        self.concurrency = concurrency or llm.concurrency
         self.sandbox = sandbox or SandboxLimits()
 
     async def run(self, workflow: Workflow, task: Task, *, run_id: str | None = None) -> Trace:

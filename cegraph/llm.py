@@ -29,9 +29,11 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from cegraph.budget import BudgetExceeded, Meter, Price, Reservation, UnpricedModel
+from cegraph.engine import default_concurrency
+from cegraph.preflight import ModelUnavailable, check_model
 
 __all__ = ["LLM", "BudgetExceeded", "CallStore", "Completion",
-           "MemoryCallStore", "Meter", "Price", "UnpricedModel", "call_key",
+           "MemoryCallStore", "Meter", "ModelUnavailable", "Price", "UnpricedModel", "call_key",
            "model_fingerprint", "resolve_model", "transient_errors"]
 
 # Call parameters that cannot change the answer, so they stay out of the call key.
@@ -136,7 +138,8 @@ def model_fingerprint(model: str, params: Mapping[str, Any]) -> str:
 
 def resolve_model(name: str) -> str:
     """A short local-model name (`qwen2.5-coder-1.5b`) -> its litellm string; others as given."""
-    from cegraph.local_model import LOCAL_PROVIDER, MODELS, register
+    from cegraph.engine import register
+    from cegraph.local_model import LOCAL_PROVIDER, MODELS
 
     if name in MODELS:
         register()
@@ -158,7 +161,8 @@ class LLM:
     """Makes LLM calls through litellm.
 
     `model` is a litellm model string or a local model name; `concurrency` bounds calls in
-    flight (per event loop); `meter` may be shared with other LLMs of the same job;
+    flight (per event loop; default: a local model's engine slots, else 4); `meter` may be
+    shared with other LLMs of the same job;
     `input_cost_per_token`/`output_cost_per_token` price a model litellm has no price for
     (required with `Meter(max_cost=...)`); `fingerprint` identifies the weights of a custom
     model (e.g. an ollama digest) so a changed model under the same name misses the store;
@@ -166,17 +170,18 @@ class LLM:
     """
 
     def __init__(self, model: str, *, store: CallStore | None = None, meter: Meter | None = None,
-                 max_retries: int = 3, concurrency: int = 4, timeout_s: float = 600.0,
+                 max_retries: int = 3, concurrency: int | None = None, timeout_s: float = 600.0,
                  fingerprint: str | None = None, input_cost_per_token: float | None = None,
                  output_cost_per_token: float | None = None, **extra: Any) -> None:
         if (input_cost_per_token is None) != (output_cost_per_token is None):
             raise ValueError("give both input_cost_per_token and output_cost_per_token")
         _litellm()
         self.model = resolve_model(model)
+        check_model(self.model, extra)  # one clear error now, not one per task later
         self.store: CallStore = store if store is not None else MemoryCallStore()
         self.meter = meter if meter is not None else Meter()
         self.max_retries = max_retries
-        self.concurrency = concurrency
+        self.concurrency = concurrency or default_concurrency(self.model)
         self.timeout_s = timeout_s
         self.extra = extra
         self.explicit_price = (None if input_cost_per_token is None else

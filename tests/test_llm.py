@@ -167,6 +167,6 @@ def test_the_core_imports_without_litellm():
                    "print('litellm' in sys.modules)") == "False"
     # litellm's process-wide flags are set only once an LLM is really built
     out = _python("import litellm, cegraph.llm; print(litellm.suppress_debug_info, end=' '); "
-                  "from cegraph import LLM; LLM('openai/x'); "
+                  "from cegraph import LLM; LLM('openai/x', api_key='k'); "
                   "print(litellm.suppress_debug_info, litellm.drop_params)")
     assert out == "False True False"

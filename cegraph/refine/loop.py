@@ -87,7 +87,7 @@ class Settings:
     alpha: float = 0.05
     max_break_rate: float = 0.1
     seed: int = 0
-    concurrency: int = 2
+    concurrency: int | None = None  # None: the LLM's (a local model's engine slots)
     proposer_tokens: int = 512
 
 
@@ -398,7 +398,7 @@ class Refinement:
             return False
         plan = self._plan(state, target)
         rule = PairedSignRule(s.alpha, s.max_break_rate, self._new_mode_check(state))
-        verifier = Verifier(self.executor, evaluate, chunk=max(2, s.concurrency),
+        verifier = Verifier(self.executor, evaluate, chunk=max(2, self.executor.concurrency),
                             early_stop=CertainlyWorse(s.max_break_rate),
                             on_traces=lambda _wf, tr: self.journal.record_traces(
                                 tr, source="verification"))
