@@ -51,7 +51,15 @@ def _read_only(home: Path) -> Warehouse:
 
     try:
         return Warehouse(home, read_only=True)
-    except (FileNotFoundError, CatalogLocked) as exc:
+    except CatalogLocked as exc:
+        try:  # a job is writing: read the snapshot it keeps for readers
+            wh = Warehouse(home, from_snapshot=True)
+        except (FileNotFoundError, CatalogLocked):
+            _fail(str(exc))
+        typer.echo(f"note: {home} is being written by a job; reading the snapshot of its "
+                   "last completed step", err=True)
+        return wh
+    except FileNotFoundError as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
 
