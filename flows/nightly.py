@@ -119,9 +119,10 @@ def gather(wh: Warehouse, store: NightStore, night: Night, s: NightSettings) -> 
         "SELECT r.run_id, r.task_id, r.passed, r.output, f.expected, s.inputs FROM runs r "
         "JOIN batches b ON r.batch_id = b.batch_id "
         "LEFT JOIN failures f ON f.run_id = r.run_id "
-        "LEFT JOIN spans s ON s.run_id = r.run_id AND s.position = 0 "
+        "LEFT JOIN (SELECT run_id, arg_min(inputs, position) AS inputs FROM spans GROUP BY "
+        "run_id) s ON s.run_id = r.run_id "
         "WHERE r.workflow = ? AND r.source = ? AND r.outcome NOT IN ('infrastructure', "
-        "'unevaluated') AND (?::TIMESTAMP IS NULL OR b.created_at > ?::TIMESTAMP) "
+        "'unevaluated') AND (?::TIMESTAMP IS NULL OR b.committed_at > ?::TIMESTAMP) "
         "AND NOT list_contains(?::VARCHAR[], r.batch_id) ORDER BY r.passed, r.task_id",
         [night.workflow, SOURCE, since, since, marked])
     # a passing logged run's own output is a correct answer: it passed against the reference
@@ -297,8 +298,9 @@ class WorkflowNight:
                        mass_before=refined["summary"]["mass_before"],
                        mass_after=refined["summary"]["mass_after"])
         spent = [refined["calls"], refined["tokens"], refined["cost"]]
-        if not refined["accepted"]:
-            return self.finish(summary, "no_edit", spent=spent)
+        if not refined["accepted"]:  # the active version may already pass them all
+            return self.finish(summary, "no_failures" if not refined["summary"]["mass_before"]
+                               else "no_edit", spent=spent)
         left = None if budget.calls is None else budget.calls - refined["calls"]
         verified = self.step("verify", lambda: verify_step(self.wh, night, refined, active,
                                                            tasks, left, s))
@@ -362,7 +364,9 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                        budget_tokens: int | None = None, budget_dollars: float | None = None,
                        propose_only: bool = False, include_marked: bool = False,
                        max_inputs: int = 60, gate_sample: int = 12, concurrency: int = 2,
-                       patience: int = 2, seed: int = 0) -> dict[str, Any]:
+                       patience: int = 2, seed: int = 0, max_break_rate: float = 0.05,
+                       max_cost_ratio: float = 1.5, max_latency_ratio: float = 1.5
+                       ) -> dict[str, Any]:
     """Refine every registered workflow (or `workflow`) from its logged failures, one hard
     budget per night (calls, tokens, dollars); returns the nights' summaries."""
     from storage.nights import NightBusy
@@ -370,7 +374,9 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
     s = NightSettings(model=model, budget=Budget(budget_calls, budget_tokens, budget_dollars),
                       propose_only=propose_only, include_marked=include_marked,
                       max_inputs=max_inputs, gate_sample=gate_sample,
-                      concurrency=concurrency, patience=patience, seed=seed)
+                      concurrency=concurrency, patience=patience, seed=seed,
+                      bounds=gate.GateBounds(max_break_rate, max_cost_ratio,
+                                             max_latency_ratio))
     log = get_run_logger()
     nights: list[dict[str, Any]] = []
     with Warehouse(Path(home) if home else None) as wh:

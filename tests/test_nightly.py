@@ -1,0 +1,93 @@
+"""The nightly refinement flow: end to end under prefect_test_harness with a scripted LLM,
+the budget that fails closed, no interleaving of two nights, resume of a killed night, and
+the SQL audit while a night writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from cegraph.evaluator_spec import EvaluatorSpec
+from cegraph.evaluators import evaluate
+from cegraph.executor import Executor
+from cegraph.llm import LLM
+from cegraph.seeds import seed
+from cegraph.task import Task
+from storage import Warehouse
+from storage.registry import Registry
+
+TASKS = [Task(f"p{i}", "production", f"What is {i} + 1?", str(i + 1), metadata={"kind": "math"})
+         for i in range(24)]
+MODEL = "scripted/x"
+
+
+def world(messages: list[dict[str, str]]) -> str:
+    """CoT is right on every third problem; a Programmer is always right; Format copies the
+    first number; the proposer suggests replacing the solver by a Programmer."""
+    text = messages[-1]["content"]
+    if "candidates" in text:
+        return json.dumps({"candidates": [
+            {"rationale": "compute it", "edit": {"op": "replace_operator", "node": "solve",
+                                                 "operator": "Programmer"}}]})
+    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+    if "Python program" in text:
+        return f"```python\nprint({i} + 1)\n```"
+    if "Give only the final answer" in text:
+        found = re.findall(r"\d+", text.split("Solution:")[-1])
+        return f"\\boxed{{{found[0] if found else 0}}}"
+    return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
+
+
+def production(home: Path, scripted: Any) -> str:
+    """Register the seed math workflow and log a day of its production runs; returns the
+    seed version id."""
+    scripted.reply = world
+    with Warehouse(home) as wh:
+        version = Registry(wh).register(seed("math"), evaluator=EvaluatorSpec(kind="numeric"))
+        llm = LLM(MODEL)
+        traces = asyncio.run(Executor(llm).run_many(seed("math"), TASKS, evaluate=evaluate,
+                                                    run_id=lambda t: f"prod-{t.id}"))
+        wh.record_traces(traces, night_id="ingest-1", source="production",
+                         dataset="production", model=llm.identity)
+    return version
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def run_night(home: Path, **kw: Any) -> dict[str, Any]:
+    from flows.nightly import nightly_refinement
+
+    # scripted calls take no time worth comparing: latency is not what these tests gate on
+    return nightly_refinement(home=str(home), model=MODEL,
+                              **{"budget_calls": 400, "max_latency_ratio": 1e9, **kw})
+
+
+def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    seed_version = production(home, scripted)
+    [night] = run_night(home)["nights"]
+    assert night["decision"] == "promoted", json.dumps(night, indent=1, default=str)[:6000]
+    assert night["gate"]["passed"] and night["failing"] == 16
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        active, wf = reg.active(seed("math").name)
+        assert active != seed_version and any(n.op == "Programmer" for n in wf.nodes)
+        assert [r["version_id"] for r in reg.lineage(active)][-1] == seed_version
+        [(status, step, calls)] = wh.rows("SELECT status, step, calls FROM night_runs")
+        assert (status, step) == ("done", "decide") and 0 < calls <= 400
+        assert wh.rows("SELECT count(*) FROM gate_results WHERE suite = "
+                       "'cegraph_edit_gate'")[0][0] > 0
+    assert Path(night["summary_path"]).is_file()
+    # nothing logged since: the next night has nothing to do
+    [again] = run_night(home)["nights"]
+    assert again["decision"] == "no_failures"
