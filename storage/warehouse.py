@@ -26,7 +26,7 @@ from cegraph.graph import Workflow
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import Completion
 from cegraph.trace import Trace
-from storage import history
+from storage import history, views
 from storage.schema import SCHEMA_VERSION, TABLE, migration
 from storage.vectors import VectorIndex
 
@@ -102,6 +102,9 @@ class Warehouse:
         if not read_only:
             self.migrate(target_version)
         self.refresh_views()
+        if self.schema_version() >= views.SINCE:
+            for stmt in views.statements():
+                self.con.execute(stmt)
 
     # --- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:

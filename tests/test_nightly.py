@@ -91,3 +91,68 @@ def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
     # nothing logged since: the next night has nothing to do
     [again] = run_night(home)["nights"]
     assert again["decision"] == "no_failures"
+
+
+def decision(night: dict[str, Any]) -> tuple[Any, ...]:
+    return (night["decision"], night.get("candidate_version_id"), night["gate"]["passed"],
+            night["gate"]["failing"], night["verification"], night["cost"]["calls"])
+
+
+class Killed(BaseException):
+    """The process dying mid-step (not an error any layer may catch and retry)."""
+
+
+def test_a_night_killed_mid_verification_resumes_to_the_same_decision(harness, scripted,
+                                                                       tmp_path):
+    production(tmp_path / "clean", scripted)
+    [clean] = run_night(tmp_path / "clean")["nights"]
+    home = tmp_path / "killed"
+    production(home, scripted)
+    seen = {"programs": 0}
+
+    def dying(messages: list[dict[str, str]]) -> str:
+        if "Python program" in messages[-1]["content"]:  # verifying the Programmer edit
+            seen["programs"] += 1
+            if seen["programs"] == 5:
+                raise Killed
+        return world(messages)
+
+    scripted.reply = dying
+    with pytest.raises(BaseException) as died:  # raised through task groups as it is
+        run_night(home)
+    assert died.group_contains(Killed) if isinstance(died.value, BaseExceptionGroup) \
+        else died.type is Killed
+    with Warehouse(home) as wh:
+        [(night_id, status, step)] = wh.rows("SELECT night_id, status, step FROM night_runs")
+        assert (status, step) == ("running", "project")  # killed inside refine
+    scripted.reply = world
+    [resumed] = run_night(home)["nights"]
+    assert resumed["night_id"] == night_id
+    assert decision(resumed) == decision(clean)
+
+
+def test_two_nights_of_one_workflow_never_interleave(harness, scripted, tmp_path):
+    import threading
+
+    home = tmp_path / "home"
+    production(home, scripted)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(messages: list[dict[str, str]]) -> str:
+        if "candidates" in messages[-1]["content"]:  # night A, mid-refinement
+            inside.set()
+            assert release.wait(60)
+        return world(messages)
+
+    scripted.reply = slow
+    first: dict[str, Any] = {}
+    a = threading.Thread(target=lambda: first.update(run_night(home)))
+    a.start()
+    assert inside.wait(120)
+    [second] = run_night(home)["nights"]
+    release.set()
+    a.join(120)
+    assert second["decision"] == "busy" and "running" in second["reason"]
+    assert first["nights"][0]["decision"] == "promoted"
+    with Warehouse(home) as wh:
+        assert wh.rows("SELECT count(*), count(DISTINCT night_id) FROM night_runs") == [(1, 1)]
