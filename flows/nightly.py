@@ -380,6 +380,7 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
     log = get_run_logger()
     nights: list[dict[str, Any]] = []
     with Warehouse(Path(home) if home else None) as wh:
+        wh.snapshot()  # readers (`cegraph sql`) read this while the night holds the catalog
         registry = Registry(wh)
         names = [workflow] if workflow else [r.name for r in registry.registered()]
         for name in names:

@@ -144,21 +144,29 @@ class Warehouse:
         self.con.close()
 
     def snapshot(self, min_interval_s: float = 0.0) -> bool:
-        """Copy the catalog, checkpointed, to `<home>/snapshot/` (atomically replaced), for
-        readers while this process writes; skipped (False) within `min_interval_s` of the
-        last one. History Parquet needs no copy: its views read only committed batches,
+        """Copy the catalog to `<home>/snapshot/` (atomically replaced), for readers while
+        this process writes; skipped (False) within `min_interval_s` of the last one.
+
+        DuckDB copies it (`COPY FROM DATABASE`): opening the catalog file any other way in
+        this process would drop the process's lock on it (POSIX locks go with any closed
+        descriptor). History Parquet needs no copy: its views read only committed batches,
         and the snapshot's `batches` are those committed when it was taken."""
-        import shutil
         import time
 
         if time.monotonic() - self._snapshot_at < min_interval_s:
             return False
         target = self.home / SNAPSHOT
         target.parent.mkdir(exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp = target.with_name(f"catalog.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.unlink(missing_ok=True)
+        path = tmp.as_posix().replace("'", "''")
         with self._lock:
-            self.con.execute("CHECKPOINT")
-            shutil.copyfile(self.catalog_path, tmp)
+            [(db,)] = self.con.execute("SELECT current_database()").fetchall()
+            self.con.execute(f"ATTACH '{path}' AS _snapshot")
+            try:
+                self.con.execute(f'COPY FROM DATABASE "{db}" TO _snapshot')
+            finally:
+                self.con.execute("DETACH _snapshot")
         os.replace(tmp, target)
         self._snapshot_at = time.monotonic()
         return True

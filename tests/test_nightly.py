@@ -156,3 +156,39 @@ def test_two_nights_of_one_workflow_never_interleave(harness, scripted, tmp_path
     assert first["nights"][0]["decision"] == "promoted"
     with Warehouse(home) as wh:
         assert wh.rows("SELECT count(*), count(DISTINCT night_id) FROM night_runs") == [(1, 1)]
+
+
+def test_sql_audit_succeeds_while_a_night_writes(harness, scripted, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    repo = Path(__file__).resolve().parents[1]
+    home = tmp_path / "home"
+    production(home, scripted)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(messages: list[dict[str, str]]) -> str:
+        if "candidates" in messages[-1]["content"]:
+            inside.set()
+            assert release.wait(120)
+        return world(messages)
+
+    scripted.reply = slow
+    night = threading.Thread(target=lambda: run_night(home))
+    night.start()
+    assert inside.wait(120)
+    seen: list[str] = []
+    while night.is_alive() or len(seen) < 3:
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "sql", "SELECT status, step FROM night_runs",
+             "--home", str(home), "--format", "csv"], cwd=repo, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})
+        assert done.returncode == 0, done.stdout + done.stderr
+        seen.append(done.stdout)
+        if len(seen) == 2:
+            release.set()  # the night goes on writing while the audit keeps reading
+    night.join()
+    assert "running" in seen[0]  # read from the snapshot while the night held the catalog
+    assert "done" in seen[-1]
