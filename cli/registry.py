@@ -78,8 +78,7 @@ def promote(version: Annotated[str, typer.Argument(help="version id (or a 6+ cha
     """Make a stored version of a registered workflow the active one."""
     with registry(home) as reg:
         version_id = reg.promote(version, reason=reason, force=force)
-        name = reg.wh.rows("SELECT workflow FROM workflow_versions WHERE version_id = ?",
-                           [version_id])[0][0]
+        name = reg.workflow_of(version_id)
     render.console.print(f"{name}: {version_id} is active")
 
 

@@ -106,7 +106,7 @@ class Registry:
             "SELECT d.version_id, v.spec FROM deployments d JOIN workflow_versions v USING "
             "(version_id) WHERE d.workflow = ? AND d.seq IS NOT NULL ORDER BY d.seq DESC "
             "LIMIT 1", [workflow_name])
-        return version_id, Workflow.model_validate_json(spec)
+        return version_id, self._named(Workflow.model_validate_json(spec), workflow_name)
 
     def evaluator(self, workflow_name: str) -> EvaluatorSpec:
         return EvaluatorSpec.model_validate_json(self._row(workflow_name)[0])
@@ -184,11 +184,23 @@ class Registry:
         self.wh.record_version(wf, created_by=created_by, parent=parent)
         return wf.version_id
 
-    def _workflow_of(self, version_id: str) -> str:
-        [(name,)] = self.wh.rows("SELECT workflow FROM workflow_versions WHERE version_id = ?",
-                                 [version_id])
-        self._row(name)
-        return name
+    def workflow_of(self, version_id: str) -> str:
+        """The registered workflow a version descends from (its stored name may be another:
+        a graph evaluated before it was registered under a new name)."""
+        chain = [r["version_id"] for r in self.lineage(version_id)]
+        names = sorted(n for (n,) in self.wh.rows(
+            "SELECT name FROM workflows WHERE seed_version_id IN (SELECT unnest(?::VARCHAR[]))",
+            [chain]))
+        [(stored,)] = self.wh.rows("SELECT workflow FROM workflow_versions WHERE "
+                                   "version_id = ?", [version_id])
+        if stored in names or len(names) == 1:
+            return stored if stored in names else names[0]
+        if not names:
+            raise RegistryError(f"version {version_id} descends from no registered workflow; "
+                                "register its seed first: cegraph register WORKFLOW_FILE")
+        raise RegistryError(f"version {version_id} descends from a seed graph registered "
+                            f"under several names ({', '.join(names)}) and is stored under "
+                            "none of them; promote it from the nightly run of one of them")
 
     def latest_gate(self, version_id: str) -> tuple[bool, list[str]] | None:
         """The latest gate verdict on an edit producing `version_id`: (passed, failing
@@ -209,7 +221,7 @@ class Registry:
         latest gate failed (unless `force`, a human's override, recorded). Promoting the
         active version changes nothing. Returns the version id."""
         version_id = self.version_id(version_id)
-        name = self._workflow_of(version_id)
+        name = self.workflow_of(version_id)
         current, _ = self.active(name)
         if current == version_id:
             return version_id

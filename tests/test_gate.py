@@ -48,3 +48,43 @@ def test_bounds_are_configurable_and_missing_modes_are_named() -> None:
     [row] = [r for r in verdict.results if not r["success"]]
     assert row["observed"] == "1 (m2)"
     assert '"max_value": 0.05' in verdict.results[0]["expectation"]
+
+
+def test_evidence_from_a_verification() -> None:
+    from cegraph.llm import Completion
+    from cegraph.refine.verify import Counts, Plan, Verification
+    from cegraph.task import Task
+    from cegraph.trace import Outcome, Span, Trace
+
+    def trace(task_id: str, passed: bool | None, *, cost: float, latency: float,
+              cached: bool = False) -> Trace:
+        call = Completion("k", "m", [], {}, 0, "x", 1, 1, cost, latency, "stop",
+                          cached=cached)
+        outcome = (Outcome(False, 0.0, "infrastructure", "ungradeable: x") if passed is None
+                   else Outcome(passed, float(passed), None if passed else "wrong_answer"))
+        return Trace(f"r-{task_id}", "w", "v", task_id, [Span("n", "Generate", 0, calls=[call])],
+                     "out", 0.0, 1.0, outcome)
+
+    tasks = {i: Task(i, "production", i, "") for i in ("a", "b", "c", "d", "e")}
+    plan = Plan({"target": (tasks["a"], tasks["b"], tasks["c"]),
+                 "regression": (tasks["d"], tasks["e"])},
+                {"a": False, "b": False, "c": False, "d": True, "e": True},
+                {"target": 0.1, "regression": 0.1})
+    v = Verification("v", counts={"target": Counts(2, 1, 0, 1), "others": Counts(),
+                                  "regression": Counts(2, 0, 1, 0)},
+                     traces=[trace("a", True, cost=0.02, latency=2.0, cached=True),
+                             trace("b", False, cost=0.02, latency=2.0),
+                             trace("c", None, cost=0.02, latency=2.0),
+                             trace("d", True, cost=0.02, latency=2.0),
+                             trace("e", False, cost=0.02, latency=2.0)])
+    active = [trace("a", False, cost=0.01, latency=1.0)]
+    e = GateEvidence.from_verification(v, plan, active=active, active_modes=["m"],
+                                       sampled_modes=["m"])
+    # the ungradeable re-run of c is left out; the replayed call of a still counts its cost
+    assert (e.target, e.candidate_target_passed, e.active_target_passed) == (2, 1, 0)
+    assert (e.regression, e.broken, len(e.outputs)) == (2, 1, 4)
+    assert (e.candidate_cost_per_run, e.active_cost_per_run) == (0.02, 0.01)
+    assert (e.candidate_latency_s, e.active_latency_s) == (2.0, 1.0)
+    failing = check(e).failing
+    assert [f.split('"column": "')[1].split('"')[0] for f in failing] == [
+        "break_rate", "cost_ratio", "latency_ratio"]

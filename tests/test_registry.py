@@ -78,6 +78,18 @@ def test_promote_rollback_and_export_follow(reg: Registry, tmp_path: Path) -> No
     assert rows[1][1:] == (v1, s, "night-1")
 
 
+def test_a_graph_stored_before_under_another_name(reg: Registry) -> None:
+    # `cegraph eval` stored the seed as "math-solver"; it is registered as "prod"
+    reg.wh.record_version(seed("math"), created_by="seed")
+    s = reg.register(seed("math"), name="prod", evaluator=NUMERIC)
+    child = variant(seed("math"), 64)
+    reg.wh.record_version(child, created_by="edit-9", parent=s)  # the loop's own write
+    assert reg.promote(child.version_id, reason="nightly") == child.version_id
+    version, wf = reg.active("prod")
+    assert version == child.version_id and wf.name == "prod"
+    assert json.loads(reg.export("prod"))["name"] == "prod"
+
+
 def test_rollback_only_to_a_version_that_was_active(reg: Registry) -> None:
     _, _, v2 = chain(reg)
     with pytest.raises(RegistryError, match="never active"):

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cegraph import expectations
+from cegraph.refine.verify import Plan, Verification
+from cegraph.trace import INFRASTRUCTURE, Trace
 
 SUITE = "gate_suite.json"
 SUITE_NAME = "cegraph_edit_gate"
@@ -57,6 +59,28 @@ class GateEvidence:
     active_modes: Collection[str]  # live failure modes of the active version
     sampled_modes: Collection[str]  # modes represented in the regression sample
 
+    @classmethod
+    def from_verification(cls, v: Verification, plan: Plan, *, active: Sequence[Trace],
+                          active_modes: Collection[str], sampled_modes: Collection[str]
+                          ) -> GateEvidence:
+        """The evidence of a verification: its graded re-runs (infrastructure and
+        ungradeable ones left out), the base's verdicts from the plan, and cost and latency
+        per run of the candidate's re-runs vs `active` (the active version's runs)."""
+        graded = [t for t in v.traces
+                  if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE]
+        target_ids = {t.id for t in plan.strata.get("target", ())}
+        target = [t for t in graded if t.task_id in target_ids]
+        cost, latency = per_run(graded)
+        active_cost, active_latency = per_run(active)
+        regression = v.counts["regression"]
+        return cls(outputs=[t.output for t in graded], regression=regression.run,
+                   broken=regression.broken, target=len(target),
+                   candidate_target_passed=sum(1 for t in target if t.outcome.passed),
+                   active_target_passed=sum(1 for t in target if plan.base_passed[t.task_id]),
+                   candidate_cost_per_run=cost, active_cost_per_run=active_cost,
+                   candidate_latency_s=latency, active_latency_s=active_latency,
+                   active_modes=active_modes, sampled_modes=sampled_modes)
+
     @property
     def missing_modes(self) -> list[str]:
         return sorted(set(self.active_modes) - set(self.sampled_modes))
@@ -69,6 +93,15 @@ class GateVerdict:
     results: list[dict[str, Any]]  # expectation, success, observed, details (gate_results)
     validation: dict[str, Any]  # GX's validation result as JSON
     suite: str = SUITE_NAME
+
+
+def per_run(traces: Sequence[Trace]) -> tuple[float, float]:
+    """Cost and model latency per run, counting replayed calls at what they cost when first
+    made (a re-run answered from the call store is not cheaper or faster than the version it
+    is compared with)."""
+    calls = [c for t in traces for s in t.spans for c in s.calls]
+    n = max(1, len(traces))
+    return sum(c.cost for c in calls) / n, sum(c.latency_s for c in calls) / n
 
 
 def _ratio(candidate: float, active: float) -> float:
