@@ -13,6 +13,7 @@ LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGG
 WHEELS ?= $(HOME)/.cache/cegraph/wheels
 STAMP  := $(VENV)/.installed
 SECCOMP := $(VENV)/.seccomp
+CHROMIUM := $(VENV)/.chromium
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
@@ -47,13 +48,22 @@ $(SECCOMP): | $(PY)
 	  { echo "libseccomp is missing: install libseccomp2 (the sandbox needs it)"; exit 1; }
 	touch $@
 
+# The report's test opens the HTML in a real headless Chromium (driven by playwright): the
+# Debian package is installed here when missing and root; elsewhere that one test skips.
+$(CHROMIUM): | $(PY)
+	@command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -q && apt-get install -y -q chromium; } || \
+	  echo "chromium is missing (not root or no apt-get): the report's browser test will skip"
+	@command -v chromium >/dev/null && touch $@ || true
+
 install: $(STAMP) $(SECCOMP)
 
 demo: $(STAMP) $(SECCOMP)
 	$(VENV)/bin/cegraph model fetch
 	$(VENV)/bin/cegraph demo
 
-test: $(STAMP) $(SECCOMP)
+test: $(STAMP) $(SECCOMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/cegraph model fetch --model smollm2-135m
 	$(PY) -m pytest -q

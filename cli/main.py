@@ -19,7 +19,16 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
-from cli import bench, nightly, refining, registry, render, signatures  # noqa: E402, F401
+from cli import (  # noqa: E402, F401
+    bench,
+    nightly,
+    refining,
+    registry,
+    render,
+    report,
+    service,
+    signatures,
+)
 from cli.options import DataPath, Home, Model  # noqa: E402
 
 if TYPE_CHECKING:
@@ -38,6 +47,8 @@ app.command("eval")(refining.evaluate)
 app.command("nightly")(nightly.nightly)
 for _name in ("register", "promote", "rollback", "export", "workflows"):
     app.command(_name)(getattr(registry, _name))
+app.command("report")(report.report)
+app.command("answer")(service.answer)
 
 SETTINGS = Settings.load()
 def _fail(message: str) -> None:

@@ -116,6 +116,15 @@ class VectorIndex:
                 .select(["vector"]).limit(1).to_list())
         return np.asarray(rows[0]["vector"], dtype=np.float32) if rows else None
 
+    def vectors_of(self, failure_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored signature vectors of these failures (those indexed), by failure id."""
+        if not failure_ids:
+            return {}
+        ids = ", ".join(f"'{_quote(f)}'" for f in failure_ids)
+        rows = (self.table.search().where(f"failure_id IN ({ids})")
+                .select(["failure_id", "vector"]).limit(len(failure_ids)).to_list())
+        return {r["failure_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
     def nearest(self, vector: np.ndarray, k: int = 20, *, workflow: str | None = None,
                 nprobes: int = 20) -> list[Neighbour]:
         """The `k` past failures whose signatures are closest to `vector`."""

@@ -6,8 +6,10 @@ LLM calls, the output and the outcome.
 - Steps are the run span's children; deeper spans belong to the step above them (an LLM
   call inside a step is one of the step's calls, with its tokens). A run with no children is
   one step, itself.
-- A step's node id is the mapping's `node_attribute`, else the last dotted part of its name.
-- The outcome: a `gen_ai.evaluation.result` (or the mapping's `outcome_attribute`); a step
+- A step's node id is the mapping's `node_attribute`, else the last dotted part of its name;
+  its operator the mapping's `operator_attribute`, else its span kind.
+- The outcome: a `gen_ai.evaluation.result` (or the mapping's `outcome_attribute`), whose
+  label, when it is a cegraph failure class (`truncated`, ...), is the failure's class; a step
   with error status or an `exception` event makes it an `exception` failure at that step;
   an error status on the run span alone, a failure with that message; neither: unevaluated.
 """
@@ -19,12 +21,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cegraph.evaluators import FAILURE_CLASSES
 from cegraph.ingest.conventions import read
 from cegraph.ingest.mapping import Mapping, Mappings
 from cegraph.ingest.span import LogRecord, Reading, SourceSpan
 from cegraph.ingest.unmapped import unmapped_keys
 from cegraph.llm import Completion
-from cegraph.trace import Outcome, Span, Trace
+from cegraph.trace import INFRASTRUCTURE, Outcome, Span, Trace
 
 EVALUATOR_VERSION = "ingest-1"  # the verdict is the log's own: bump if reading it changes
 
@@ -104,14 +107,16 @@ def assemble(spans: Sequence[SourceSpan], logs: Sequence[LogRecord], mappings: M
         step = step_of(s.span_id)
         if step in members:
             members[step].append(s)
-    cegraph_spans = [_span(s, readings, members[s.span_id], node_of[s.span_id], depth)
-                     for depth, s in enumerate(steps)]
+    cegraph_spans = [_span(s, readings, members[s.span_id], node_of[s.span_id], depth,
+                           mapping.operator_attribute) for depth, s in enumerate(steps)]
     rr = readings[root.span_id]
     attrs = root.attributes
     input_text = (str(attrs.get(mapping.input_attribute, "")) if mapping.input_attribute
                   else rr.input)
-    output = rr.output or next((str(s.outputs.get("output", "")) for s in reversed(
-        cegraph_spans) if s.outputs.get("output")), "")
+    # the run span's own output, even empty (an empty answer is not the last step's text)
+    output = rr.output if rr.output or "gen_ai.output.messages" in attrs else next(
+        (str(s.outputs.get("output", "")) for s in reversed(cegraph_spans)
+         if s.outputs.get("output")), "")
     task_id = str((attrs.get(mapping.task_attribute) if mapping.task_attribute else None)
                   or attrs.get("gen_ai.conversation.id") or attrs.get("session.id")
                   or (hashlib.sha256(input_text.encode()).hexdigest()[:16] if input_text
@@ -133,7 +138,7 @@ def assemble(spans: Sequence[SourceSpan], logs: Sequence[LogRecord], mappings: M
 
 
 def _span(step: SourceSpan, readings: dict[str, Reading], inner: list[SourceSpan],
-          node_id: str, depth: int) -> Span:
+          node_id: str, depth: int, operator_attribute: str | None = None) -> Span:
     own = readings[step.span_id]
     completions, failed = [], None
     for s in sorted([step, *inner], key=lambda c: c.start_ns):
@@ -147,7 +152,9 @@ def _span(step: SourceSpan, readings: dict[str, Reading], inner: list[SourceSpan
                 r.finish_reason, _ns(s.end_ns)))
     given = own.input or (completions[0].messages[0]["content"] if completions else "")
     made = own.output or (completions[-1].text if completions else "")
-    operator = ("llm" if own.kind == "llm" else own.kind if own.kind != "step"
+    operator = (str(step.attributes[operator_attribute]) if operator_attribute
+                and step.attributes.get(operator_attribute) is not None
+                else "llm" if own.kind == "llm" else own.kind if own.kind != "step"
                 else str(step.attributes.get("openinference.span.kind", "step")).lower())
     return Span(node_id=node_id, operator=operator, depth=depth,
                 inputs={"input": given} if given else {},
@@ -183,6 +190,9 @@ def _outcome(trace: Trace, root: SourceSpan, rr: Reading, mapping: Mapping) -> O
               "observed": observed or (trace.output or "")}
     if passed:
         return Outcome(True, score, **common)
+    label = str(ev.get("label") or "") if ev is not None else ""
+    if label in FAILURE_CLASSES or label == INFRASTRUCTURE:  # graded by cegraph's rules
+        return Outcome(False, score, label, explanation or rr.error or "failed", **common)
     if failed_step is not None:
         return Outcome(False, score, "exception",
                        f"{failed_step.error_type}: {failed_step.error}", **common)

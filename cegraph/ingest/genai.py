@@ -17,7 +17,7 @@ _KIND = {"invoke_workflow": "workflow", "execute_tool": "tool"}
 _READ = {"gen_ai.operation.name", "gen_ai.workflow.name", "gen_ai.request.model",
          "gen_ai.response.model", "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
          "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.response.finish_reasons",
-         "gen_ai.system_instructions"}
+         "gen_ai.system_instructions", "gen_ai.conversation.id"}  # the task id (assemble)
 
 
 def evaluation(attrs: dict) -> dict:

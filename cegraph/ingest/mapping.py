@@ -7,6 +7,7 @@ max_attribute_chars = 16384
 [workflow.math]                # gen_ai.workflow.name (else service.name, else root span)
 run_operation = "invoke_workflow"   # the span that is the run (else the trace's root)
 node_attribute = "app.step"         # a step's node id (default: span name's last dotted part)
+operator_attribute = "app.operator" # a step's operator (default: its span kind)
 input_attribute = "app.question"    # the task input (default: the run's input messages)
 task_attribute = "app.task_id"      # the task id (default: conversation/session id, trace id)
 version_attribute = "app.version"   # workflow version (default: service.version)
@@ -33,6 +34,7 @@ class MappingError(ValueError):
 class Mapping:
     run_operation: str = "invoke_workflow"
     node_attribute: str | None = None
+    operator_attribute: str | None = None
     input_attribute: str | None = None
     task_attribute: str | None = None
     version_attribute: str | None = None
@@ -55,8 +57,8 @@ class Mapping:
 
     def attributes(self) -> set[str]:
         """The attribute keys this mapping reads."""
-        return {v for v in (self.node_attribute, self.input_attribute, self.task_attribute,
-                            self.version_attribute, self.reference_attribute,
+        return {v for v in (self.node_attribute, self.operator_attribute, self.input_attribute,
+                            self.task_attribute, self.version_attribute, self.reference_attribute,
                             self.outcome_attribute) if v}
 
 
