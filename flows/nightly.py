@@ -349,13 +349,41 @@ class WorkflowNight:
         return summary
 
 
-def write_summary(summary: dict[str, Any], home: Path) -> Path:
-    """The night's JSON summary (and, where `cegraph.report` exists, its HTML report)."""
-    out = home / "reports" / summary["night_id"]
+#: the report's word (`cegraph.report.summary.Decision`) for each decision of a night
+REPORT_DECISION = {"promoted": "promoted", "proposed": "propose_only",
+                   "gated_out": "gated_out", "no_edit": "rejected",
+                   "no_failures": "no_candidate", "refused": "budget_stopped"}
+
+
+def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | None]:
+    """The night's JSON summary, and its HTML report (`cegraph.report.write_report`) when
+    its workflow's failure modes have been mapped (`nights`, by ingest-logs)."""
+    from cegraph.report import write_report
+    from storage.night_summary import NightNotFound, latest_night, summarize
+
+    out = wh.home / "reports" / summary["night_id"]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return path
+    budget, cost = summary.get("budget") or {}, summary.get("cost") or {}
+    reason = (summary.get("reason") or (summary.get("refine") or {}).get("stop_reason")
+              or "; ".join((summary.get("gate") or {}).get("failing") or []))
+    try:  # the night's modes are those of the workflow's latest mapping
+        report = summarize(
+            wh, latest_night(wh, summary["workflow"]), workflow=summary["workflow"],
+            refine_id=(summary.get("refine") or {}).get("refine_id"),
+            decision=REPORT_DECISION[summary["decision"]],
+            decision_reason=reason or summary["decision"],
+            cost={"llm_calls": cost.get("calls", 0), "tokens": cost.get("tokens", 0),
+                  "dollars": cost.get("dollars", 0.0), "budget_calls": budget.get("calls"),
+                  "budget_tokens": budget.get("tokens"),
+                  "budget_dollars": budget.get("dollars")})
+    except NightNotFound:
+        get_run_logger().info("no failure modes mapped for %s yet (ingest-logs maps them): "
+                              "JSON summary only", summary["workflow"])
+        return path, None
+    return path, write_report(report.model_copy(update={"night_id": summary["night_id"]}),
+                              out)
 
 
 @flow(name="nightly-refinement", log_prints=True)
@@ -397,7 +425,9 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                 summary = WorkflowNight(wh, night, s).run()
             finally:
                 store.release(night)
-            summary["summary_path"] = str(write_summary(summary, wh.home))
+            json_path, html = write_summary(wh, summary)
+            summary["summary_path"] = str(json_path)
+            summary["report_path"] = str(html) if html else None
             log.info("%s %s: %s", night.night_id, name, summary["decision"])
             nights.append(summary)
     return {"nights": nights}

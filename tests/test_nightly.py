@@ -44,7 +44,7 @@ def world(messages: list[dict[str, str]]) -> str:
     return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
 
 
-def production(home: Path, scripted: Any) -> str:
+def production(home: Path, scripted: Any, *, modes: bool = False) -> str:
     """Register the seed math workflow and log a day of its production runs; returns the
     seed version id."""
     scripted.reply = world
@@ -55,6 +55,12 @@ def production(home: Path, scripted: Any) -> str:
                                                     run_id=lambda t: f"prod-{t.id}"))
         wh.record_traces(traces, night_id="ingest-1", source="production",
                          dataset="production", model=llm.identity)
+    if modes:  # as ingest-logs does
+        from tasks.failure_space import analyze_and_store
+
+        analyze_and_store(str(home), workflow=seed("math").name, version_id=version,
+                          night_id="ingest-1-0", model=llm.identity, dataset="production",
+                          source="production")
     return version
 
 
@@ -74,7 +80,7 @@ def run_night(home: Path, **kw: Any) -> dict[str, Any]:
 
 def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
     home = tmp_path / "home"
-    seed_version = production(home, scripted)
+    seed_version = production(home, scripted, modes=True)
     [night] = run_night(home)["nights"]
     assert night["decision"] == "promoted", json.dumps(night, indent=1, default=str)[:6000]
     assert night["gate"]["passed"] and night["failing"] == 16
@@ -87,7 +93,22 @@ def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
         assert (status, step) == ("done", "decide") and 0 < calls <= 400
         assert wh.rows("SELECT count(*) FROM gate_results WHERE suite = "
                        "'cegraph_edit_gate'")[0][0] > 0
-    assert Path(night["summary_path"]).is_file()
+    assert Path(night["summary_path"]).is_file() and Path(night["report_path"]).is_file()
+    # the audit views answer the users' questions about this night
+    with Warehouse(home) as wh:
+        [(action, op, reason)] = wh.rows("SELECT action, operation, reason FROM "
+                                         "edits_deployed WHERE action = 'promote'")
+        assert op == "replace_operator" and night["night_id"] in reason
+        fixes = wh.rows("SELECT sum(fixed), sum(still_failing) FROM edit_fixes WHERE "
+                        "status = 'accepted'")
+        assert fixes[0][0] > 0
+        [(calls, budget)] = wh.rows("SELECT calls, budget_calls FROM night_costs")
+        assert calls == night["cost"]["calls"] and budget == "400"
+        lineage = wh.rows("SELECT version_id, depth FROM active_lineage")
+        assert lineage[0] == (active, 0) and lineage[-1][0] == seed_version
+        mode = wh.rows("SELECT mode_id FROM failure_modes LIMIT 1")[0][0]
+        traced = wh.rows("SELECT trace FROM mode_failures WHERE mode_id = ?", [mode])
+        assert traced and all(t[0][0]["node"] == "solve" for t in traced)
     # nothing logged since: the next night has nothing to do
     [again] = run_night(home)["nights"]
     assert again["decision"] == "no_failures"
