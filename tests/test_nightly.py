@@ -213,3 +213,15 @@ def test_sql_audit_succeeds_while_a_night_writes(harness, scripted, tmp_path):
     night.join()
     assert "running" in seen[0]  # read from the snapshot while the night held the catalog
     assert "done" in seen[-1]
+
+
+def test_a_budget_the_projection_cannot_fit_refuses_the_night_before_any_call(
+        harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    production(home, scripted)
+    scripted.calls.clear()
+    [night] = run_night(home, budget_calls=40)["nights"]
+    assert night["decision"] == "refused" and "--budget-calls" in night["reason"]
+    assert night["projection"]["calls"] > 40 and scripted.calls == []
+    with Warehouse(home) as wh:
+        assert wh.rows("SELECT status, decision FROM night_costs") == [("refused", "refused")]
