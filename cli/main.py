@@ -19,7 +19,16 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from cegraph.config import Settings  # noqa: E402
-from cli import bench, refining, registry, render, report, service, signatures  # noqa: E402, F401
+from cli import (  # noqa: E402, F401
+    bench,
+    nightly,
+    refining,
+    registry,
+    render,
+    report,
+    service,
+    signatures,
+)
 from cli.options import DataPath, Home, Model  # noqa: E402
 
 if TYPE_CHECKING:
@@ -35,6 +44,7 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(bench.app, name="bench")
 app.command("refine")(refining.refine)
 app.command("eval")(refining.evaluate)
+app.command("nightly")(nightly.nightly)
 for _name in ("register", "promote", "rollback", "export", "workflows"):
     app.command(_name)(getattr(registry, _name))
 app.command("report")(report.report)
@@ -53,7 +63,15 @@ def _read_only(home: Path) -> Warehouse:
 
     try:
         return Warehouse(home, read_only=True)
-    except (FileNotFoundError, CatalogLocked) as exc:
+    except CatalogLocked as exc:
+        try:  # a job is writing: read the snapshot it keeps for readers
+            wh = Warehouse(home, from_snapshot=True)
+        except (FileNotFoundError, CatalogLocked):
+            _fail(str(exc))
+        typer.echo(f"note: {home} is being written by a job; reading the snapshot of its "
+                   "last completed step", err=True)
+        return wh
+    except FileNotFoundError as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
 
@@ -222,14 +240,20 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
 
 
 @app.command("serve")
-def serve(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
-          n: Annotated[int, typer.Option("--n")] = 50, model: Model = SETTINGS.model,
-          home: Home = Path(SETTINGS.home),
-          cron: Annotated[str, typer.Option(help="cron schedule (UTC)")] = "0 2 * * *") -> None:
-    """Serve the evaluation flow as a Prefect deployment on a cron schedule (blocks)."""
-    from deployments.serve import serve as serve_deployment
+def serve(model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
+          cron: Annotated[str, typer.Option(help="nightly-refinement's cron (UTC)")] = (
+              "0 2 * * *"),
+          budget_calls: Annotated[int | None, typer.Option(help="each night's call budget")] = (
+              300),
+          inbox: Annotated[str | None, typer.Option(help="what ingest-logs reads (default: "
+                                                         "HOME/inbox)")] = None,
+          ingest_cron: Annotated[str | None, typer.Option(help="ingest-logs' cron (default: "
+                                                                "on demand)")] = None) -> None:
+    """Serve the nightly-refinement and ingest-logs deployments from this process (blocks)."""
+    from deployments.serve import serve as serve_deployments
 
-    serve_deployment(dataset=dataset, n=n, model=model, home=str(home.resolve()), cron=cron)
+    serve_deployments(home=str(home.resolve()), model=model, budget_calls=budget_calls,
+                      cron=cron, inbox=inbox, ingest_cron=ingest_cron)
 
 
 # --- ingest ---------------------------------------------------------------------------------

@@ -1,20 +1,40 @@
-"""Serve the evaluation flow on a nightly cron with Prefect (`cegraph serve`).
+"""Serve cegraph's deployments from one process (`cegraph serve`).
 
-`evaluate_workflow.serve` registers a deployment with the Prefect API and polls for its
-scheduled runs in this process; point `PREFECT_API_URL` at a Prefect server to see them in
-its UI. The nightly refinement flow joins this schedule when it exists.
+`prefect.serve` registers `nightly-refinement` (on a cron, default 02:00 UTC) and
+`ingest-logs` (on demand, or on its own cron) with the Prefect API and runs their scheduled
+and requested runs in this process; point `PREFECT_API_URL` at a Prefect server to see them
+in its UI. The same two deployments are declared for work pools and workers in the repo's
+`prefect.yaml` (see the README).
 """
 
 from __future__ import annotations
 
-from flows.evaluation import evaluate_workflow
+from typing import Any
+
+from prefect import serve as prefect_serve
+
+from flows.ingest import ingest_logs
+from flows.nightly import nightly_refinement
 
 NIGHTLY = "0 2 * * *"
 
 
-def serve(*, dataset: str = "gsm8k", n: int = 50, model: str = "qwen2.5-coder-1.5b",
-          home: str = ".cegraph", cron: str = NIGHTLY) -> None:
-    evaluate_workflow.serve(
-        name=f"nightly-evaluate-{dataset}", cron=cron,
-        parameters={"dataset": dataset, "n": n, "model": model, "home": home},
-        tags=["cegraph", "nightly"], description="Evaluate the workflow and map its failures.")
+def deployments(*, home: str, model: str, budget_calls: int | None, cron: str = NIGHTLY,
+                inbox: str | None = None, ingest_cron: str | None = None) -> list[Any]:
+    """The two deployments as `prefect.serve` takes them."""
+    return [
+        nightly_refinement.to_deployment(
+            name="nightly-refinement", cron=cron, tags=["cegraph", "nightly"],
+            parameters={"home": home, "model": model, "budget_calls": budget_calls},
+            description="Refine every registered workflow from its logged failures."),
+        ingest_logs.to_deployment(
+            name="ingest-logs", cron=ingest_cron, tags=["cegraph", "ingest"],
+            parameters={"home": home, "paths": [inbox] if inbox else None},
+            description="Ingest production logs and map their failures."),
+    ]
+
+
+def serve(*, home: str, model: str, budget_calls: int | None = 300, cron: str = NIGHTLY,
+          inbox: str | None = None, ingest_cron: str | None = None) -> None:
+    prefect_serve(*deployments(home=home, model=model, budget_calls=budget_calls, cron=cron,
+                               inbox=inbox, ingest_cron=ingest_cron))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import flow
 
@@ -18,7 +17,6 @@ from cegraph.llm import Meter, resolve_model
 from cegraph.preflight import check_model
 from cegraph.seeds import seed
 from cegraph.trace import Trace
-from storage import Warehouse
 from tasks.execution import run_workflow, store_traces
 from tasks.failure_space import analyze_and_store
 
@@ -32,7 +30,7 @@ class Evaluation:
     analysis: Analysis
 
 
-@flow(name="evaluate-workflow", log_prints=True)
+@flow(name="evaluate", log_prints=True)
 def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-coder-1.5b",
                       home: str | None = None, workflow_path: str | None = None,
                       data_dir: str | None = None, seed_value: int = 0,
@@ -55,15 +53,14 @@ def evaluate_workflow(dataset: str = "gsm8k", n: int = 8, model: str = "qwen2.5-
           Workflow.load(workflow_path) if workflow_path else seed(dataset))
     tasks = load(dataset, path=data_dir, n=n, seed=seed_value)
     night_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    with Warehouse(Path(home) if home else None) as wh:
-        meter = Meter(max_tokens=max_tokens, max_cost=max_cost)
-        executed = run_workflow(wh, wf, tasks, model=model, concurrency=concurrency,
-                                meter=meter)
-        pool = {"dataset": dataset, "source": "benchmark", "model": executed.model}
-        store_traces(wh, wf, executed.traces, night_id=night_id, **pool)
-        analysis = analyze_and_store(wh, workflow=wf.name, version_id=wf.version_id,
-                                     night_id=night_id, locus_weight=locus_weight,
-                                     label_model=model if llm_labels else None,
-                                     recipe=recipe, diagnosis_model=diagnosis_model or model,
-                                     meter=meter, **pool)
+    meter = Meter(max_tokens=max_tokens, max_cost=max_cost)
+    executed = run_workflow(home, wf, tasks, model=model, concurrency=concurrency,
+                            meter=meter)
+    pool = {"dataset": dataset, "source": "benchmark", "model": executed.model}
+    store_traces(home, wf, executed.traces, night_id=night_id, **pool)
+    analysis = analyze_and_store(home, workflow=wf.name, version_id=wf.version_id,
+                                 night_id=night_id, locus_weight=locus_weight,
+                                 label_model=model if llm_labels else None,
+                                 recipe=recipe, diagnosis_model=diagnosis_model or model,
+                                 meter=meter, **pool)
     return Evaluation(wf.name, wf.version_id, night_id, executed.traces, analysis)

@@ -356,6 +356,35 @@ TABLES: tuple[Table, ...] = (
         C("forced", "BOOLEAN", "promoted with `--force` over a failed gate", 5),
         C("seq", "BIGINT", "order of the changes (1, 2, ...)", 5),
     ), key=("deployment_id",), key_since=3),
+    Table("night_runs", "One nightly refinement of one registered workflow (the "
+          "`nightly-refinement` flow); a running row is the workflow's lock: a second night "
+          "of the same workflow refuses while its holder lives, and resumes it once dead.", (
+        C("night_id", "VARCHAR", "night id (runs.night_id of its verification re-runs)", 5),
+        C("workflow", "VARCHAR", "registered workflow (workflows.name)", 5),
+        C("status", "VARCHAR", "running | done | failed | refused (budget projection)", 5),
+        C("step", "VARCHAR", "last completed step: gather | refine | verify | gate | decide",
+          5),
+        C("holder", "VARCHAR", "host:pid:token of the process running it", 5),
+        C("active_version_id", "VARCHAR", "the active version when the night started", 5),
+        C("budget", "VARCHAR", "JSON of the night's hard budget (calls, tokens, dollars)", 5),
+        C("projection", "VARCHAR", "JSON of the spend projected from history before it "
+                                   "started", 5),
+        C("calls", "BIGINT", "LLM calls paid for", 5),
+        C("tokens", "BIGINT", "tokens paid for", 5),
+        C("cost", "DOUBLE", "USD paid", 5),
+        C("decision", "VARCHAR", "promoted | proposed | gated_out | no_edit | no_failures | "
+                                 "refused", 5),
+        C("summary", "VARCHAR", "JSON summary of the night (what the report shows)", 5),
+        C("started_at", "TIMESTAMP", "first start (a resumed night keeps it)", 5),
+        C("ended_at", "TIMESTAMP", "end", 5),
+    ), key=("night_id",), since=5),
+    Table("night_steps", "Each completed step of a night with its output, so a crashed night "
+          "resumes after its last completed step.", (
+        C("night_id", "VARCHAR", "the night (joins night_runs.night_id)", 5),
+        C("step", "VARCHAR", "gather | refine | verify | gate | decide", 5),
+        C("output", "VARCHAR", "JSON of the step's result", 5),
+        C("completed_at", "TIMESTAMP", "when it completed", 5),
+    ), key=("night_id", "step"), since=5),
     Table("quarantine", "Records that could not be stored, with the reason.", (
         C("quarantine_id", "VARCHAR", "hash of (source, line_no, raw, reason)"),
         C("source", "VARCHAR", "file or stream it came from"),
@@ -488,4 +517,6 @@ def markdown() -> str:
         out += [f"| {c.name} | {c.type} | {c.doc}"
                 + (f" (since v{c.since})" if c.since > 1 else "") + " |" for c in t.columns]
         out.append("")
-    return "\n".join(out)
+    from storage import views
+
+    return "\n".join(out + views.markdown())

@@ -26,9 +26,11 @@ from cegraph.graph import Workflow
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import Completion
 from cegraph.trace import Trace
-from storage import history
+from storage import history, views
 from storage.schema import SCHEMA_VERSION, TABLE, migration
 from storage.vectors import VectorIndex
+
+SNAPSHOT = Path("snapshot") / "catalog.duckdb"
 
 
 def default_home() -> Path:
@@ -70,13 +72,18 @@ class Warehouse:
     """Opens (creating and migrating as needed) the catalog of a project home.
 
     `read_only=True` opens the catalog so that any write statement fails; the history views
-    are temporary views, so they exist in read-only sessions too.
+    are temporary views, so they exist in read-only sessions too. `from_snapshot=True` opens
+    (read-only) the last snapshot a writing job left (`snapshot`) instead of the catalog,
+    which that job holds: DuckDB lets one process write a file and no other open it.
     """
 
     def __init__(self, home: str | Path | None = None, *, read_only: bool = False,
-                 target_version: int = SCHEMA_VERSION) -> None:
+                 target_version: int = SCHEMA_VERSION, from_snapshot: bool = False) -> None:
         self.home = Path(home) if home else default_home()
-        self.catalog_path = self.home / "catalog.duckdb"
+        self.catalog_path = (self.home / SNAPSHOT if from_snapshot else
+                             self.home / "catalog.duckdb")
+        read_only = read_only or from_snapshot
+        self._snapshot_at = 0.0
         self.history_root = self.home / "history"
         self.vectors_path = self.home / "vectors"
         self.read_only = read_only
@@ -95,6 +102,9 @@ class Warehouse:
         if not read_only:
             self.migrate(target_version)
         self.refresh_views()
+        if self.schema_version() >= views.SINCE:
+            for stmt in views.statements():
+                self.con.execute(stmt)
 
     # --- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -132,6 +142,34 @@ class Warehouse:
 
     def close(self) -> None:
         self.con.close()
+
+    def snapshot(self, min_interval_s: float = 0.0) -> bool:
+        """Copy the catalog to `<home>/snapshot/` (atomically replaced), for readers while
+        this process writes; skipped (False) within `min_interval_s` of the last one.
+
+        DuckDB copies it (`COPY FROM DATABASE`): opening the catalog file any other way in
+        this process would drop the process's lock on it (POSIX locks go with any closed
+        descriptor). History Parquet needs no copy: its views read only committed batches,
+        and the snapshot's `batches` are those committed when it was taken."""
+        import time
+
+        if time.monotonic() - self._snapshot_at < min_interval_s:
+            return False
+        target = self.home / SNAPSHOT
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_name(f"catalog.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.unlink(missing_ok=True)
+        path = tmp.as_posix().replace("'", "''")
+        with self._lock:
+            [(db,)] = self.con.execute("SELECT current_database()").fetchall()
+            self.con.execute(f"ATTACH '{path}' AS _snapshot")
+            try:
+                self.con.execute(f'COPY FROM DATABASE "{db}" TO _snapshot')
+            finally:
+                self.con.execute("DETACH _snapshot")
+        os.replace(tmp, target)
+        self._snapshot_at = time.monotonic()
+        return True
 
     def __enter__(self) -> Warehouse:
         return self

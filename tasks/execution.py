@@ -1,10 +1,15 @@
-"""Running a workflow over tasks, its LLM calls stored in (and replayed from) the warehouse."""
+"""Running a workflow over tasks, its LLM calls stored in (and replayed from) the warehouse.
+
+The tasks take the project home's path, not an open warehouse, and open it for their own
+work: a task is then runnable in any worker, and the flow holds no handle across tasks."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -29,12 +34,19 @@ class Executed:
 
 
 @task(name="run-workflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
+def run_workflow(home: str | None, workflow: Workflow, tasks: Sequence[Task], *, model: str,
                  concurrency: int | None = None, meter: Meter | None = None) -> Executed:
     """Run and grade every task; a retry replays finished calls from the call store and
     spends from the same `meter` (the job's budget), not a fresh one. A run that met an
     infrastructure error is graded `infrastructure` (retried by the next job)."""
     log = get_run_logger()
+    with Warehouse(Path(home) if home else None) as wh:
+        return _run(wh, workflow, tasks, model=model, concurrency=concurrency, meter=meter,
+                    log=log)
+
+
+def _run(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, model: str,
+         concurrency: int | None, meter: Meter | None, log: Any) -> Executed:
     llm = LLM(model, store=wh, concurrency=concurrency, meter=meter)
     identity = llm.identity
     progress = Progress(len(tasks), workflow.name, lambda: llm.meter.tokens_out)
@@ -56,10 +68,11 @@ def run_workflow(wh: Warehouse, workflow: Workflow, tasks: Sequence[Task], *, mo
 
 
 @task(name="store-traces", cache_policy=NO_CACHE)
-def store_traces(wh: Warehouse, workflow: Workflow, traces: Sequence[Trace], *, night_id: str,
-                 source: str, dataset: str, model: str) -> int:
+def store_traces(home: str | None, workflow: Workflow, traces: Sequence[Trace], *,
+                 night_id: str, source: str, dataset: str, model: str) -> int:
     """Write runs, spans and failures to the history as one batch; returns the number of
     new failures."""
-    wh.record_version(workflow, created_by="seed")
-    return len(wh.record_traces(traces, night_id=night_id, source=source, dataset=dataset,
-                                model=model))
+    with Warehouse(Path(home) if home else None) as wh:
+        wh.record_version(workflow, created_by="seed")
+        return len(wh.record_traces(traces, night_id=night_id, source=source,
+                                    dataset=dataset, model=model))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -18,7 +19,7 @@ from storage.digests import run_digests
 
 
 @task(name="analyze-failures", cache_policy=NO_CACHE)
-def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id: str,
+def analyze_and_store(home: str | None, *, workflow: str, version_id: str, night_id: str,
                       model: str, dataset: str, source: str,
                       locus_weight: float = DEFAULT_LOCUS_WEIGHT,
                       label_model: str | None = None, recipe: str = DEFAULT_RECIPE,
@@ -28,7 +29,19 @@ def analyze_and_store(wh: Warehouse, *, workflow: str, version_id: str, night_id
     and store its modes, matched to the last night of the same (workflow, model, dataset)
     and signature `recipe`; with `label_model`, an LLM also names each mode (kept only when
     its answer parses). Under the diagnosis recipe, `diagnosis_model` diagnoses each failure
-    not diagnosed before (spending from `meter`), and modes are labelled by their kinds."""
+    not diagnosed before (spending from `meter`), and modes are labelled by their kinds.
+    Opens the warehouse at `home` for its own work (the flow passes the path, not a
+    handle)."""
+    with Warehouse(Path(home) if home else None) as wh:
+        return _analyze(wh, workflow=workflow, version_id=version_id, night_id=night_id,
+                        model=model, dataset=dataset, source=source,
+                        locus_weight=locus_weight, label_model=label_model, recipe=recipe,
+                        diagnosis_model=diagnosis_model, meter=meter)
+
+
+def _analyze(wh: Warehouse, *, workflow: str, version_id: str, night_id: str, model: str,
+             dataset: str, source: str, locus_weight: float, label_model: str | None,
+             recipe: str, diagnosis_model: str | None, meter: Meter | None) -> Analysis:
     log = get_run_logger()
     failures = wh.failures(workflow, version_id, model=model, dataset=dataset)
     runs = wh.run_count(workflow, version_id, model=model, dataset=dataset)

@@ -90,7 +90,6 @@ def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, 
 
     import tasks.execution
     from cegraph.llm import Meter
-    from storage import Warehouse
 
     class CrashesOnce(Executor):  # the first attempt dies after its calls were made
         crashed = False
@@ -107,9 +106,9 @@ def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, 
 
     @flow
     def job() -> int:
-        with Warehouse(tmp_path) as wh:
-            return len(tasks.execution.run_workflow.with_options(retry_delay_seconds=0)(
-                wh, seed("math"), load("gsm8k", n=2), model="scripted/m", meter=meter).traces)
+        return len(tasks.execution.run_workflow.with_options(retry_delay_seconds=0)(
+            str(tmp_path), seed("math"), load("gsm8k", n=2), model="scripted/m",
+            meter=meter).traces)
 
     assert job() == 2 and CrashesOnce.crashed
     # both attempts spent from the one meter: 4 paid calls, then 4 replayed by the retry

@@ -1,0 +1,54 @@
+"""`cegraph nightly`: run the nightly refinement flow once, here, with progress."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cegraph.config import Settings
+from cli import render
+from cli.options import Home, Model
+from cli.refining import fail
+
+SETTINGS = Settings.load()
+
+
+def nightly(workflow: Annotated[str | None, typer.Option(
+                "--workflow", "-w", help="one registered workflow (default: all)")] = None,
+            budget_calls: Annotated[int | None, typer.Option(
+                help="the night's hard budget in LLM calls, per workflow")] = 300,
+            budget_tokens: Annotated[int | None, typer.Option()] = None,
+            budget_dollars: Annotated[float | None, typer.Option()] = None,
+            propose_only: Annotated[bool, typer.Option(
+                help="verify and gate, but promote nothing")] = False,
+            max_inputs: Annotated[int, typer.Option(help="logged inputs per night")] = 60,
+            model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Refine each registered workflow from the failures logged since the last night: verify,
+    gate and promote (the `nightly-refinement` deployment's flow, run once here)."""
+    from cegraph.local_model import MODELS, fetch
+    from flows.nightly import nightly_refinement
+    from storage.registry import RegistryError
+    from storage.warehouse import CatalogLocked
+
+    if model in MODELS:
+        fetch(model, progress=render.console.print)
+    try:
+        result = nightly_refinement(home=str(home.resolve()), workflow=workflow, model=model,
+                                    budget_calls=budget_calls, budget_tokens=budget_tokens,
+                                    budget_dollars=budget_dollars, propose_only=propose_only,
+                                    max_inputs=max_inputs, concurrency=SETTINGS.concurrency)
+    except (RegistryError, CatalogLocked) as exc:
+        fail(str(exc))
+    rows = [[n.get("workflow"), n.get("night_id", ""), n["decision"], n.get("inputs", ""),
+             n.get("failing", ""), (n.get("cost") or {}).get("calls", ""),
+             n.get("summary_path") or n.get("reason", "")] for n in result["nights"]]
+    if not rows:
+        fail("no workflow is registered; add one with: cegraph register WORKFLOW_FILE")
+    render.grid(["workflow", "night", "decision", "inputs", "failing", "calls", "summary"],
+                rows, title="nightly")
+    if as_json:
+        print(json.dumps(result, default=str))

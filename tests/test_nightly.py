@@ -1,0 +1,227 @@
+"""The nightly refinement flow: end to end under prefect_test_harness with a scripted LLM,
+the budget that fails closed, no interleaving of two nights, resume of a killed night, and
+the SQL audit while a night writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from cegraph.evaluator_spec import EvaluatorSpec
+from cegraph.evaluators import evaluate
+from cegraph.executor import Executor
+from cegraph.llm import LLM
+from cegraph.seeds import seed
+from cegraph.task import Task
+from storage import Warehouse
+from storage.registry import Registry
+
+TASKS = [Task(f"p{i}", "production", f"What is {i} + 1?", str(i + 1), metadata={"kind": "math"})
+         for i in range(24)]
+MODEL = "scripted/x"
+
+
+def world(messages: list[dict[str, str]]) -> str:
+    """CoT is right on every third problem; a Programmer is always right; Format copies the
+    first number; the proposer suggests replacing the solver by a Programmer."""
+    text = messages[-1]["content"]
+    if "candidates" in text:
+        return json.dumps({"candidates": [
+            {"rationale": "compute it", "edit": {"op": "replace_operator", "node": "solve",
+                                                 "operator": "Programmer"}}]})
+    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+    if "Python program" in text:
+        return f"```python\nprint({i} + 1)\n```"
+    if "Give only the final answer" in text:
+        found = re.findall(r"\d+", text.split("Solution:")[-1])
+        return f"\\boxed{{{found[0] if found else 0}}}"
+    return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
+
+
+def production(home: Path, scripted: Any, *, modes: bool = False) -> str:
+    """Register the seed math workflow and log a day of its production runs; returns the
+    seed version id."""
+    scripted.reply = world
+    with Warehouse(home) as wh:
+        version = Registry(wh).register(seed("math"), evaluator=EvaluatorSpec(kind="numeric"))
+        llm = LLM(MODEL)
+        traces = asyncio.run(Executor(llm).run_many(seed("math"), TASKS, evaluate=evaluate,
+                                                    run_id=lambda t: f"prod-{t.id}"))
+        wh.record_traces(traces, night_id="ingest-1", source="production",
+                         dataset="production", model=llm.identity)
+    if modes:  # as ingest-logs does
+        from tasks.failure_space import analyze_and_store
+
+        analyze_and_store(str(home), workflow=seed("math").name, version_id=version,
+                          night_id="ingest-1-0", model=llm.identity, dataset="production",
+                          source="production")
+    return version
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def run_night(home: Path, **kw: Any) -> dict[str, Any]:
+    from flows.nightly import nightly_refinement
+
+    # scripted calls take no time worth comparing: latency is not what these tests gate on
+    return nightly_refinement(home=str(home), model=MODEL,
+                              **{"budget_calls": 400, "max_latency_ratio": 1e9, **kw})
+
+
+def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    seed_version = production(home, scripted, modes=True)
+    [night] = run_night(home)["nights"]
+    assert night["decision"] == "promoted", json.dumps(night, indent=1, default=str)[:6000]
+    assert night["gate"]["passed"] and night["failing"] == 16
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        active, wf = reg.active(seed("math").name)
+        assert active != seed_version and any(n.op == "Programmer" for n in wf.nodes)
+        assert [r["version_id"] for r in reg.lineage(active)][-1] == seed_version
+        [(status, step, calls)] = wh.rows("SELECT status, step, calls FROM night_runs")
+        assert (status, step) == ("done", "decide") and 0 < calls <= 400
+        assert wh.rows("SELECT count(*) FROM gate_results WHERE suite = "
+                       "'cegraph_edit_gate'")[0][0] > 0
+    assert Path(night["summary_path"]).is_file() and Path(night["report_path"]).is_file()
+    # the audit views answer the users' questions about this night
+    with Warehouse(home) as wh:
+        [(action, op, reason)] = wh.rows("SELECT action, operation, reason FROM "
+                                         "edits_deployed WHERE action = 'promote'")
+        assert op == "replace_operator" and night["night_id"] in reason
+        fixes = wh.rows("SELECT sum(fixed), sum(still_failing) FROM edit_fixes WHERE "
+                        "status = 'accepted'")
+        assert fixes[0][0] > 0
+        [(calls, budget)] = wh.rows("SELECT calls, budget_calls FROM night_costs")
+        assert calls == night["cost"]["calls"] and budget == "400"
+        lineage = wh.rows("SELECT version_id, depth FROM active_lineage")
+        assert lineage[0] == (active, 0) and lineage[-1][0] == seed_version
+        mode = wh.rows("SELECT mode_id FROM failure_modes LIMIT 1")[0][0]
+        traced = wh.rows("SELECT trace FROM mode_failures WHERE mode_id = ?", [mode])
+        assert traced and all(t[0][0]["node"] == "solve" for t in traced)
+    # nothing logged since: the next night has nothing to do
+    [again] = run_night(home)["nights"]
+    assert again["decision"] == "no_failures"
+
+
+def decision(night: dict[str, Any]) -> tuple[Any, ...]:
+    return (night["decision"], night.get("candidate_version_id"), night["gate"]["passed"],
+            night["gate"]["failing"], night["verification"], night["cost"]["calls"])
+
+
+class Killed(BaseException):
+    """The process dying mid-step (not an error any layer may catch and retry)."""
+
+
+def test_a_night_killed_mid_verification_resumes_to_the_same_decision(harness, scripted,
+                                                                       tmp_path):
+    production(tmp_path / "clean", scripted)
+    [clean] = run_night(tmp_path / "clean")["nights"]
+    home = tmp_path / "killed"
+    production(home, scripted)
+    seen = {"programs": 0}
+
+    def dying(messages: list[dict[str, str]]) -> str:
+        if "Python program" in messages[-1]["content"]:  # verifying the Programmer edit
+            seen["programs"] += 1
+            if seen["programs"] == 5:
+                raise Killed
+        return world(messages)
+
+    scripted.reply = dying
+    with pytest.raises(BaseException) as died:  # raised through task groups as it is
+        run_night(home)
+    assert died.group_contains(Killed) if isinstance(died.value, BaseExceptionGroup) \
+        else died.type is Killed
+    with Warehouse(home) as wh:
+        [(night_id, status, step)] = wh.rows("SELECT night_id, status, step FROM night_runs")
+        assert (status, step) == ("running", "project")  # killed inside refine
+    scripted.reply = world
+    [resumed] = run_night(home)["nights"]
+    assert resumed["night_id"] == night_id
+    assert decision(resumed) == decision(clean)
+
+
+def test_two_nights_of_one_workflow_never_interleave(harness, scripted, tmp_path):
+    import threading
+
+    home = tmp_path / "home"
+    production(home, scripted)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(messages: list[dict[str, str]]) -> str:
+        if "candidates" in messages[-1]["content"]:  # night A, mid-refinement
+            inside.set()
+            assert release.wait(60)
+        return world(messages)
+
+    scripted.reply = slow
+    first: dict[str, Any] = {}
+    a = threading.Thread(target=lambda: first.update(run_night(home)))
+    a.start()
+    assert inside.wait(120)
+    [second] = run_night(home)["nights"]
+    release.set()
+    a.join(120)
+    assert second["decision"] == "busy" and "running" in second["reason"]
+    assert first["nights"][0]["decision"] == "promoted"
+    with Warehouse(home) as wh:
+        assert wh.rows("SELECT count(*), count(DISTINCT night_id) FROM night_runs") == [(1, 1)]
+
+
+def test_sql_audit_succeeds_while_a_night_writes(harness, scripted, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    repo = Path(__file__).resolve().parents[1]
+    home = tmp_path / "home"
+    production(home, scripted)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(messages: list[dict[str, str]]) -> str:
+        if "candidates" in messages[-1]["content"]:
+            inside.set()
+            assert release.wait(120)
+        return world(messages)
+
+    scripted.reply = slow
+    night = threading.Thread(target=lambda: run_night(home))
+    night.start()
+    assert inside.wait(120)
+    seen: list[str] = []
+    while night.is_alive() or len(seen) < 3:
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "sql", "SELECT status, step FROM night_runs",
+             "--home", str(home), "--format", "csv"], cwd=repo, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})
+        assert done.returncode == 0, done.stdout + done.stderr
+        seen.append(done.stdout)
+        if len(seen) == 2:
+            release.set()  # the night goes on writing while the audit keeps reading
+    night.join()
+    assert "running" in seen[0]  # read from the snapshot while the night held the catalog
+    assert "done" in seen[-1]
+
+
+def test_a_budget_the_projection_cannot_fit_refuses_the_night_before_any_call(
+        harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    production(home, scripted)
+    scripted.calls.clear()
+    [night] = run_night(home, budget_calls=40)["nights"]
+    assert night["decision"] == "refused" and "--budget-calls" in night["reason"]
+    assert night["projection"]["calls"] > 40 and scripted.calls == []
+    with Warehouse(home) as wh:
+        assert wh.rows("SELECT status, decision FROM night_costs") == [("refused", "refused")]
