@@ -13,7 +13,11 @@ model) and suits nodes that copy from their input (Format, Revise); it stays opt
 `cegraph bench llm` on a quiet machine shows a gain on the seed workflows' prompts.
 
 Busy-polling is off (`poll = 0`): the engine's default spin-wait collapsed throughput from
-~12 to ~1 tok/s when other processes shared the cores.
+~12 to ~1 tok/s when other processes shared the cores. The wheel's llama.cpp runs its threads
+with OpenMP, whose own spin-wait does the same: with other processes on the 2 cores,
+smollm2-135m took over 60 s for 150 tokens under OpenMP's default policy and 3.4-4.2 s with
+`OMP_WAIT_POLICY=PASSIVE`, so that is the default here (set before the OpenMP runtime loads;
+an explicit setting in the environment wins).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cegraph.local_model import LOCAL_PROVIDER, MODELS, ModelNotFetched, model_path
+
+# read by the OpenMP runtime when xllamacpp first loads it, so set before any import of it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: RAM for prompt prefixes evicted from the slots (llama.cpp's `cache_ram_mib`).
 DEFAULT_CACHE_RAM_MIB = 1024

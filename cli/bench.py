@@ -140,7 +140,8 @@ def bench_llm(model: Model = "qwen2.5-coder-1.5b",
     llm = LLM(model, concurrency=concurrency)  # its own empty call store: all misses
     c = concurrency or llm.concurrency
     warm_up = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-    ENGINE.chat(model, warm_up)  # loading the weights and first allocations are not throughput
+    # loading the weights, first allocations and litellm's first-call setup are not throughput
+    asyncio.run(llm.complete(warm_up["messages"], max_tokens=1))
     before = ENGINE.snapshot()
     started = time.perf_counter()
     with render.progress(len(tasks), "product path", lambda: llm.meter.tokens_out) as progress:
@@ -156,7 +157,8 @@ def bench_llm(model: Model = "qwen2.5-coder-1.5b",
               for t in traces]
     started = time.perf_counter()
     with render.progress(len(chains), "raw engine",
-                         lambda: raw_engine.snapshot().generated) as progress:
+                         lambda: raw_engine.snapshot().generated - warmed.generated
+                         ) as progress:
         def chain(requests: list[dict]) -> None:
             for request in requests:
                 raw_engine.chat(model, request)
@@ -508,6 +510,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
     from cegraph.refine.loop import Settings as RefineSettings
     from cegraph.refine.splits import dev_test
     from cegraph.seeds import seed as seed_workflow
+    from cli.refining import progress_line
     from storage import Warehouse
     from storage.refinement import RefinementJournal
 
@@ -529,9 +532,11 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
         def score(version: object) -> dict[str, float]:
             started = time.perf_counter()
             before = llm.meter.calls
-            traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
-                version, list(split.test), evaluate=evaluate,
-                run_id=lambda t: stable_run_id(version.version_id, llm.identity, t.id)))
+            with render.progress(len(split.test), f"test set, {version.version_id}",
+                                 lambda: llm.meter.tokens_out) as progress:
+                traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
+                    version, list(split.test), evaluate=evaluate, on_done=progress.run_done,
+                    run_id=lambda t: stable_run_id(version.version_id, llm.identity, t.id)))
             wh.record_traces(traces, night_id="bench-refine-test", source="benchmark",
                              dataset=dataset, model=llm.identity)
             passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
@@ -551,7 +556,9 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                              journal=RefinementJournal(wh, dataset=dataset,
                                                        model=llm.identity),
                              charge_since=0.0)
-            result = asyncio.run(run.run())
+            with progress_line(budget, lambda: llm.meter.tokens_out) as show:
+                run.on_progress = show
+                result = asyncio.run(run.run())
             refined = score(result.workflow)
             rows.append({"method": method, "seed_test_acc": seed_test["accuracy"],
                          "refined_test_acc": refined["accuracy"],

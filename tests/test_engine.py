@@ -137,3 +137,22 @@ def test_real_engine_overlaps_calls_keeps_prefixes_and_follows_a_schema():
     done = asyncio.run(llm.complete([{"role": "user", "content": "Give n = 3 as JSON."}],
                                     max_tokens=20, response_format=schema))
     assert isinstance(json.loads(done.text)["n"], int)
+
+
+
+def _omp_policy(env: dict[str, str]) -> str:
+    import subprocess
+    import sys
+
+    code = "import os, cegraph.engine; print(os.environ['OMP_WAIT_POLICY'])"
+    return subprocess.run([sys.executable, "-c", code], env=env, text=True,
+                          capture_output=True, check=True).stdout.strip()
+
+
+def test_openmp_threads_wait_passively_unless_told_otherwise():
+    # OpenMP's default spin-wait starved the engine when other processes shared the cores
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _omp_policy(env) == "PASSIVE"
+    assert _omp_policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"

@@ -317,3 +317,12 @@ def test_runs_in_flight_default_to_the_engine_slots(monkeypatch, scripted):
     assert llm.concurrency == 8 and Executor(llm).concurrency == 8
     assert Executor(LLM("scripted/m")).concurrency == 4  # a remote model: 4
     assert Executor(LLM("scripted/m"), concurrency=3).concurrency == 3
+
+
+def test_the_calls_of_a_run_open_with_the_same_problem_prefix(scripted):
+    # the engine keeps evaluated prefixes: solve and format share `Problem:\n<input>\n\n`
+    scripted.reply = lambda messages: "\\boxed{4}"
+    asyncio.run(Executor(LLM("scripted/m")).run(seed("math"), MATH))
+    solve, fmt = (last_user(m) for m in scripted.calls)
+    shared = f"Problem:\n{MATH.input}\n\n"
+    assert solve.startswith(shared) and fmt.startswith(shared)

@@ -59,3 +59,13 @@ def test_cli_run_prints_the_final_progress_line(scripted):
     out = CliRunner().invoke(app, ["run", "--n", "3", "--model", "scripted/m"])
     assert out.exit_code == 0, out.output
     assert "3/3 done, " in out.output and "tok/s" in out.output
+
+
+def test_bench_refine_shows_progress_for_scoring_and_refining(scripted):
+    from cli.main import app
+
+    scripted.reply = lambda m: "\\boxed{1}"
+    out = CliRunner().invoke(app, ["bench", "refine", "--model", "scripted/m", "--dev", "4",
+                                   "--test", "2", "--budget", "30", "--methods", "scalar"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("2/2 done, 0 passed") == 2  # seed and refined on the test set

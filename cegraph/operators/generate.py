@@ -37,6 +37,9 @@ class ChainOfThought(Operator):
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         kind = ctx.task.kind
-        prompt = (f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
+        # `Problem:` first, as Format, Review and Revise open: the calls of one run share
+        # that prefix, so the engine evaluates it once (kept prefixes)
+        prompt = (f"Problem:\n"
+                  f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
                   f"{ctx.params['instruction']} {prompts.ANSWER_FORMAT[kind]}")
         return {"solution": (await ctx.ask(prompt)).text}

@@ -21,7 +21,7 @@ class Programmer(Operator):
     params = {**LLM_PARAMS, "instruction": prompts.PROGRAM}
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
-        done = await ctx.ask(f"{ctx.params['instruction']}\n\nProblem:\n{inputs['input']}")
+        done = await ctx.ask(f"Problem:\n{inputs['input']}\n\n{ctx.params['instruction']}")
         code = extract_code(done.text)
         result = await asyncio.to_thread(run_python, code, limits=ctx.sandbox)
         if not result.ok:

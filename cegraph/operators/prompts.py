@@ -29,7 +29,7 @@ REVISE = "Write a corrected solution."
 VOTE = ("Which candidate's final answer agrees with the most others and is best reasoned? "
         "Reply with its number only.")
 
-PROGRAM = ("Write a short Python program that computes the answer to the problem below and "
+PROGRAM = ("Write a short Python program that computes the answer to the problem above and "
            "prints only the final answer. Reply with one ```python code block.")
 
 

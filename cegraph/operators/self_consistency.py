@@ -24,7 +24,8 @@ class SelfConsistency(Operator):
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         kind = ctx.task.kind
-        prompt = (f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
+        prompt = (f"Problem:\n"  # the prefix the run's other calls share (ChainOfThought)
+                  f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
                   f"{prompts.SOLVE} {prompts.ANSWER_FORMAT[kind]}")
         n = int(ctx.params["n"])
         samples = await asyncio.gather(*(ctx.ask(prompt, sample=i) for i in range(n)))
