@@ -21,6 +21,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from cegraph.config import Settings  # noqa: E402
 from cli import (  # noqa: E402, F401
     bench,
+    demo,
     nightly,
     refining,
     registry,
@@ -49,6 +50,7 @@ for _name in ("register", "promote", "rollback", "export", "workflows"):
     app.command(_name)(getattr(registry, _name))
 app.command("report")(report.report)
 app.command("answer")(service.answer)
+app.command("demo")(demo.demo)
 
 SETTINGS = Settings.load()
 def _fail(message: str) -> None:
@@ -190,8 +192,8 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
     bench.print_traces(traces, show=show_traces)
 
 
-@app.command("demo")
-def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
+@app.command("evaluate")
+def evaluate(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
          n: Annotated[int, typer.Option("--n")] = 12, model: Model = SETTINGS.model,
          home: Home = Path(SETTINGS.home),
          data_dir: DataPath = SETTINGS.data_dir,
@@ -203,9 +205,9 @@ def demo(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
          diagnosis_model: Annotated[str | None, typer.Option(
              help="model of the diagnosis recipe (default: --model)")] = (
              SETTINGS.diagnosis_model)) -> None:
-    """The main job on the embedded defaults: run the seed workflow with the local model on a
-    benchmark slice (Prefect flow), store runs/spans/failures/signatures/modes in the
-    warehouse, and print the traces' summary and the failure modes."""
+    """Evaluate the dataset's seed workflow with the local model on a benchmark slice (the
+    `evaluate` Prefect flow): store runs/spans/failures/signatures/modes in the warehouse and
+    print the traces' summary and the failure modes (`--recipe` picks the signature recipe)."""
     from cegraph.benchmarks import DatasetNotFound, data_file
     from cegraph.fss.recipe import check_recipe
     from cegraph.llm import resolve_model

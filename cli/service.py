@@ -51,8 +51,9 @@ def answer(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
                                  f"{wf.name}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.otlp.jsonl")
         llm = LLM(model, store=wh, concurrency=SETTINGS.concurrency)
         with Service(wf, llm, exporter_for(target),
-                     concurrency=SETTINGS.concurrency) as service:
-            traces = service.answer_all(tasks)
+                     concurrency=SETTINGS.concurrency) as service, \
+                render.progress(len(tasks), wf.name, lambda: llm.meter.tokens_out) as counts:
+            traces = service.answer_all(tasks, on_done=counts.run_done)
     mapping = (Path(target).parent if not endpoint else Path(home) / "logs") / \
         f"{wf.name}.mapping.toml"
     mapping.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def _open(home: Path, *, read_only: bool) -> Any:
     from storage import Warehouse
 
     if not (home / "catalog.duckdb").exists():
-        raise typer.BadParameter(f"no catalog at {home}; run `cegraph demo --dataset gsm8k "
+        raise typer.BadParameter(f"no catalog at {home}; run `cegraph evaluate --dataset gsm8k "
                                  f"--n 100 --home {home}` first")
     return Warehouse(home, read_only=read_only)
 

@@ -63,7 +63,7 @@ class NightSettings:
     max_inputs: int = 60
     gate_sample: int = 12  # counterexamples and passing inputs each, re-run for the gate
     chunk: int = 4  # inputs per verify-chunk task
-    concurrency: int = 2
+    concurrency: int | None = None  # None: as many as the engine has slots
     patience: int = 2
     seed: int = 0
     bounds: gate.GateBounds = gate.GateBounds()
@@ -391,7 +391,7 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                        model: str = "qwen2.5-coder-1.5b", budget_calls: int | None = 300,
                        budget_tokens: int | None = None, budget_dollars: float | None = None,
                        propose_only: bool = False, include_marked: bool = False,
-                       max_inputs: int = 60, gate_sample: int = 12, concurrency: int = 2,
+                       max_inputs: int = 60, gate_sample: int = 12, concurrency: int | None = None,
                        patience: int = 2, seed: int = 0, max_break_rate: float = 0.05,
                        max_cost_ratio: float = 1.5, max_latency_ratio: float = 1.5
                        ) -> dict[str, Any]:

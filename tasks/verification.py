@@ -55,7 +55,7 @@ def run_result(trace: Trace) -> dict[str, Any]:
 @task(name="verify-chunk", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def verify_chunk(workflow_json: str, tasks: list[dict[str, Any]], *, model: str,
                  known: list[dict[str, Any]], max_calls: int | None,
-                 concurrency: int = 2) -> dict[str, Any]:
+                 concurrency: int | None = None) -> dict[str, Any]:
     """Run `tasks` on the workflow; returns `runs` (see `run_result`) and the new `calls`.
     A retry (a provider outage) starts from the same plain inputs."""
     wf = Workflow.model_validate_json(workflow_json)

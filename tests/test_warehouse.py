@@ -130,7 +130,8 @@ def test_sql_without_a_home_says_what_to_do(tmp_path):
 
 
 @pytest.mark.parametrize("cmd", [[], ["model"], ["workflow"], ["bench"], ["sql"], ["modes"],
-                                 ["demo"], ["run"], ["bench", "seed"], ["bench", "fss"]])
+                                 ["demo"], ["evaluate"], ["nightly"], ["register"],
+                                 ["report"], ["run"], ["bench", "seed"], ["bench", "fss"]])
 def test_every_command_has_help(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
