@@ -34,15 +34,19 @@ def nightly(workflow: Annotated[str | None, typer.Option(
     from storage.registry import RegistryError
     from storage.warehouse import CatalogLocked
 
+    _check_registered(home, workflow)
     if model in MODELS:
         fetch(model, progress=render.console.print)
+    error = None
     try:
         result = nightly_refinement(home=str(home.resolve()), workflow=workflow, model=model,
                                     budget_calls=budget_calls, budget_tokens=budget_tokens,
                                     budget_dollars=budget_dollars, propose_only=propose_only,
                                     max_inputs=max_inputs, concurrency=SETTINGS.concurrency)
     except (RegistryError, CatalogLocked) as exc:
-        fail(str(exc))
+        error = str(exc).splitlines()[0]
+    if error is not None:  # outside the handler: Prefect's exception chain stays out of it
+        fail(error)
     rows = [[n.get("workflow"), n.get("night_id", ""), n["decision"], n.get("inputs", ""),
              n.get("failing", ""), (n.get("cost") or {}).get("calls", ""),
              n.get("summary_path") or n.get("reason", "")] for n in result["nights"]]
@@ -52,3 +56,25 @@ def nightly(workflow: Annotated[str | None, typer.Option(
                 rows, title="nightly")
     if as_json:
         print(json.dumps(result, default=str))
+
+
+def _check_registered(home: Path, workflow: str | None) -> None:
+    """An unknown --workflow fails here, before the flow starts (when the catalog is free)."""
+    from storage import Warehouse
+    from storage.registry import Registry, RegistryError
+    from storage.warehouse import CatalogLocked
+
+    if workflow is None:
+        return
+    try:
+        wh = Warehouse(home, read_only=True)
+    except (FileNotFoundError, CatalogLocked):
+        return  # the flow says it, or waits for nothing: a running job holds the catalog
+    error = None
+    with wh:
+        try:
+            Registry(wh).active(workflow)
+        except RegistryError as exc:
+            error = str(exc)
+    if error is not None:
+        fail(error)

@@ -225,3 +225,21 @@ def test_a_budget_the_projection_cannot_fit_refuses_the_night_before_any_call(
     assert night["projection"]["calls"] > 40 and scripted.calls == []
     with Warehouse(home) as wh:
         assert wh.rows("SELECT status, decision FROM night_costs") == [("refused", "refused")]
+
+
+def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scripted,
+                                                                    tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    home = tmp_path / "home"
+    production(home, scripted)
+    base = ["nightly", "--model", MODEL, "--home", str(home)]
+    done = CliRunner().invoke(app, [*base, "--budget-calls", "40", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output.strip().splitlines()[-1])["nights"][0]["decision"] == \
+        "refused"
+    bad = CliRunner().invoke(app, [*base, "--workflow", "nope"])
+    assert bad.exit_code == 2 and "not registered" in bad.output
+    assert "Traceback" not in bad.output
