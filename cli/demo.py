@@ -24,7 +24,8 @@ SETTINGS = Settings.load()
 AUDIT = (
     ("edits deployed, and why",
      "SELECT workflow, action, version_id, edit_id, reason FROM edits_deployed LIMIT 5"),
-    ("the cost of each night", "SELECT * FROM night_costs LIMIT 5"),
+    ("the cost of each night",
+     "SELECT night_id, decision, calls, tokens, budget_calls FROM night_costs LIMIT 5"),
     ("the active version's lineage back to its seed", "SELECT * FROM active_lineage"),
 )
 
@@ -77,9 +78,9 @@ def _serve(name: str, home: Path, *, n: int, seed_value: int, model: str,
 
 
 def demo(n: Annotated[int, typer.Option(
-             "--n", help="questions the production service answers")] = 16,
+             "--n", help="questions the production service answers")] = 12,
          budget_calls: Annotated[int, typer.Option(
-             help="the night's hard budget in LLM calls")] = 90,
+             help="the night's hard budget in LLM calls")] = 60,
          model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
          data_dir: DataPath = SETTINGS.data_dir, seed: int = 0) -> None:
     """The main job on the embedded defaults: serve the seed math workflow on a GSM8K slice
@@ -112,7 +113,7 @@ def demo(n: Annotated[int, typer.Option(
     [night] = result["nights"]
     render.console.print(
         f"[bold]3/3 nightly refinement[/bold]: {night['decision']}"
-        f" ({night.get('reason') or night.get('decision_reason') or ''}); "
+        f" ({night.get('reason') or (night.get('refine') or {}).get('stop_reason') or ''}); "
         f"{(night.get('cost') or {}).get('calls', 0)} LLM calls", soft_wrap=True)
     from cli.main import _read_only
 

@@ -243,3 +243,39 @@ def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scr
     bad = CliRunner().invoke(app, [*base, "--workflow", "nope"])
     assert bad.exit_code == 2 and "not registered" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
+    """`cegraph demo` (what `make demo` runs): register, serve with OTel logs, ingest, one
+    night that promotes a gated edit, the report and three audit queries; the next demo
+    starts again from the seed."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    scripted.reply = world
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"id": t.id, "question": t.input, "answer": t.reference})
+                            + "\n" for t in TASKS))
+    home = tmp_path / "home"
+    args = ["demo", "--model", MODEL, "--home", str(home), "--data", str(data), "--n", "24",
+            "--budget-calls", "400"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "3/3 nightly refinement: promoted" in first.output
+    report = re.search(r"report: (\S+\.html)", first.output.replace("\n", ""))
+    assert report and Path(report.group(1)).is_file()
+    for title in ("edits deployed, and why", "the cost of each night", "lineage"):
+        assert title in first.output
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        active, wf = reg.active(seed("math").name)
+        assert any(n.op == "Programmer" for n in wf.nodes)
+    # the next demo starts again from the seed (a recorded rollback), so it replays
+    from cli.demo import _start_from_seed
+
+    _start_from_seed(home)
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        assert reg.active(seed("math").name)[0] == reg.lineage(active)[-1]["version_id"]
+        assert wh.rows("SELECT count(*) FROM deployments WHERE action = 'rollback'")[0][0] == 1
