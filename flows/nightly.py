@@ -195,7 +195,9 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
         [refined["refine_id"], night.night_id, identity, night.started_at])]
     chunks = _chunks(sample, s.chunk)
     share = None if calls_left is None else max(0, calls_left) // max(1, 2 * len(chunks))
-    futures = {(side, i): verify_chunk.submit(wf_json, chunk, model=s.model, known=known,
+    spec = Registry(wh).evaluator(night.workflow).model_dump_json()
+    futures = {(side, i): verify_chunk.submit(wf_json, chunk, model=s.model,
+                                              evaluator_json=spec, known=known,
                                               max_calls=share, concurrency=s.concurrency)
                for side, wf_json in (("active", active.model_dump_json()),
                                      ("candidate", refined["candidate"]))
