@@ -243,3 +243,17 @@ def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scr
     bad = CliRunner().invoke(app, [*base, "--workflow", "nope"])
     assert bad.exit_code == 2 and "not registered" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_a_logged_runs_input_is_what_the_workflow_received():
+    from flows.nightly import logged_input
+
+    genai = json.dumps({"gen_ai.input.messages": json.dumps([
+        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "What is 2 + 1?"}]}])})
+    assert logged_input(genai, None, '{"input": "Solve: What is 2 + 1? ..."}') == \
+        "What is 2 + 1?"
+    assert logged_input(json.dumps({"input.value": "q"}), None, None) == "q"
+    assert logged_input(None, json.dumps({"input": "from jsonl"}), None) == "from jsonl"
+    assert logged_input(None, None, '{"problem": "p"}') == "p"
+    assert logged_input(None, None, None) is None
