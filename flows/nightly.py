@@ -101,8 +101,22 @@ class SnapshotJournal:
         self.inner.finish(refine_id, row)
 
 
-def _first_input(inputs: str | None) -> str | None:
-    values = json.loads(inputs) if inputs else {}
+def logged_input(workflow_attrs: str | None, record: str | None,
+                 first_inputs: str | None) -> str | None:
+    """A logged run's input as the workflow received it: the run span's input (GenAI
+    `gen_ai.input.messages`' last user message, OpenInference `input.value`), a cegraph JSONL
+    record's `input`, else the first node's input (a run the workflow itself logged)."""
+    from cegraph.ingest.conventions import last_user
+
+    attrs = json.loads(workflow_attrs) if workflow_attrs else {}
+    if attrs.get("gen_ai.input.messages"):
+        return last_user(attrs["gen_ai.input.messages"]) or None
+    if attrs.get("input.value"):
+        return str(attrs["input.value"])
+    run = json.loads(record) if record else {}
+    if isinstance(run, dict) and isinstance(run.get("input"), str):
+        return run["input"]
+    values = json.loads(first_inputs) if first_inputs else {}
     if not isinstance(values, dict) or not values:
         return None
     found = values.get("input", next(iter(values.values())))
@@ -116,19 +130,22 @@ def gather(wh: Warehouse, store: NightStore, night: Night, s: NightSettings) -> 
     since = store.last_started(night.workflow)
     marked = [] if s.include_marked else sorted(IngestStore(wh).marked_batches())
     rows = wh.rows(
-        "SELECT r.run_id, r.task_id, r.passed, r.output, f.expected, s.inputs FROM runs r "
-        "JOIN batches b ON r.batch_id = b.batch_id "
+        "SELECT r.run_id, r.task_id, r.passed, r.output, f.expected, src.wattrs, "
+        "src.record, s.inputs FROM runs r JOIN batches b ON r.batch_id = b.batch_id "
         "LEFT JOIN failures f ON f.run_id = r.run_id "
         "LEFT JOIN (SELECT run_id, arg_min(inputs, position) AS inputs FROM spans GROUP BY "
         "run_id) s ON s.run_id = r.run_id "
+        "LEFT JOIN (SELECT run_id, any_value(attributes) FILTER (WHERE kind = 'workflow') "
+        "AS wattrs, any_value(attributes) FILTER (WHERE kind = 'run') AS record FROM "
+        "source_spans GROUP BY run_id) src ON src.run_id = r.run_id "
         "WHERE r.workflow = ? AND r.source = ? AND r.outcome NOT IN ('infrastructure', "
         "'unevaluated') AND (?::TIMESTAMP IS NULL OR b.committed_at > ?::TIMESTAMP) "
         "AND NOT list_contains(?::VARCHAR[], r.batch_id) ORDER BY r.passed, r.task_id",
         [night.workflow, SOURCE, since, since, marked])
     # a passing logged run's own output is a correct answer: it passed against the reference
-    logged = [LoggedRun(run_id, task_id, _first_input(inputs),
+    logged = [LoggedRun(run_id, task_id, logged_input(wattrs, record, inputs),
                         output if passed else expected, passed)
-              for run_id, task_id, passed, output, expected, inputs in rows]
+              for run_id, task_id, passed, output, expected, wattrs, record, inputs in rows]
     carried = store.previous_output(night.workflow, "gather", night.night_id) or {}
     still = set(carried.get("failing", []))
     logged += [LoggedRun(f"carried:{t['id']}", t["id"], t["input"], t["reference"], False)
@@ -195,7 +212,9 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
         [refined["refine_id"], night.night_id, identity, night.started_at])]
     chunks = _chunks(sample, s.chunk)
     share = None if calls_left is None else max(0, calls_left) // max(1, 2 * len(chunks))
-    futures = {(side, i): verify_chunk.submit(wf_json, chunk, model=s.model, known=known,
+    spec = Registry(wh).evaluator(night.workflow).model_dump_json()
+    futures = {(side, i): verify_chunk.submit(wf_json, chunk, model=s.model,
+                                              evaluator_json=spec, known=known,
                                               max_calls=share, concurrency=s.concurrency)
                for side, wf_json in (("active", active.model_dump_json()),
                                      ("candidate", refined["candidate"]))

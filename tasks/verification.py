@@ -17,7 +17,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cegraph.evaluators import evaluate
+from cegraph.evaluator_spec import EvaluatorSpec, grader
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, Completion, MemoryCallStore, Meter
@@ -54,19 +54,24 @@ def run_result(trace: Trace) -> dict[str, Any]:
 
 @task(name="verify-chunk", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def verify_chunk(workflow_json: str, tasks: list[dict[str, Any]], *, model: str,
-                 known: list[dict[str, Any]], max_calls: int | None,
+                 evaluator_json: str, known: list[dict[str, Any]], max_calls: int | None,
                  concurrency: int | None = None) -> dict[str, Any]:
-    """Run `tasks` on the workflow; returns `runs` (see `run_result`) and the new `calls`.
-    A retry (a provider outage) starts from the same plain inputs."""
+    """Run `tasks` on the workflow and grade them with the registered workflow's evaluator
+    (`EvaluatorSpec` JSON; a judge spends from the chunk's allowance); returns `runs` (see
+    `run_result`), the new `calls` and the traces. A retry (a provider outage) starts from
+    the same plain inputs."""
     wf = Workflow.model_validate_json(workflow_json)
     store = MemoryCallStore()
     for c in known:
         store.put(Completion(**c))
     before = set(store.records)
-    llm = LLM(model, store=store, meter=Meter(max_calls=max_calls), concurrency=concurrency)
+    meter = Meter(max_calls=max_calls)
+    llm = LLM(model, store=store, meter=meter, concurrency=concurrency)
+    spec = EvaluatorSpec.model_validate_json(evaluator_json)
+    judge = LLM(spec.judge_model, store=store, meter=meter) if spec.judge_model else llm
     identity = llm.identity
     traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
-        wf, [task_from(t) for t in tasks], evaluate=evaluate,
+        wf, [task_from(t) for t in tasks], evaluate=grader(spec, judge),
         run_id=lambda t: stable_run_id(wf.version_id, identity, t.id)))
     return {"runs": [run_result(t) for t in traces],
             "calls": [completion_dict(c) for k, c in store.records.items() if k not in before],

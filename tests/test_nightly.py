@@ -279,3 +279,17 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
         reg = Registry(wh)
         assert reg.active(seed("math").name)[0] == reg.lineage(active)[-1]["version_id"]
         assert wh.rows("SELECT count(*) FROM deployments WHERE action = 'rollback'")[0][0] == 1
+
+
+def test_a_logged_runs_input_is_what_the_workflow_received():
+    from flows.nightly import logged_input
+
+    genai = json.dumps({"gen_ai.input.messages": json.dumps([
+        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "What is 2 + 1?"}]}])})
+    assert logged_input(genai, None, '{"input": "Solve: What is 2 + 1? ..."}') == \
+        "What is 2 + 1?"
+    assert logged_input(json.dumps({"input.value": "q"}), None, None) == "q"
+    assert logged_input(None, json.dumps({"input": "from jsonl"}), None) == "from jsonl"
+    assert logged_input(None, None, '{"problem": "p"}') == "p"
+    assert logged_input(None, None, None) is None
