@@ -80,7 +80,7 @@ def _serve(name: str, home: Path, *, n: int, seed_value: int, model: str,
 def demo(n: Annotated[int, typer.Option(
              "--n", help="questions the production service answers")] = 12,
          budget_calls: Annotated[int, typer.Option(
-             help="the night's hard budget in LLM calls")] = 60,
+             help="the night's hard budget in LLM calls")] = 100,
          model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
          data_dir: DataPath = SETTINGS.data_dir, seed: int = 0) -> None:
     """The main job on the embedded defaults: serve the seed math workflow on a GSM8K slice
