@@ -303,7 +303,7 @@ class WorkflowNight:
         projected = self.step("project", lambda: asdict(project(
             calls_per_run=llm_calls_per_run(active), inputs=len(tasks),
             regression=Settings().regression, gate_inputs=min(len(tasks), 2 * s.gate_sample),
-            history=_history(self.wh, LLM(s.model).identity))))
+            history=_history(self.wh, LLM(s.model).model))))
         projection = Projection(**projected)
         summary["projection"] = projection.to_dict()
         self.store.update(night.night_id, projection=projection.to_dict())
