@@ -14,8 +14,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,24 +60,13 @@ class NightStore:
     def __init__(self, wh: Warehouse) -> None:
         self.wh = wh
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self.wh._lock:
-            self.wh.con.execute("BEGIN TRANSACTION")
-            try:
-                yield
-            except BaseException:
-                self.wh.con.execute("ROLLBACK")
-                raise
-            self.wh.con.execute("COMMIT")
-
     def acquire(self, workflow: str, *, budget: dict[str, Any],
                 active_version_id: str) -> Night:
         """Lock `workflow` for a night: resume its unfinished night whose holder died, or
         start a new one; `NightBusy` while a live holder runs one."""
         token = uuid.uuid4().hex[:12]
         holder = f"{socket.gethostname()}:{os.getpid()}:{token}"
-        with self._transaction():
+        with self.wh.transaction():
             rows = self.wh.rows(
                 "SELECT night_id, holder, budget, active_version_id, started_at FROM "
                 "night_runs WHERE workflow = ? AND status = 'running' ORDER BY started_at "
@@ -133,7 +120,7 @@ class NightStore:
             "SELECT step, output FROM night_steps WHERE night_id = ?", [night_id])}
 
     def complete(self, night_id: str, step: str, output: Any) -> None:
-        with self._transaction():
+        with self.wh.transaction():
             self.wh.insert("night_steps", [{"night_id": night_id, "step": step,
                                             "output": json.dumps(output, default=str),
                                             "completed_at": _now()}], upsert=True)

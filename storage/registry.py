@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,17 +41,6 @@ class Registered:
 class Registry:
     def __init__(self, wh: Warehouse) -> None:
         self.wh = wh
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self.wh._lock:
-            self.wh.con.execute("BEGIN TRANSACTION")
-            try:
-                yield
-            except BaseException:
-                self.wh.con.execute("ROLLBACK")
-                raise
-            self.wh.con.execute("COMMIT")
 
     # --- lookups --------------------------------------------------------------------------
     def _row(self, name: str) -> tuple[str, str, str | None, Any]:
@@ -165,7 +152,7 @@ class Registry:
                 return wf.version_id
             raise RegistryError(f"workflow {name!r} is registered already with seed "
                                 f"{known[0][0]}; choose another --name")
-        with self._transaction():
+        with self.wh.transaction():
             self.wh.record_version(wf, created_by="seed")
             self.wh.insert("workflows", [{
                 "name": name, "evaluator": evaluator.model_dump_json(),
@@ -230,7 +217,7 @@ class Registry:
             raise RegistryError(f"version {version_id} failed its gate ({'; '.join(gate[1])})"
                                 "; it is not promoted (a human may: cegraph promote "
                                 f"{version_id} --force --reason WHY)")
-        with self._transaction():
+        with self.wh.transaction():
             self._deploy(name, version_id, action="promote", reason=reason, previous=current,
                          run_id=run_id, edit_id=edit_id, forced=bool(gate and not gate[0]))
         return version_id
@@ -252,7 +239,7 @@ class Registry:
                 raise RegistryError(f"version {target} was never active for "
                                     f"{workflow_name!r}; make it active with: cegraph "
                                     f"promote {target}")
-        with self._transaction():
+        with self.wh.transaction():
             self._deploy(workflow_name, target, action="rollback", reason=reason,
                          previous=stack[-1], run_id=run_id)
         return target
@@ -264,7 +251,7 @@ class Registry:
         `details`); an edit that failed it becomes `gated_out` with the failing
         expectations."""
         now = _now()
-        with self._transaction():
+        with self.wh.transaction():
             self.wh.insert("gate_results", [{
                 "gate_id": f"{verification_id}:{i}", "verification_id": verification_id,
                 "edit_id": edit_id, "expectation": r["expectation"], "success": r["success"],

@@ -9,7 +9,8 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,18 @@ class Warehouse:
         with self._lock:
             relation = self.con.sql(sql, params=list(params) if params else None)
             return relation.to_arrow_table() if relation is not None else pa.table({})
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Statements inside apply together or not at all (under the handle's lock)."""
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
 
     def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
