@@ -2,7 +2,7 @@
 defaults. Register the seed math workflow; let a small "production" service answer a GSM8K
 slice with its active version, logging OpenTelemetry GenAI spans; ingest those logs; run one
 nightly refinement (the `nightly-refinement` flow: refine, verify, gate, promote); then
-print the report's path and three audit queries with their output."""
+print the report's path and four audit queries with their output."""
 
 from __future__ import annotations
 
@@ -20,13 +20,17 @@ from cli.options import DataPath, Home, Model
 SETTINGS = Settings.load()
 
 #: What a user asks the audit first: what changed and why, what the night cost, where the
-#: active version comes from (views documented in docs/schema.md).
+#: active version comes from, why a candidate was not taken (docs/schema.md).
 AUDIT = (
     ("edits deployed, and why",
      "SELECT workflow, action, version_id, edit_id, reason FROM edits_deployed LIMIT 5"),
     ("the cost of each night",
      "SELECT night_id, decision, calls, tokens, budget_calls FROM night_costs LIMIT 5"),
     ("the active version's lineage back to its seed", "SELECT * FROM active_lineage"),
+    ("why each candidate edit was accepted or not",
+     "SELECT e.operation, e.source, v.counterexamples AS cex, v.fixed, v.broken, "
+     "round(v.p_value, 3) AS p, v.reason FROM verifications v JOIN edits e USING (edit_id) "
+     "ORDER BY v.created_at DESC LIMIT 5"),
 )
 
 
@@ -85,7 +89,7 @@ def demo(n: Annotated[int, typer.Option(
          data_dir: DataPath = SETTINGS.data_dir, seed: int = 0) -> None:
     """The main job on the embedded defaults: serve the seed math workflow on a GSM8K slice
     (OpenTelemetry logs), ingest the logs, run one nightly refinement (verify, gate,
-    promote), and print the report and three audit queries. Run it bigger with --n and
+    promote), and print the report and four audit queries. Run it bigger with --n and
     --budget-calls."""
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch

@@ -34,7 +34,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from cegraph.evaluator_spec import LoggedRun, gradeable
+from cegraph.evaluator_spec import LoggedRun, gradeable, grader
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, Completion
 from cegraph.refine import gate
@@ -171,14 +171,18 @@ def _history(wh: Warehouse, model: str) -> tuple[int, float, float]:
 def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
                 budget: Budget, s: NightSettings) -> dict[str, Any]:
     llm = LLM(s.model, store=wh, concurrency=s.concurrency)
+    spec = Registry(wh).evaluator(night.workflow)  # re-runs graded as production's are
+    judge = LLM(spec.judge_model, store=wh) if spec.judge_model else llm
     journal: Journal = SnapshotJournal(RefinementJournal(wh, dataset=DATASET,
                                                          model=llm.identity), wh)
     run = Refinement(active, tasks, llm=llm, budget=budget, journal=journal,
                      settings=Settings(patience=s.patience, seed=s.seed,
-                                       concurrency=s.concurrency))
+                                       concurrency=s.concurrency),
+                     evaluate=grader(spec, judge), judge_llm=judge)
     log = get_run_logger()
-    run.on_progress = lambda p: log.info("round %d %s %s %s (calls %d/%s)", p.round, p.step,
-                                         p.target[:50], p.candidate, p.calls, p.budget_calls)
+    run.on_progress = lambda p: log.info("round %d %s %s %s %s (calls %d/%s)", p.round, p.step,
+                                         p.target[:50], p.candidate, p.message, p.calls,
+                                         p.budget_calls)
     result = asyncio.run(run.run())
     return {"refine_id": result.refine_id, "summary": result.summary(),
             "accepted": [{"edit_id": a.edit_id, "op": a.op, "source": a.source,

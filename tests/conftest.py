@@ -15,7 +15,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cegraph-prefect-"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import litellm  # noqa: E402
-import pytest  # noqa: E402
+import prefect.main  # noqa: E402, F401  (Prefect's console log handler binds the stderr it first
+import pytest  # noqa: E402         # sees: the session's, not a CliRunner's that then closes)
 from litellm import CustomLLM  # noqa: E402
 
 from cegraph.task import Task  # noqa: E402

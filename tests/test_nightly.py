@@ -247,7 +247,7 @@ def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scr
 
 def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
     """`cegraph demo` (what `make demo` runs): register, serve with OTel logs, ingest, one
-    night that promotes a gated edit, the report and three audit queries; the next demo
+    night that promotes a gated edit, the report and four audit queries; the next demo
     starts again from the seed."""
     from typer.testing import CliRunner
 
@@ -265,7 +265,8 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
     assert "3/3 nightly refinement: promoted" in first.output
     report = re.search(r"report: (\S+\.html)", first.output.replace("\n", ""))
     assert report and Path(report.group(1)).is_file()
-    for title in ("edits deployed, and why", "the cost of each night", "lineage"):
+    for title in ("edits deployed, and why", "the cost of each night", "lineage",
+                  "why each candidate"):
         assert title in first.output
     with Warehouse(home) as wh:
         reg = Registry(wh)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cegraph.evaluator_spec import EvaluatorSpec, grader
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.fss.failure import Failure
@@ -261,6 +262,27 @@ def test_refine_fixes_the_dense_mode_and_records_every_step(scripted, embedder):
     assert any("not a valid edit" in (r["reject_reason"] or "") for r in journal.edits.values())
     assert all("p_value" in v for v in journal.verifications.values())
     assert result.workflow.version_id in journal.versions
+
+
+def test_refine_grades_with_the_given_evaluator_and_charges_its_judge(scripted, embedder):
+    """A registered judge grades every run of the loop, and its calls spend the run's budget."""
+    def judged(messages: list[dict[str, str]]) -> str:
+        text = messages[-1]["content"]
+        if text.startswith("You grade the answer"):  # the rubric: the right sum
+            i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+            ok = re.findall(r"\d+", text.split("Answer:")[-1])[:1] == [str(i + 1)]
+            return json.dumps({"passed": ok, "score": float(ok), "explanation": "checked"})
+        return world(messages)
+
+    scripted.reply = judged
+    judge = LLM("scripted/judge", store=MemoryCallStore())
+    spec = EvaluatorSpec(kind="judge", rubric="The answer is the right sum.")
+    result = asyncio.run(_refinement(embedder, 600, evaluate=grader(spec, judge),
+                                     judge_llm=judge).run())
+    judged_calls = [c for c in scripted.calls
+                    if c[-1]["content"].startswith("You grade the answer")]
+    assert judged_calls and result.mass_before > 0.5 and result.mass_after == 0.0
+    assert result.llm_calls == len(scripted.calls)  # the judge's calls are on the one meter
 
 
 def test_budget_exhaustion_stops_before_overspending(scripted, embedder):

@@ -49,7 +49,14 @@ from cegraph.refine.proposer import (
 from cegraph.refine.splits import hold_aside
 from cegraph.refine.stopping import Convergence, StopRule
 from cegraph.refine.targets import AggregateTarget, ModeTargets, TargetSelector, untried
-from cegraph.refine.verify import CertainlyWorse, Plan, Verification, Verifier, stratified_sample
+from cegraph.refine.verify import (
+    CertainlyWorse,
+    Evaluate,
+    Plan,
+    Verification,
+    Verifier,
+    stratified_sample,
+)
 from cegraph.task import Task
 from cegraph.trace import INFRASTRUCTURE, Trace
 
@@ -206,7 +213,8 @@ class Refinement:
                  on_progress: Callable[[Progress], None] | None = None,
                  stop_rule: StopRule | None = None, selector: TargetSelector | None = None,
                  proposers: Sequence[Proposer] | None = None,
-                 charge_since: float | None = None) -> None:
+                 charge_since: float | None = None, evaluate: Evaluate = evaluate,
+                 judge_llm: LLM | None = None) -> None:
         self.settings = s = settings or Settings()
         if not tasks:
             raise RefineError("the dev set is empty: give refine some inputs (--dev N > 0)")
@@ -221,6 +229,9 @@ class Refinement:
         self.tasks = {t.id: t for t in [*self.dev, *self.regression]}
         self.llm, self.proposer_llm = llm, proposer_llm or llm
         self.budget = budget
+        # how a run is graded: the task's own grader, or a registered one (`judge_llm`: the
+        # LLM a judging `evaluate` calls, metered and charged like every call of the run)
+        self.evaluate, self.judge_llm = evaluate, judge_llm
         self.journal: Journal = journal if journal is not None else MemoryJournal()
         self.embedder = embedder
         self.on_progress = on_progress
@@ -279,7 +290,7 @@ class Refinement:
     async def _evaluate(self, wf: Workflow, tasks: Sequence[Task]) -> dict[str, Trace]:
         identity = self.llm.identity
         traces = await self.executor.run_many(
-            wf, tasks, evaluate=evaluate,
+            wf, tasks, evaluate=self.evaluate,
             run_id=lambda t: stable_run_id(wf.version_id, identity, t.id))
         self.journal.record_traces(traces, source="benchmark")
         return {t.task_id: t for t in traces}
@@ -398,7 +409,8 @@ class Refinement:
             return False
         plan = self._plan(state, target)
         rule = PairedSignRule(s.alpha, s.max_break_rate, self._new_mode_check(state))
-        verifier = Verifier(self.executor, evaluate, chunk=max(2, self.executor.concurrency),
+        verifier = Verifier(self.executor, self.evaluate,
+                            chunk=max(2, self.executor.concurrency),
                             early_stop=CertainlyWorse(s.max_break_rate),
                             on_traces=lambda _wf, tr: self.journal.record_traces(
                                 tr, source="verification"))
@@ -416,7 +428,12 @@ class Refinement:
                 break
             label = f"{n}/{len(cands)} {cand.edit.op} ({cand.source})"
             self._emit("verify", target=target.label, candidate=label)
-            v = await verifier.verify(applied.workflow, plan, best=best)
+            v = await verifier.verify(
+                applied.workflow, plan, best=best,
+                on_progress=lambda v, label=label: self._emit(
+                    "verify", target=target.label, candidate=label,
+                    message=f"{len(v.traces)}/{plan.size} runs: {v.fixed} fixed, "
+                            f"{v.broken} broken"))
             broken = [f for t in v.traces if plan.base_passed.get(t.task_id)
                       and (f := failure_from_trace(t)) is not None]
             verdict = rule.judge(v, broken)
@@ -492,7 +509,7 @@ class Refinement:
             "regression": len(self.regression)})
         if self.charge_since is not None:
             first_start = self.charge_since
-        llms = {id(self.llm): self.llm, id(self.proposer_llm): self.proposer_llm}
+        llms = {id(x): x for x in (self.llm, self.proposer_llm, self.judge_llm) if x}
         saved = {k: (x.meter, x.store) for k, x in llms.items()}
         for x in llms.values():  # one meter for the run; replays of this job's calls charged
             x.meter = self.meter
