@@ -33,6 +33,11 @@ class Progress:
     done: int = 0
     passed: int = 0
     started: float = field(default_factory=time.monotonic)
+    # a meter shared with earlier batches already counts their tokens: rate only this one's
+    tokens_before: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens_before = self.tokens()
 
     def advance(self, passed: bool | None = None) -> None:
         """One more input finished (`passed` None: it has no verdict)."""
@@ -44,9 +49,9 @@ class Progress:
         self.advance(trace.outcome is not None and trace.outcome.passed)
 
     def rate(self) -> float:
-        """Generated tokens per second since the start."""
+        """Generated tokens per second since the start, this batch's tokens only."""
         elapsed = time.monotonic() - self.started
-        return self.tokens() / elapsed if elapsed > 0 else 0.0
+        return (self.tokens() - self.tokens_before) / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> str:
         """Time left at the pace so far ("?" before the first input is done)."""

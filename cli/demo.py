@@ -6,7 +6,6 @@ print the report's path and four audit queries with their output."""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from pathlib import Path
 from typing import Annotated
@@ -56,25 +55,17 @@ def _serve(name: str, home: Path, *, n: int, seed_value: int, model: str,
            data_dir: str | None) -> tuple[Path, Path]:
     """The production service answers `n` questions; returns its log and ingest mapping."""
     from cegraph.benchmarks import load
-    from cegraph.llm import LLM
-    from cegraph.serving import Service, ingest_mapping
-    from cegraph.serving.service import exporter_for
     from cli.refining import open_home
+    from cli.service import answer_slice, default_log, write_mapping
     from storage.registry import Registry
 
     tasks = load("gsm8k", path=data_dir, n=n, seed=seed_value)
-    log = home / "logs" / f"{name}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.otlp.jsonl"
-    mapping = home / "logs" / f"{name}.mapping.toml"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    mapping.write_text(ingest_mapping(name))
+    log = default_log(home, name)
+    mapping = write_mapping(log.parent, name)  # creates the logs folder too
     with open_home(home) as wh:
         _, wf = Registry(wh).active(name)
-        llm = LLM(model, store=wh, concurrency=SETTINGS.concurrency)
-        with Service(wf, llm, exporter_for(str(log)),
-                     concurrency=SETTINGS.concurrency) as service, \
-                render.progress(len(tasks), "production service",
-                                lambda: llm.meter.tokens_out) as counts:
-            traces = service.answer_all(tasks, on_done=counts.run_done)
+        traces = answer_slice(wf, tasks, model=model, target=str(log), wh=wh,
+                              label="production service")
     right = sum(1 for t in traces if t.outcome and t.outcome.passed)
     render.console.print(f"[bold]1/3 production[/bold]: {name} answered {len(traces)} "
                          f"questions, {right} right; spans -> {log}", soft_wrap=True)

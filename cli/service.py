@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +16,41 @@ from cli.options import DataPath, Home, Model
 from cli.refining import DatasetOpt, WorkflowOpt, fail, open_home, resolve_workflow
 
 SETTINGS = Settings.load()
+
+if TYPE_CHECKING:
+    from cegraph.graph import Workflow
+    from cegraph.task import Task
+    from cegraph.trace import Trace
+    from storage import Warehouse
+
+
+def default_log(home: Path, workflow: str) -> Path:
+    """Where a service run's OTLP/JSON log goes by default: one file per run."""
+    return home / "logs" / f"{workflow}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.otlp.jsonl"
+
+
+def write_mapping(folder: Path, workflow: str) -> Path:
+    """The ingest mapping for the service's spans, beside its logs."""
+    from cegraph.serving import ingest_mapping
+
+    mapping = folder / f"{workflow}.mapping.toml"
+    mapping.parent.mkdir(parents=True, exist_ok=True)
+    mapping.write_text(ingest_mapping(workflow))
+    return mapping
+
+
+def answer_slice(wf: Workflow, tasks: list[Task], *, model: str, target: str,
+                 wh: Warehouse, label: str) -> list[Trace]:
+    """The production service answering `tasks` with `wf`, its spans to `target` (a file or
+    an OTLP/HTTP endpoint), the calls through `wh`'s call store, with a live progress line."""
+    from cegraph.llm import LLM
+    from cegraph.serving import Service
+    from cegraph.serving.service import exporter_for
+
+    llm = LLM(model, store=wh, concurrency=SETTINGS.concurrency)
+    with Service(wf, llm, exporter_for(target), concurrency=SETTINGS.concurrency) as service, \
+            render.progress(len(tasks), label, lambda: llm.meter.tokens_out) as counts:
+        return service.answer_all(tasks, on_done=counts.run_done)
 
 
 def answer(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
@@ -33,10 +68,7 @@ def answer(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
     graded online and logged as OpenTelemetry GenAI spans; then ingest them with the printed
     `cegraph ingest` command."""
     from cegraph.benchmarks import DatasetError, DatasetNotFound, load
-    from cegraph.llm import LLM
     from cegraph.local_model import MODELS, fetch
-    from cegraph.serving import Service, ingest_mapping
-    from cegraph.serving.service import exporter_for
 
     try:
         tasks = load(dataset, path=data, n=n, seed=seed)
@@ -47,17 +79,10 @@ def answer(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
     started = time.time()
     with open_home(home) as wh:
         wf = resolve_workflow(workflow, wh)
-        target = endpoint or str(out or Path(home) / "logs" /
-                                 f"{wf.name}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.otlp.jsonl")
-        llm = LLM(model, store=wh, concurrency=SETTINGS.concurrency)
-        with Service(wf, llm, exporter_for(target),
-                     concurrency=SETTINGS.concurrency) as service, \
-                render.progress(len(tasks), wf.name, lambda: llm.meter.tokens_out) as counts:
-            traces = service.answer_all(tasks, on_done=counts.run_done)
-    mapping = (Path(target).parent if not endpoint else Path(home) / "logs") / \
-        f"{wf.name}.mapping.toml"
-    mapping.parent.mkdir(parents=True, exist_ok=True)
-    mapping.write_text(ingest_mapping(wf.name))
+        target = endpoint or str(out or default_log(Path(home), wf.name))
+        traces = answer_slice(wf, tasks, model=model, target=target, wh=wh, label=wf.name)
+    mapping = write_mapping((Path(target).parent if not endpoint else Path(home) / "logs"),
+                            wf.name)
     passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
     render.console.print(
         f"{wf.name} {wf.version_id} answered {len(traces)} questions ({passed} right) in "
