@@ -95,14 +95,26 @@ def progress_line(total: int | None, tokens: Callable[[], int]
     """A one-line live display: round, target mode, candidate, calls spent / budget,
     generated tok/s and the time left at this pace (`cegraph.progress`)."""
     pace = Progress(total or 0, tokens=tokens)
+
+    def line(p: LoopProgress) -> str:
+        pace.done = p.calls
+        budget = f"/{total}, ETA {pace.eta()}" if total is not None else ""
+        return render.escape(f"round {p.round} | {p.step} | {p.target[:60]} | {p.candidate} | "
+                             f"calls {p.calls}{budget} | {pace.rate():.1f} tok/s "
+                             f"{p.message[:60]}")
+
+    if not render.console.is_terminal:  # a pipe or log: a printed line per step, or per
+        last = [0.0, ""]                # PIPE_EVERY_S within one
+
+        def printed(p: LoopProgress) -> None:
+            step = f"{p.round} {p.step} {p.candidate}"
+            if step != last[1] or time.monotonic() - last[0] >= render.PIPE_EVERY_S:
+                last[:] = [time.monotonic(), step]
+                render.console.print(line(p), soft_wrap=True)
+        yield printed
+        return
     with render.console.status("starting") as status:
-        def show(p: LoopProgress) -> None:
-            pace.done = p.calls
-            budget = f"/{total}, ETA {pace.eta()}" if total is not None else ""
-            status.update(render.escape(
-                f"round {p.round} | {p.step} | {p.target[:60]} | {p.candidate} | "
-                f"calls {p.calls}{budget} | {pace.rate():.1f} tok/s {p.message[:60]}"))
-        yield show
+        yield lambda p: status.update(line(p))
 
 
 def print_result(result: RefineResult) -> None:

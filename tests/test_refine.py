@@ -380,6 +380,7 @@ def test_cli_refine_json_then_eval_the_refined_version(scripted, tmp_path, data_
                                    "--budget-calls", "400", "--json"])
     assert out.exit_code == 0, out.output
     summary = json.loads(out.output.strip().splitlines()[-1])
+    assert "round 1 | verify |" in out.output  # progress, also when stdout is not a terminal
     assert {"seed_version", "version", "mass_before", "mass_after", "accepted_edits",
             "llm_calls", "tokens", "wall_s"} <= set(summary)
     assert summary["accepted_edits"] == ["replace_operator"]
