@@ -492,6 +492,9 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                      help="static reference workflows scored on the test set too (io, cot, "
                           "cot-sc, pot; '' for none)")] = "",
                  alpha: float = 0.05, patience: int = 2, concurrency: int | None = None,
+                 max_break_rate: Annotated[float, typer.Option(
+                     help="largest share of the regression sample an accepted edit may "
+                          "break")] = 0.1,
                  seed: int = 0,
                  data_dir: DataPath = None,
                  home: Annotated[Path | None, typer.Option(
@@ -551,6 +554,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
             run = Refinement(wf, list(split.dev), llm=llm, proposer_llm=proposer,
                              budget=Budget(calls=budget),
                              settings=RefineSettings(method=method, alpha=alpha,
+                                                     max_break_rate=max_break_rate,
                                                      patience=patience, seed=seed,
                                                      concurrency=concurrency),
                              journal=RefinementJournal(wh, dataset=dataset,

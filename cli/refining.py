@@ -141,7 +141,11 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
            proposer_model: Annotated[str | None, typer.Option(
                help="the proposer's model (default: --model)")] = None,
            method: Annotated[str, typer.Option(help="cegraph | scalar | random")] = "cegraph",
-           patience: int = 2, alpha: float = 0.05, seed: int = 0,
+           patience: int = 2, alpha: float = 0.05,
+           max_break_rate: Annotated[float, typer.Option(
+               help="largest share of the regression sample an accepted edit may "
+                    "break")] = 0.1,
+           seed: int = 0,
            home: Home = Path(SETTINGS.home), as_json: JsonOpt = False) -> None:
     """Refine a workflow from its failures on a dev set (Propose-and-Verify, one budget).
     Every step is stored as it happens; rerunning the same command resumes it."""
@@ -172,6 +176,7 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
                              budget=Budget(budget_calls, budget_tokens, budget_dollars),
                              settings=RefineSettings(method=method, patience=patience,
                                                      alpha=alpha, seed=seed,
+                                                     max_break_rate=max_break_rate,
                                                      concurrency=SETTINGS.concurrency),
                              journal=RefinementJournal(wh, dataset=dataset,
                                                        model=llm.identity))

@@ -313,7 +313,8 @@ TABLES: tuple[Table, ...] = (
                                        "nodes)", 4),
         C("calls_full", "INTEGER", "calls a full re-execution of the planned inputs would "
                                    "make", 4),
-        C("stopped_early", "BOOLEAN", "stopped once it could no longer beat the best", 4),
+        C("stopped_early", "BOOLEAN", "stopped once it certainly could not win (see "
+                                      "reason)", 4),
     ), key=("verification_id",), key_since=3),
     Table("refinements", "One refinement run (`cegraph refine`): rerunning it resumes it.", (
         C("refine_id", "VARCHAR", "hash of seed, models, inputs, method, budget, settings "

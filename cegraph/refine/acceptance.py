@@ -100,7 +100,7 @@ class PairedSignRule:
             return Verdict(ok, p, fixed, broken, v.drop, rate, reason)
 
         if v.stopped_early:
-            return verdict(False, "stopped early: it could not beat the best candidate")
+            return verdict(False, f"stopped early: {v.stop_reason}")
         if v.drop <= 0:
             return verdict(False, f"no estimated mass drop ({fixed} fixed, {broken} broken)")
         if p >= self.alpha:

@@ -83,6 +83,7 @@ class Verification:
     tokens: int = 0
     cost: float = 0.0
     stopped_early: bool = False
+    stop_reason: str = ""  # why it stopped early (the `EarlyStop` rule's words)
     drop: float = 0.0  # estimated mass drop: weighted fixes minus weighted breaks
 
     @property
@@ -100,11 +101,12 @@ class Verification:
 
 class EarlyStop(Protocol):
     """Decides, between chunks, that a candidate is not worth finishing. Contract: returns
-    True only when the candidate *certainly* cannot win, whatever its unrun inputs give
-    (so stopping never changes which candidate the acceptance rule would pick)."""
+    why (a reason) only when the candidate *certainly* cannot win, whatever its unrun inputs
+    give (so stopping never changes which candidate the acceptance rule would pick); None
+    to go on."""
 
     def stop(self, v: Verification, plan: Plan, remaining: Sequence[Task],
-             best: Verification | None) -> bool: ...
+             best: Verification | None) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -116,15 +118,19 @@ class CertainlyWorse:
     max_break_rate: float = 0.1
 
     def stop(self, v: Verification, plan: Plan, remaining: Sequence[Task],
-             best: Verification | None) -> bool:
+             best: Verification | None) -> str | None:
         reg = len(plan.strata.get("regression", ()))
-        if reg and v.counts["regression"].broken > self.max_break_rate * reg:
-            return True
+        broken = v.counts["regression"].broken
+        if reg and broken > self.max_break_rate * reg:
+            return (f"it broke {broken} of the {reg} regression inputs, over the "
+                    f"{self.max_break_rate:.0%} allowed")
         if best is None:
-            return False
+            return None
         upside = sum(plan.weight[_stratum(plan, t)] for t in remaining
                      if not plan.base_passed[t.id])
-        return v.drop + upside < best.drop
+        if v.drop + upside < best.drop:
+            return "it could not beat the best candidate"
+        return None
 
 
 def _stratum(plan: Plan, task: Task) -> str:
@@ -163,9 +169,10 @@ class Verifier:
             i += len(batch)
             if on_progress is not None:
                 on_progress(v)
-            if i < len(order) and self.early_stop.stop(v, plan, [t for _, t in order[i:]],
-                                                       best):
-                v.stopped_early = True
+            why = self.early_stop.stop(v, plan, [t for _, t in order[i:]], best) \
+                if i < len(order) else None
+            if why:
+                v.stopped_early, v.stop_reason = True, why
                 per_run = v.calls_full / max(1, len(v.traces))
                 v.calls_full += round(per_run * (len(order) - i))
                 break
