@@ -492,6 +492,8 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                      help="static reference workflows scored on the test set too (io, cot, "
                           "cot-sc, pot; '' for none)")] = "",
                  alpha: float = 0.05, patience: int = 2, concurrency: int | None = None,
+                 counterexamples: Annotated[int, typer.Option(
+                     help="target-mode counterexamples each candidate is verified on")] = 12,
                  max_break_rate: Annotated[float, typer.Option(
                      help="largest share of the regression sample an accepted edit may "
                           "break")] = 0.1,
@@ -555,6 +557,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                              budget=Budget(calls=budget),
                              settings=RefineSettings(method=method, alpha=alpha,
                                                      max_break_rate=max_break_rate,
+                                                     counterexamples=counterexamples,
                                                      patience=patience, seed=seed,
                                                      concurrency=concurrency),
                              journal=RefinementJournal(wh, dataset=dataset,
@@ -588,4 +591,6 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                       f"{len(split.test)}, budget {budget} calls")
     if as_json:
         print(json.dumps({"dataset": dataset, "model": model, "dev": len(split.dev),
-                          "test": len(split.test), "budget": budget, "rows": rows}))
+                          "test": len(split.test), "budget": budget, "alpha": alpha,
+                          "counterexamples": counterexamples,
+                          "max_break_rate": max_break_rate, "rows": rows}))

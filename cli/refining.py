@@ -142,6 +142,8 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
                help="the proposer's model (default: --model)")] = None,
            method: Annotated[str, typer.Option(help="cegraph | scalar | random")] = "cegraph",
            patience: int = 2, alpha: float = 0.05,
+           counterexamples: Annotated[int, typer.Option(
+               help="target-mode counterexamples each candidate is verified on")] = 12,
            max_break_rate: Annotated[float, typer.Option(
                help="largest share of the regression sample an accepted edit may "
                     "break")] = 0.1,
@@ -177,6 +179,7 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
                              settings=RefineSettings(method=method, patience=patience,
                                                      alpha=alpha, seed=seed,
                                                      max_break_rate=max_break_rate,
+                                                     counterexamples=counterexamples,
                                                      concurrency=SETTINGS.concurrency),
                              journal=RefinementJournal(wh, dataset=dataset,
                                                        model=llm.identity))
