@@ -289,8 +289,15 @@ class Refinement:
     # --- running ---------------------------------------------------------------------------
     async def _evaluate(self, wf: Workflow, tasks: Sequence[Task]) -> dict[str, Trace]:
         identity = self.llm.identity
+        done: list[Trace] = []
+
+        def on_done(trace: Trace) -> None:  # long evaluations show progress per run
+            done.append(trace)
+            passed = sum(1 for t in done if t.outcome is not None and t.outcome.passed)
+            self._emit("evaluate", message=f"{len(done)}/{len(tasks)} runs, {passed} passed")
+
         traces = await self.executor.run_many(
-            wf, tasks, evaluate=self.evaluate,
+            wf, tasks, evaluate=self.evaluate, on_done=on_done,
             run_id=lambda t: stable_run_id(wf.version_id, identity, t.id))
         self.journal.record_traces(traces, source="benchmark")
         return {t.task_id: t for t in traces}
