@@ -19,6 +19,7 @@ from cegraph.fss.signature import SignatureBuilder
 from cegraph.llm import LLM, MemoryCallStore
 from cegraph.refine.acceptance import DenseNewMode, PairedSignRule, sign_test
 from cegraph.refine.edits import (
+    EDIT_OPS,
     AddReviewRevise,
     AddTestRevise,
     EditPrompt,
@@ -34,7 +35,13 @@ from cegraph.refine.edits import (
 )
 from cegraph.refine.journal import MemoryJournal
 from cegraph.refine.loop import Budget, RefineError, Refinement, Settings, refine
-from cegraph.refine.proposer import LLMProposer, Target, parse_proposals, screen
+from cegraph.refine.proposer import (
+    LLMProposer,
+    Target,
+    parse_proposals,
+    reply_format,
+    screen,
+)
 from cegraph.refine.verify import Counts, Plan, Verification, Verifier
 from cegraph.seeds import seed
 from cegraph.task import Task
@@ -129,6 +136,15 @@ def test_proposer_records_malformed_and_schema_invalid_replies():
         {"rationale": "b", "edit": {"op": "wrap_ensemble", "node": "solve", "n": 5}}]}))
     assert [c.edit.op for c in got.candidates] == ["wrap_ensemble"]
     assert "not a valid edit" in got.invalid[0].reason and "param" in got.invalid[0].reason
+
+
+def test_the_decoding_schema_requires_every_edits_tag():
+    """A grammar built from the schema must not let the model leave out `op` (pydantic's
+    schema marks a defaulted tag optional; the 0.5B then wrote edits without one)."""
+    variants = reply_format()["schema"]["$defs"]
+    tagged = {name: v for name, v in variants.items() if "op" in v.get("properties", {})}
+    assert len(tagged) == len(EDIT_OPS)
+    assert all(v["required"][0] == "op" for v in tagged.values())
 
 
 def test_llm_proposer_asks_with_the_schema_and_parses(scripted):

@@ -407,9 +407,14 @@ EDIT_OPS: tuple[str, ...] = ("insert_node", "replace_operator", "wrap_ensemble",
                              "remove_node", "set_param")
 
 
-def edit_schema() -> dict[str, Any]:
-    """The JSON schema an LLM's edit must satisfy (for constrained decoding)."""
-    return EDIT.json_schema()
+def require_tag(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` (a JSON schema holding the edits in `$defs`) with each edit's `op` required,
+    first: pydantic leaves a tag that has a default out of `required`, and a decoding grammar
+    then lets the model omit it (measured: the 0.5B wrote 21 edits without an `op`)."""
+    for variant in schema.get("$defs", {}).values():
+        if "op" in variant.get("properties", {}):
+            variant["required"] = ["op", *(r for r in variant.get("required", []) if r != "op")]
+    return schema
 
 
 def parse_edit(data: Any) -> Edit:

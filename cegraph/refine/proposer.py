@@ -41,6 +41,7 @@ from cegraph.refine.edits import (
     apply_edits,
     overfit,
     parse_edit,
+    require_tag,
 )
 from cegraph.task import Kind
 
@@ -143,7 +144,8 @@ def _lighten(schema: Any) -> Any:
 
 def reply_format() -> dict[str, Any]:
     """`response_format` asking for a reply in the proposal schema (bounds left to pydantic)."""
-    return {"type": "json_object", "schema": _lighten(_SchemaReply.model_json_schema())}
+    return {"type": "json_object",
+            "schema": require_tag(_lighten(_SchemaReply.model_json_schema()))}
 
 
 _EXAMPLES = {
