@@ -34,6 +34,7 @@ from cegraph.fss.signature import Embedder, SignatureBuilder
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, BudgetExceeded, Meter
 from cegraph.operators import REGISTRY
+from cegraph.progress import Progress as RunCounts
 from cegraph.refine.acceptance import DenseNewMode, PairedSignRule, Verdict
 from cegraph.refine.edits import Applied
 from cegraph.refine.journal import ChargingStore, Journal, MemoryJournal
@@ -289,12 +290,12 @@ class Refinement:
     # --- running ---------------------------------------------------------------------------
     async def _evaluate(self, wf: Workflow, tasks: Sequence[Task]) -> dict[str, Trace]:
         identity = self.llm.identity
-        done: list[Trace] = []
+        counts = RunCounts(len(tasks))
 
         def on_done(trace: Trace) -> None:  # long evaluations show progress per run
-            done.append(trace)
-            passed = sum(1 for t in done if t.outcome is not None and t.outcome.passed)
-            self._emit("evaluate", message=f"{len(done)}/{len(tasks)} runs, {passed} passed")
+            counts.run_done(trace)
+            self._emit("evaluate", message=f"{counts.done}/{counts.total} runs, "
+                                           f"{counts.passed} passed")
 
         traces = await self.executor.run_many(
             wf, tasks, evaluate=self.evaluate, on_done=on_done,
