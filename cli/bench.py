@@ -19,7 +19,7 @@ import typer
 
 from cegraph.trace import Trace
 from cli import render
-from cli.options import DataPath, Model
+from cli.options import Counterexamples, DataPath, MaxBreakRate, Model
 
 app = typer.Typer(help="Benchmarks that print their figures (--json: one JSON object last).",
                   no_args_is_help=True)
@@ -492,11 +492,8 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                      help="static reference workflows scored on the test set too (io, cot, "
                           "cot-sc, pot; '' for none)")] = "",
                  alpha: float = 0.05, patience: int = 2, concurrency: int | None = None,
-                 counterexamples: Annotated[int, typer.Option(
-                     help="target-mode counterexamples each candidate is verified on")] = 12,
-                 max_break_rate: Annotated[float, typer.Option(
-                     help="largest share of the regression sample an accepted edit may "
-                          "break")] = 0.1,
+                 counterexamples: Counterexamples = 12,
+                 max_break_rate: MaxBreakRate = 0.1,
                  seed: int = 0,
                  data_dir: DataPath = None,
                  home: Annotated[Path | None, typer.Option(

@@ -14,7 +14,7 @@ import typer
 from cegraph.config import Settings
 from cegraph.progress import Progress
 from cli import render
-from cli.options import DataPath, Home, Model
+from cli.options import Counterexamples, DataPath, Home, MaxBreakRate, Model
 
 if TYPE_CHECKING:
     from cegraph.graph import Workflow
@@ -142,11 +142,8 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
                help="the proposer's model (default: --model)")] = None,
            method: Annotated[str, typer.Option(help="cegraph | scalar | random")] = "cegraph",
            patience: int = 2, alpha: float = 0.05,
-           counterexamples: Annotated[int, typer.Option(
-               help="target-mode counterexamples each candidate is verified on")] = 12,
-           max_break_rate: Annotated[float, typer.Option(
-               help="largest share of the regression sample an accepted edit may "
-                    "break")] = 0.1,
+           counterexamples: Counterexamples = 12,
+           max_break_rate: MaxBreakRate = 0.1,
            seed: int = 0,
            home: Home = Path(SETTINGS.home), as_json: JsonOpt = False) -> None:
     """Refine a workflow from its failures on a dev set (Propose-and-Verify, one budget).
