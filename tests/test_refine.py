@@ -138,6 +138,22 @@ def test_proposer_records_malformed_and_schema_invalid_replies():
     assert "not a valid edit" in got.invalid[0].reason and "param" in got.invalid[0].reason
 
 
+def test_a_reply_cut_off_at_its_token_limit_keeps_its_complete_candidates():
+    """The 0.5B's proposal ran past its token limit mid-candidate: the whole reply was lost."""
+    whole = json.dumps({"candidates": [
+        {"rationale": "compute it", "edit": {"op": "replace_operator", "node": "solve",
+                                             "operator": "Programmer"}},
+        {"rationale": "vote", "edit": {"op": "wrap_ensemble", "node": "solve", "n": 5}}]},
+        indent=2)
+    cut = whole[:whole.index('"vote"') + 3]
+    got = parse_proposals(cut)
+    assert [c.edit.op for c in got.candidates] == ["replace_operator"]
+    assert "kept its 1 complete candidates" in got.invalid[0].reason
+    assert got.invalid[0].raw == cut
+    nothing = parse_proposals(whole[:40])
+    assert not nothing.candidates and "not the proposal JSON" in nothing.invalid[0].reason
+
+
 def test_the_decoding_schema_requires_every_edits_tag():
     """A grammar built from the schema must not let the model leave out `op` (pydantic's
     schema marks a defaulted tag optional; the 0.5B then wrote edits without one)."""

@@ -203,8 +203,27 @@ def _json_object(text: str) -> Any:
     return value
 
 
+def _complete_items(text: str) -> list[Any]:
+    """The complete items of a reply's candidate array cut off mid-way (a reply that ran
+    into its token limit): each item decoded on its own up to the first incomplete one."""
+    start = text.find("[", max(0, text.find('"candidates"')))
+    items: list[Any] = []
+    if start < 0:
+        return items
+    decoder, at = json.JSONDecoder(), start + 1
+    while True:
+        while at < len(text) and text[at] in " \t\r\n,":
+            at += 1
+        try:
+            item, at = decoder.raw_decode(text, at)
+        except ValueError:
+            return items
+        items.append(item)
+
+
 def parse_proposals(text: str, *, source: str = "llm", k: int = 12) -> Proposals:
-    """Candidates from an LLM reply; whatever does not parse or validate is `Invalid`."""
+    """Candidates from an LLM reply; whatever does not parse or validate is `Invalid`. A reply
+    cut off mid-way keeps its complete candidates and records the cut as `Invalid`."""
     out = Proposals()
     try:
         data = _json_object(text)
@@ -212,9 +231,18 @@ def parse_proposals(text: str, *, source: str = "llm", k: int = 12) -> Proposals
             data = {"candidates": data}
         reply = ProposalReply.model_validate(data)
     except (ValueError, ValidationError) as exc:
+        # a reply cut off mid-way is not JSON (pydantic's errors are ValueErrors too)
+        cut = not isinstance(exc, ValidationError)
+        items = _complete_items(text) if cut else []
+        try:
+            reply = ProposalReply.model_validate({"candidates": items})
+        except ValidationError:
+            items = []
+        kept = f" (kept its {len(items)} complete candidates)" if items else ""
         out.invalid.append(Invalid(source, _clip(text, 2000), f"reply is not the proposal "
-                                   f"JSON: {_first_line(exc)}"))
-        return out
+                                   f"JSON: {_first_line(exc)}{kept}"))
+        if not items:
+            return out
     for item in reply.candidates[:k]:
         try:
             out.candidates.append(Candidate(parse_edit(item.edit), source, item.rationale))
