@@ -55,6 +55,7 @@ class Meter:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    charged_tokens_out: int = 0  # of tokens_out, those of charged replays (not generated now)
     reserved_tokens: int = 0  # worst case of the calls in flight
     reserved_cost: float = 0.0
     reserved_calls: int = 0
@@ -125,7 +126,13 @@ class Meter:
             self.calls += calls
             self.tokens_in += tokens_in
             self.tokens_out += tokens_out
+            self.charged_tokens_out += tokens_out
             self.cost += cost
+
+    @property
+    def generated_tokens_out(self) -> int:
+        """Tokens this meter's calls generated, charged replays left out (for a tok/s)."""
+        return self.tokens_out - self.charged_tokens_out
 
     def remaining_calls(self) -> int | None:
         """Calls the budget still allows (None: no call limit)."""

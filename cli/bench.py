@@ -560,7 +560,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                              journal=RefinementJournal(wh, dataset=dataset,
                                                        model=llm.identity),
                              charge_since=0.0)
-            with progress_line(budget, lambda: llm.meter.tokens_out) as show:
+            with progress_line(budget, lambda m=run.meter: m.generated_tokens_out) as show:
                 run.on_progress = show
                 result = asyncio.run(run.run())
             refined = score(result.workflow)

@@ -185,7 +185,7 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
         for name in {model, proposer_model} & set(MODELS):
             fetch(name, progress=render.console.print)
         try:
-            with progress_line(budget_calls, lambda: llm.meter.tokens_out) as show:
+            with progress_line(budget_calls, lambda: run.meter.generated_tokens_out) as show:
                 run.on_progress = show
                 result = _run(run)
         except KeyboardInterrupt:

@@ -345,9 +345,12 @@ def test_a_killed_run_resumes_to_the_same_final_version(scripted, embedder):
                                 on_progress=kill_at_third_step).run())
     assert next(iter(journal.finished.values()))["status"] == "interrupted"
     before = len(scripted.calls)
-    resumed = asyncio.run(_refinement(embedder, 600, journal, store).run())
+    again = _refinement(embedder, 600, journal, store)
+    resumed = asyncio.run(again.run())
     assert resumed.workflow.version_id == uninterrupted.workflow.version_id
     assert resumed.llm_calls == uninterrupted.llm_calls  # earlier attempt's calls charged
+    # ... but a tok/s counts only what it generated now
+    assert 0 < again.meter.generated_tokens_out < again.meter.tokens_out
     assert len(scripted.calls) == paid  # killed + resumed paid what one run pays
     assert before < paid
 
