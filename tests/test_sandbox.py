@@ -301,6 +301,11 @@ def test_exiting_early_or_faking_the_marker_fails_grading(exit_early):
     assert not passed
 
 
+def test_public_test_feedback_names_the_function_not_candidate():
+    passed, feedback = run_public_tests(WRONG, "add", ["assert candidate(1, 2) == 3"], FAST)
+    assert not passed and feedback == "AssertionError: assert add(1, 2) == 3"
+
+
 def test_solution_does_not_run_as_main():
     guarded = 'if __name__ == "__main__":\n    import sys\n    print("demo")\n    sys.exit(0)\n'
     wrong = grade_code(TASK, WRONG + guarded)

@@ -24,7 +24,10 @@ SOLVE = "Solve the problem. Think step by step."
 REVIEW = ("Check the solution carefully. If it is correct, reply with the single word "
           "CORRECT. Otherwise explain the mistake briefly.")
 
-REVISE = "Write a corrected solution."
+# the 0.5B returned the previous code unchanged in 62 of 64 MBPP revisions under "Write a
+# corrected solution."
+REVISE = ("The previous solution is wrong, as the feedback shows. Find the mistake that causes "
+          "it and write a corrected solution; do not repeat the previous solution unchanged.")
 
 VOTE = ("Which candidate's final answer agrees with the most others and is best reasoned? "
         "Reply with its number only.")

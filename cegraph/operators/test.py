@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from cegraph.benchmarks import extract_code
@@ -25,7 +26,10 @@ def run_public_tests(code: str, entry_point: str, asserts: list[str],
                         as_main=False)
     if result.ok and result.completed:
         return True, f"all {len(asserts)} public tests passed"
-    return False, result.error or "the program exited before its tests finished"
+    # the feedback names the function the model writes: shown `candidate(...)`, the 0.5B
+    # pasted the assert into its revision, where `candidate` is undefined
+    error = re.sub(r"\bcandidate\(", f"{entry_point}(", result.error or "")
+    return False, error or "the program exited before its tests finished"
 
 
 @operator
