@@ -64,7 +64,7 @@ def test_test_then_revise_loop(scripted):
     def reply(messages):
         prompt = last_user(messages)
         if "Feedback:" in prompt:  # the Revise call sees the failing assert
-            assert "assert candidate(1, 2) == 3" in prompt
+            assert "assert add(1, 2) == 3" in prompt  # named as the model writes it
             return "```python\ndef add(a, b):\n    return a + b\n```"
         return "```python\ndef add(a, b):\n    return a - b\n```"
 
