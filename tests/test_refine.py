@@ -34,7 +34,7 @@ from cegraph.refine.edits import (
     overfit,
 )
 from cegraph.refine.journal import MemoryJournal
-from cegraph.refine.loop import Budget, RefineError, Refinement, Settings, refine
+from cegraph.refine.loop import Budget, Progress, RefineError, Refinement, Settings, refine
 from cegraph.refine.proposer import (
     LLMProposer,
     Target,
@@ -294,6 +294,20 @@ def test_refine_fixes_the_dense_mode_and_records_every_step(scripted, embedder):
     assert any("not a valid edit" in (r["reject_reason"] or "") for r in journal.edits.values())
     assert all("p_value" in v for v in journal.verifications.values())
     assert result.workflow.version_id in journal.versions
+
+
+def test_a_slow_verification_shows_progress_between_its_chunks(scripted, embedder):
+    """A chunk of ensemble runs on the 1.5B took 5.5 minutes without a line: between chunks
+    the heartbeat repeats the verify step with the calls spent so far."""
+    scripted.reply, scripted.delay = world, 0.02
+    seen: list[Progress] = []
+    run = _refinement(embedder, 600, settings=Settings(heartbeat_s=0.01),
+                      on_progress=seen.append)
+    asyncio.run(run.run())
+    verify = [(p.candidate, p.message, p.calls) for p in seen if p.step == "verify"]
+    said = {(c, m) for c, m, _ in verify}
+    assert len(verify) > len(said)  # beats repeat what the last chunk said ...
+    assert len(set(verify)) > len(said)  # ... with the calls count moving in between
 
 
 def test_refine_grades_with_the_given_evaluator_and_charges_its_judge(scripted, embedder):

@@ -97,6 +97,7 @@ class Settings:
     seed: int = 0
     concurrency: int | None = None  # None: the LLM's (a local model's engine slots)
     proposer_tokens: int = 512
+    heartbeat_s: float = 20.0  # a progress event at least this often while verifying
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,11 @@ class Refinement:
             self.on_progress(Progress(self.round, step, calls=self.meter.calls,
                                       budget_calls=self.budget.calls, **kw))
 
+    async def _heartbeat(self, beat: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            beat()
+
     # --- running ---------------------------------------------------------------------------
     async def _evaluate(self, wf: Workflow, tasks: Sequence[Task]) -> dict[str, Trace]:
         identity = self.llm.identity
@@ -435,13 +441,23 @@ class Refinement:
                 self.out_of_budget = True
                 break
             label = f"{n}/{len(cands)} {cand.edit.op} ({cand.source})"
-            self._emit("verify", target=target.label, candidate=label)
-            v = await verifier.verify(
-                applied.workflow, plan, best=best,
-                on_progress=lambda v, label=label: self._emit(
-                    "verify", target=target.label, candidate=label,
-                    message=f"{len(v.traces)}/{plan.size} runs: {v.fixed} fixed, "
-                            f"{v.broken} broken"))
+            said = [""]  # the last chunk's counts, repeated by the heartbeat
+
+            def show(v: Verification | None, label: str = label, said: list[str] = said
+                     ) -> None:
+                if v is not None:
+                    said[0] = (f"{len(v.traces)}/{plan.size} runs: {v.fixed} fixed, "
+                               f"{v.broken} broken")
+                self._emit("verify", target=target.label, candidate=label, message=said[0])
+
+            show(None)
+            # a chunk of ensemble runs on a local model can take minutes: the heartbeat
+            # shows the calls count moving in between
+            beat = asyncio.create_task(self._heartbeat(lambda: show(None)))
+            try:
+                v = await verifier.verify(applied.workflow, plan, best=best, on_progress=show)
+            finally:
+                beat.cancel()
             broken = [f for t in v.traces if plan.base_passed.get(t.task_id)
                       and (f := failure_from_trace(t)) is not None]
             verdict = rule.judge(v, broken)
