@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -386,6 +386,17 @@ TABLES: tuple[Table, ...] = (
         C("output", "VARCHAR", "JSON of the step's result", 5),
         C("completed_at", "TIMESTAMP", "when it completed", 5),
     ), key=("night_id", "step"), since=5),
+    Table("input_roles", "The role of each input in one refinement or night, fixed (seeded) "
+          "before any proposal: `shown` (a proposer may read it: failing examples, expected "
+          "answers, traces), `verification` (judges candidates; never shown to a proposer of "
+          "that scope), `holdout` (the gate's fresh evidence; refinement never touches it).", (
+        C("scope_id", "VARCHAR", "the refinement (refinements.refine_id) or night "
+                                 "(night_runs.night_id)", 6),
+        C("task_id", "VARCHAR", "the input", 6),
+        C("role", "VARCHAR", "shown | verification | holdout", 6),
+        C("seed", "INTEGER", "the seed that drew the roles", 6),
+        C("recorded_at", "TIMESTAMP", "when the roles were fixed", 6),
+    ), key=("scope_id", "task_id"), since=6),
     Table("quarantine", "Records that could not be stored, with the reason.", (
         C("quarantine_id", "VARCHAR", "hash of (source, line_no, raw, reason)"),
         C("source", "VARCHAR", "file or stream it came from"),
