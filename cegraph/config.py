@@ -7,7 +7,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cegraph.fss.recipe import DEFAULT_RECIPE
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
@@ -27,15 +27,38 @@ class Settings(BaseModel):
 
     @classmethod
     def load(cls, cwd: Path | None = None) -> Settings:
+        """The settings in force in `cwd`; a bad file or value raises `ConfigError` (one
+        line naming the file and the key)."""
         cwd = cwd or Path.cwd()
         values: dict[str, object] = {}
-        if (cwd / "cegraph.toml").exists():
-            values.update(tomllib.loads((cwd / "cegraph.toml").read_text()))
-        elif (cwd / "pyproject.toml").exists():
-            tool = tomllib.loads((cwd / "pyproject.toml").read_text()).get("tool", {})
-            values.update(tool.get("cegraph", {}))
+        source = "defaults"
+        for name, table in (("cegraph.toml", ()), ("pyproject.toml", ("tool", "cegraph"))):
+            path = cwd / name
+            if not path.exists():
+                continue
+            try:
+                data = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from exc
+            # a cegraph.toml may also hold its keys in a pyproject-style [tool.cegraph] table
+            for key in table or (("tool", "cegraph") if "tool" in data else ()):
+                data = data.get(key, {}) if isinstance(data, dict) else {}
+            values.update(data)
+            source = str(path)
+            break
         for name in cls.model_fields:
             env = os.environ.get(f"CEGRAPH_{name.upper()}")
             if env is not None:
                 values[name] = env
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            key = ".".join(map(str, e["loc"]))
+            what = (f"unknown setting '{key}' (settings: {', '.join(cls.model_fields)})"
+                    if e["type"] == "extra_forbidden" else f"{key}: {e['msg']}")
+            raise ConfigError(f"{source}: {what}; fix it or set CEGRAPH_<SETTING>") from exc
+
+
+class ConfigError(ValueError):
+    """A settings file or variable that cannot be read; the message names it."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cegraph.operators import REGISTRY, compatible, library_fingerprint
 
@@ -36,6 +36,13 @@ WORKFLOW_INPUT = "input"
 
 class WorkflowError(ValueError):
     """A workflow that cannot run; the message names the node and what to fix."""
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser's error without its multi-line excerpt: 'line 3, column 3: expected ...'."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 class Node(BaseModel):
@@ -90,16 +97,27 @@ class Workflow(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> Workflow:
         path = Path(path)
-        data = (json.loads(path.read_text()) if path.suffix == ".json"
-                else yaml.safe_load(path.read_text()))
-        return cls.from_dict(data)
+        try:
+            data = (json.loads(path.read_text()) if path.suffix == ".json"
+                    else yaml.safe_load(path.read_text()))
+        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+            raise WorkflowError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
+                                f" ({_one_line(exc)}); fix the file") from exc
+        if not isinstance(data, dict):
+            raise WorkflowError(f"{path}: a workflow is a mapping with name, nodes and output")
+        try:
+            return cls.from_dict(data)
+        except WorkflowError as exc:
+            raise WorkflowError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Workflow:
         try:
             wf = cls.model_validate(data)
-        except Exception as exc:  # pydantic's error, re-raised as the one error type
-            raise WorkflowError(f"malformed workflow: {exc}") from exc
+        except ValidationError as exc:  # one line per field, not pydantic's block
+            where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'workflow'}: {e['msg']}"
+                              for e in exc.errors())
+            raise WorkflowError(f"malformed workflow: {where}") from exc
         wf.validate_graph()
         return wf
 

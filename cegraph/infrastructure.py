@@ -8,7 +8,7 @@ run of the same run id replaces it (see `storage/history.py`).
 
 from __future__ import annotations
 
-from cegraph.llm import TRANSIENT_ERRORS, BudgetExceeded
+from cegraph.llm import BudgetExceeded, transient_errors
 from cegraph.trace import INFRASTRUCTURE, Outcome
 
 
@@ -18,7 +18,7 @@ def is_infrastructure(exc: BaseException) -> bool:
     no temp dir, fork or exec failed). A timeout is the workflow's own (`timeout` class)."""
     if isinstance(exc, TimeoutError):
         return False
-    return isinstance(exc, (*TRANSIENT_ERRORS, BudgetExceeded, OSError))
+    return isinstance(exc, (*transient_errors(), BudgetExceeded, OSError))
 
 
 def infrastructure_outcome(exc_type: str, message: str) -> Outcome:

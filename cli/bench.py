@@ -294,9 +294,9 @@ def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
             "tokens_out": [50] * n, "cost": [0.0] * n, "call_keys": [[f"k{i:08x}"] for i in
                                                                    range(n)],
             "error": [None] * n, "error_type": [None] * n, "skipped": [False] * n,
-            "truncated": [False] * n}
+            "truncated": [False] * n, "infrastructure": [False] * n}
         t0 = time.perf_counter()
-        history.write(Path(tmp) / "history", "spans", cols)
+        history.write(Path(tmp) / "history", "spans", cols, batch_id="bench-fss")
         history_s = time.perf_counter() - t0
 
     figures = {"failures": failures, "distinct_texts": distinct_texts,

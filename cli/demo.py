@@ -12,11 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cegraph.config import Settings
 from cli import render
-from cli.options import DataPath, Home, Model
-
-SETTINGS = Settings.load()
+from cli.options import SETTINGS, DataPath, Home, Model
 
 #: What a user asks the audit first: what changed and why, what the night cost, where the
 #: active version comes from, why a candidate was not taken (docs/schema.md).
@@ -110,12 +107,12 @@ def demo(n: Annotated[int, typer.Option(
         f"[bold]3/3 nightly refinement[/bold]: {night['decision']}"
         f" ({night.get('reason') or (night.get('refine') or {}).get('stop_reason') or ''}); "
         f"{(night.get('cost') or {}).get('calls', 0)} LLM calls", soft_wrap=True)
-    from cli.main import _read_only
+    from cli.refining import read_home
 
     for title, query in AUDIT:  # each as `cegraph sql` runs it: its own locked-down reader
         render.console.print(f"\n[bold]{title}[/bold]: cegraph sql \"{query}\" "
                              f"--home {home}", soft_wrap=True)
-        with _read_only(home) as wh:
+        with read_home(home) as wh:
             render.arrow_table(audit_query(wh, query), "table")
     if night.get("report_path"):
         render.console.print(f"\nreport: {night['report_path']}", soft_wrap=True)

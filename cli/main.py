@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,6 @@ import typer
 # fail without a network and can lock its SQLite database mid-run.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from cegraph.config import Settings  # noqa: E402
 from cli import (  # noqa: E402, F401
     bench,
     demo,
@@ -30,10 +29,8 @@ from cli import (  # noqa: E402, F401
     service,
     signatures,
 )
-from cli.options import DataPath, Home, Model  # noqa: E402
-
-if TYPE_CHECKING:
-    from storage import Warehouse
+from cli.options import CONFIG_ERROR, SETTINGS, DataPath, Home, Model  # noqa: E402
+from cli.refining import fail, read_home  # noqa: E402
 
 app = typer.Typer(help="CE-Graph: refine LLM workflows from their own logged failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -52,31 +49,6 @@ app.command("report")(report.report)
 app.command("answer")(service.answer)
 app.command("demo")(demo.demo)
 
-SETTINGS = Settings.load()
-def _fail(message: str) -> None:
-    render.console.print(f"[red]error:[/red] {render.escape(message)}")
-    raise typer.Exit(2)
-
-
-def _read_only(home: Path) -> Warehouse:
-    """The warehouse at `home` opened read-only, or a clear error when there is none."""
-    from storage import Warehouse
-    from storage.warehouse import CatalogLocked
-
-    try:
-        return Warehouse(home, read_only=True)
-    except CatalogLocked as exc:
-        try:  # a job is writing: read the snapshot it keeps for readers
-            wh = Warehouse(home, from_snapshot=True)
-        except (FileNotFoundError, CatalogLocked):
-            _fail(str(exc))
-        typer.echo(f"note: {home} is being written by a job; reading the snapshot of its "
-                   "last completed step", err=True)
-        return wh
-    except FileNotFoundError as exc:
-        _fail(str(exc))
-    raise AssertionError("unreachable")
-
 
 # --- models ---------------------------------------------------------------------------------
 @model_app.command("fetch")
@@ -85,7 +57,7 @@ def model_fetch(model: Annotated[str, typer.Option("--model", "-m")] = SETTINGS.
     from cegraph.local_model import MODELS, fetch
 
     if model not in MODELS:
-        _fail(f"{model!r} is not a local model; choose one of {', '.join(MODELS)}")
+        fail(f"{model!r} is not a local model; choose one of {', '.join(MODELS)}")
     path = fetch(model, progress=lambda m: render.console.print(m))
     render.console.print(f"{model}: {path}")
 
@@ -112,7 +84,7 @@ def _load_workflow(path: str) -> object:
     try:
         return Workflow.load(path) if Path(path).is_file() or path not in SEEDS else seed(path)
     except (WorkflowError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     raise AssertionError
 
 
@@ -159,9 +131,9 @@ def datasets(data: DataPath = SETTINGS.data_dir) -> None:
     try:
         found = available(data)
     except DatasetError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not found:
-        _fail(f"no dataset files under {data}; expected {{dataset}}_validate.jsonl files")
+        fail(f"no dataset files under {data}; expected {{dataset}}_validate.jsonl files")
     render.grid(["dataset", "rows", "from", "origin", "license"],
                 [[d.name, d.rows, d.location, d.origin, d.license] for d in found])
 
@@ -183,7 +155,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
     try:
         tasks = load(dataset, path=data_dir, n=n, seed=seed)
     except (DatasetNotFound, DatasetError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     llm = LLM(model, concurrency=SETTINGS.concurrency)
     with render.progress(len(tasks), f"{wf.name} on {dataset}",
                          lambda: llm.meter.tokens_out) as progress:
@@ -219,7 +191,7 @@ def evaluate(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
         data_file(dataset, data_dir)
         check_recipe(recipe)
     except (DatasetNotFound, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if model in MODELS:
         fetch(model, progress=lambda m: render.console.print(m))
     check_model(resolve_model(model))  # before the flow: one line, not a failed flow's log
@@ -230,7 +202,7 @@ def evaluate(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
                                locus_weight=SETTINGS.locus_weight, recipe=recipe,
                                diagnosis_model=diagnosis_model)
     bench.print_traces(result.traces)
-    with _read_only(home) as wh:
+    with read_home(home) as wh:
         _print_modes(wh, result.workflow, result.version_id)
     m = result.analysis.mass.total
     render.console.print(
@@ -296,7 +268,7 @@ def ingest(paths: Annotated[list[str], typer.Argument(help="files, directories, 
         result = ingest_logs(paths=paths, home=str(home), fmt=fmt, mapping=mapping,
                              modes=modes, locus_weight=SETTINGS.locus_weight)
     except (InputError, MappingError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_ingest(result, as_json)
     if not (result.summary["lines_stored"] or result.summary["duplicates"]):
         raise typer.Exit(1)
@@ -373,7 +345,7 @@ def modes(workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = No
           version: Annotated[str | None, typer.Option("--version", "-v")] = None,
           home: Home = Path(SETTINGS.home)) -> None:
     """Print the failure modes of the latest night: rank, label, size, mass, trend, locus."""
-    with _read_only(home) as wh:
+    with read_home(home) as wh:
         _print_modes(wh, workflow, version)
 
 
@@ -384,11 +356,11 @@ def similar(failure_id: str, k: Annotated[int, typer.Option("--k")] = 20,
     """The k past failures whose signatures lie nearest this one (from the LanceDB index)."""
     from storage import VectorIndex
 
-    with _read_only(home) as wh:
+    with read_home(home) as wh:
         index = VectorIndex.open(wh.vectors_path)
         vector = index.vector_of(failure_id) if index else None
         if vector is None:
-            _fail(f"failure {failure_id!r} has no signature yet; list some with: cegraph sql "
+            fail(f"failure {failure_id!r} has no signature yet; list some with: cegraph sql "
                   "\"SELECT failure_id, message FROM failures LIMIT 10\"")
         near = index.nearest(vector, k=k, workflow=workflow)
         messages = dict(wh.rows("SELECT failure_id, message FROM failures WHERE failure_id IN "
@@ -410,14 +382,14 @@ def sql(query: str, home: Home = Path(SETTINGS.home),
     from storage.audit import AuditRefused, audit_query
 
     if fmt not in ("table", "csv", "json"):
-        _fail("--format must be table, csv or json")
-    with _read_only(home) as wh:
+        fail("--format must be table, csv or json")
+    with read_home(home) as wh:
         try:
             result = audit_query(wh, query)
         except AuditRefused as exc:
-            _fail(f"refused: {exc}")
+            fail(f"refused: {exc}")
         except duckdb.Error as exc:
-            _fail(f"{exc.__class__.__name__}: {exc}".splitlines()[0])
+            fail(f"{exc.__class__.__name__}: {exc}".splitlines()[0])
     render.arrow_table(result, fmt)
 
 
@@ -436,9 +408,14 @@ def schema(markdown: bool = typer.Option(False, help="print docs/schema.md")) ->
 
 
 def main() -> None:
-    """The console entry point: a model that cannot be called is one line, not a traceback."""
+    """The console entry point: a bad config file or a model that cannot be called is one
+    line, not a traceback."""
     from cegraph.preflight import ModelUnavailable
 
+    asks_help = len(sys.argv) < 2 or "--help" in sys.argv[1:]
+    if CONFIG_ERROR is not None and not asks_help:  # `--help` still answers with defaults
+        render.console.print(f"[red]error:[/red] {render.escape(str(CONFIG_ERROR))}")
+        sys.exit(2)
     try:
         app()
     except ModelUnavailable as exc:

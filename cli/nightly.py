@@ -8,12 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cegraph.config import Settings
 from cli import render
-from cli.options import Home, Model
+from cli.options import SETTINGS, Home, Model
 from cli.refining import fail
-
-SETTINGS = Settings.load()
 
 
 def nightly(workflow: Annotated[str | None, typer.Option(

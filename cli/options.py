@@ -7,6 +7,13 @@ from typing import Annotated
 
 import typer
 
+from cegraph.config import ConfigError, Settings
+
+try:  # the defaults of every option; a bad config file must not break `--help`
+    SETTINGS, CONFIG_ERROR = Settings.load(), None
+except ConfigError as _exc:
+    SETTINGS, CONFIG_ERROR = Settings(), _exc
+
 Home = Annotated[Path, typer.Option("--home", envvar="CEGRAPH_HOME",
                                     help="Project home holding the warehouse.")]
 Model = Annotated[str, typer.Option("--model", "-m", help="Local model name (qwen2.5-coder-1.5b, "

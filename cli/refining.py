@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cegraph.config import Settings
 from cegraph.progress import Progress
 from cli import render
-from cli.options import Counterexamples, DataPath, Home, MaxBreakRate, Model
+from cli.options import SETTINGS, Counterexamples, DataPath, Home, MaxBreakRate, Model
 
 if TYPE_CHECKING:
     from cegraph.graph import Workflow
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from cegraph.task import Task
     from storage import Warehouse
 
-SETTINGS = Settings.load()
 WorkflowOpt = Annotated[str, typer.Option(
     "--workflow", "-w", help="a seed name (math, code, qa, or a dataset), a reference (io, cot, "
     "cot-sc, pot), a workflow file, or a version id stored in the home")]
@@ -79,12 +77,39 @@ def load_tasks(dataset: str, data: str | None) -> list[Task]:
 
 
 def open_home(home: Path) -> Warehouse:
+    """The warehouse at `home` for writing, created when missing (and said so: a command run
+    in another folder would otherwise start a second history unnoticed)."""
+    from storage import Warehouse
+    from storage.warehouse import CatalogLocked
+
+    new = not (home / "catalog.duckdb").exists()
+    try:
+        wh = Warehouse(home)
+    except CatalogLocked as exc:
+        fail(str(exc))
+    if new:
+        typer.echo(f"created a new home at {home.resolve()} (--home or CEGRAPH_HOME to use "
+                   "another)", err=True)
+    return wh
+
+
+def read_home(home: Path) -> Warehouse:
+    """The warehouse at `home` opened read-only (never created), or a clear error when there
+    is none; while a job writes it, the snapshot of its last completed step."""
     from storage import Warehouse
     from storage.warehouse import CatalogLocked
 
     try:
-        return Warehouse(home)
+        return Warehouse(home, read_only=True)
     except CatalogLocked as exc:
+        try:  # a job is writing: read the snapshot it keeps for readers
+            wh = Warehouse(home, from_snapshot=True)
+        except (FileNotFoundError, CatalogLocked):
+            fail(str(exc))
+        typer.echo(f"note: {home} is being written by a job; reading the snapshot of its "
+                   "last completed step", err=True)
+        return wh
+    except FileNotFoundError as exc:
         fail(str(exc))
     raise AssertionError("unreachable")
 

@@ -9,24 +9,23 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cegraph.config import Settings
 from cli import render
-from cli.options import Home
-from cli.refining import fail, open_home
+from cli.options import SETTINGS, Home
+from cli.refining import fail, open_home, read_home
 
 if TYPE_CHECKING:
     from storage.registry import Registry
 
-SETTINGS = Settings.load()
 Reason = Annotated[str, typer.Option("--reason", help="why (kept in `deployments`)")]
 
 
 @contextlib.contextmanager
-def registry(home: Path) -> Iterator[Registry]:
-    """The registry of `home`; its errors end the command with their one line."""
+def registry(home: Path, *, read_only: bool = False) -> Iterator[Registry]:
+    """The registry of `home`; its errors end the command with their one line. Read-only,
+    a missing home is an error, not a new empty one."""
     from storage.registry import Registry, RegistryError
 
-    with open_home(home) as wh:
+    with (read_home if read_only else open_home)(home) as wh:
         try:
             yield Registry(wh)
         except RegistryError as exc:
@@ -111,7 +110,7 @@ def export(workflow: Annotated[str, typer.Argument(help="registered workflow nam
 
 def workflows(home: Home = Path(SETTINGS.home)) -> None:
     """The registered workflows with their evaluator and active version."""
-    with registry(home) as reg:
+    with registry(home, read_only=True) as reg:
         rows = reg.registered()
     if not rows:
         render.console.print("no workflow registered yet: cegraph register WORKFLOW_FILE")

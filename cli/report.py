@@ -7,12 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cegraph.config import Settings
 from cli import render
-from cli.options import Home
+from cli.options import SETTINGS, Home
 from cli.refining import fail
-
-SETTINGS = Settings.load()
 
 
 def report(night: Annotated[str | None, typer.Option(

@@ -10,12 +10,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cegraph.config import Settings
 from cli import render
-from cli.options import DataPath, Home, Model
+from cli.options import SETTINGS, DataPath, Home, Model
 from cli.refining import DatasetOpt, WorkflowOpt, fail, open_home, resolve_workflow
-
-SETTINGS = Settings.load()
 
 if TYPE_CHECKING:
     from cegraph.graph import Workflow

@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import IvfFlat
 
 from cegraph.fss.signature import Signature
 
@@ -41,6 +39,8 @@ class Neighbour:
 
 class VectorIndex:
     def __init__(self, path: str | Path, dim: int) -> None:
+        import lancedb  # a second to import: only when the index is opened
+
         self.db = lancedb.connect(str(path))
         self.dim = dim
         self.schema = pa.schema([
@@ -55,6 +55,8 @@ class VectorIndex:
     @classmethod
     def open(cls, path: str | Path) -> VectorIndex | None:
         """The existing index at `path` (its dimension read from it), or None if there is none."""
+        import lancedb
+
         db = lancedb.connect(str(path))
         names = db.list_tables()
         if TABLE not in getattr(names, "tables", names):
@@ -106,6 +108,8 @@ class VectorIndex:
             return True
         if rows < INDEX_MIN_ROWS:
             return False
+        from lancedb.index import IvfFlat
+
         self.table.create_index("vector", config=IvfFlat(
             distance_type="l2", num_partitions=max(8, int(math.sqrt(rows)))))
         return True

@@ -29,7 +29,6 @@ from cegraph.llm import Completion
 from cegraph.trace import Trace
 from storage import history, views
 from storage.schema import SCHEMA_VERSION, TABLE, migration
-from storage.vectors import VectorIndex
 
 SNAPSHOT = Path("snapshot") / "catalog.duckdb"
 
@@ -400,6 +399,8 @@ class Warehouse:
         if not fresh:
             return 0
         by_id = {f.failure_id: f for f in failures}
+        from storage.vectors import VectorIndex  # LanceDB only when vectors are written
+
         index = VectorIndex(self.vectors_path, len(fresh[0].vector))
         groups: dict[tuple[str, str], list[Signature]] = {}
         for s in fresh:

@@ -22,9 +22,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import DBSCAN
-from sklearn.decomposition import PCA
 
 from cegraph.fss.signature import Signature
 
@@ -86,7 +83,11 @@ def find_modes(signatures: Sequence[Signature], *, eps: float = DEFAULT_EPS,
     weights = np.array([len(m) for m in members], dtype=float)
     space = points
     if len(points) > reduce_above and points.shape[1] > reduce_dim:
+        from sklearn.decomposition import PCA  # seconds to import: only when clustering
+
         space = PCA(n_components=reduce_dim, random_state=0).fit_transform(points)
+    from sklearn.cluster import DBSCAN
+
     labels = DBSCAN(eps=eps, min_samples=min_size).fit(space, sample_weight=weights).labels_
 
     modes: list[FailureMode] = []
@@ -151,6 +152,8 @@ def match_modes(previous: Sequence[PreviousMode], current: list[FailureMode], *,
         a = np.stack([m.centroid for m in current])
         b = np.stack([p.centroid for p in previous])
         dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+        from scipy.optimize import linear_sum_assignment
+
         rows, cols = linear_sum_assignment(dist)
         for r, c in zip(rows, cols, strict=True):
             if dist[r, c] > max_distance:
