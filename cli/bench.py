@@ -25,7 +25,17 @@ app = typer.Typer(help="Benchmarks that print their figures (--json: one JSON ob
                   no_args_is_help=True)
 
 
-def print_traces(traces: Sequence[Trace], *, show: bool = False) -> None:
+def print_traces(traces: Sequence[Trace], *, show: bool = False, as_json: bool = False
+                 ) -> None:
+    if as_json:
+        print(json.dumps([{"task_id": t.task_id, "version_id": t.version_id,
+                           "passed": bool(t.outcome and t.outcome.passed),
+                           "outcome": "pass" if t.outcome and t.outcome.passed else
+                           (t.outcome.failure_class if t.outcome else None),
+                           "message": t.outcome.message if t.outcome else "",
+                           "output": t.output, "tokens": t.tokens, "llm_calls": t.llm_calls,
+                           "seconds": round(t.ended - t.started, 3)} for t in traces]))
+        return
     rows = []
     for t in traces:
         o = t.outcome

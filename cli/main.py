@@ -29,7 +29,7 @@ from cli import (  # noqa: E402, F401
     service,
     signatures,
 )
-from cli.options import CONFIG_ERROR, SETTINGS, DataPath, Home, Model  # noqa: E402
+from cli.options import CONFIG_ERROR, SETTINGS, AsJson, DataPath, Home, Model  # noqa: E402
 from cli.refining import fail, read_home  # noqa: E402
 
 app = typer.Typer(help="CE-Graph: refine LLM workflows from their own logged failures.",
@@ -144,7 +144,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
         dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
         n: Annotated[int, typer.Option("--n")] = 5, model: Model = SETTINGS.model,
         data_dir: DataPath = SETTINGS.data_dir,
-        seed: int = 0, show_traces: bool = False) -> None:
+        seed: int = 0, show_traces: bool = False, as_json: AsJson = False) -> None:
     """Run a workflow on a benchmark slice and print its traces' summary (stores nothing)."""
     from cegraph.benchmarks import DatasetError, DatasetNotFound, load
     from cegraph.evaluators import evaluate
@@ -161,7 +161,7 @@ def run(workflow: Annotated[str, typer.Argument(help="workflow file or seed name
                          lambda: llm.meter.tokens_out) as progress:
         traces = asyncio.run(Executor(llm, concurrency=SETTINGS.concurrency).run_many(
             wf, tasks, evaluate=evaluate, on_done=progress.run_done))
-    bench.print_traces(traces, show=show_traces)
+    bench.print_traces(traces, show=show_traces, as_json=as_json)
 
 
 @app.command("evaluate")
@@ -302,7 +302,8 @@ def collect(port: Annotated[int, typer.Option(help="port (OTLP/HTTP's is 4318)")
 
 
 # --- the warehouse --------------------------------------------------------------------------
-def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
+def _print_modes(wh: object, workflow: str | None, version: str | None,
+                 as_json: bool = False) -> None:
     """The latest night of each (workflow, model, dataset): its modes ranked by mass, then the
     noise row (the failures in no dense mode, which still count in the mass)."""
     from cegraph.fss.mass import estimate
@@ -314,10 +315,14 @@ def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
         "QUALIFY row_number() OVER (PARTITION BY workflow, model, dataset "
         "ORDER BY computed_at DESC) = 1 ORDER BY workflow, model, dataset",
         [workflow, workflow, version, version])
+    if not nights and as_json:
+        print("[]")
+        return
     if not nights:
         render.console.print("no failure modes yet: run `cegraph demo` (or check --workflow, "
                              "--version, --home)")
         return
+    found = []
     example = ("(SELECT message FROM failures x WHERE x.failure_id = {} LIMIT 1) AS example")
     for night_id, wf, version_id, runs, noise, model, dataset, recipe in nights:
         rows = wh.query(
@@ -334,19 +339,26 @@ def _print_modes(wh: object, workflow: str | None, version: str | None) -> None:
             rows.append({"rank": None, "label": "noise: failures in no dense mode",
                          "size": noise, "mass": est.mass, "lo": est.lo, "hi": est.hi,
                          "trend": "", "locus": "", "example": noise_example})
+        found.append({"night_id": night_id, "workflow": wf, "version_id": version_id,
+                      "model": model, "dataset": dataset, "runs": runs, "recipe": recipe,
+                      "modes": rows})
+        if as_json:
+            continue
         columns = ["rank", "label", "size", "mass", "lo", "hi", "trend", "locus", "example"]
         render.grid(columns, [[r[c] for c in columns] for r in rows],
                     title=f"{wf} {version_id} ({model} on {dataset}): failure modes of night "
                           f"{night_id}, {runs} runs, recipe {recipe}")
+    if as_json:
+        print(json.dumps(found, default=str))
 
 
 @app.command("modes")
 def modes(workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = None,
           version: Annotated[str | None, typer.Option("--version", "-v")] = None,
-          home: Home = Path(SETTINGS.home)) -> None:
+          home: Home = Path(SETTINGS.home), as_json: AsJson = False) -> None:
     """Print the failure modes of the latest night: rank, label, size, mass, trend, locus."""
     with read_home(home) as wh:
-        _print_modes(wh, workflow, version)
+        _print_modes(wh, workflow, version, as_json)
 
 
 @app.command("similar")

@@ -21,6 +21,7 @@ Model = Annotated[str, typer.Option("--model", "-m", help="Local model name (qwe
 DataPath = Annotated[str | None, typer.Option(
     "--data", "--data-dir", help="A JSONL file, or a folder of {dataset}_validate.jsonl files "
     "(default: the splits packaged with cegraph, or $CEGRAPH_DATA_DIR).")]
+AsJson = Annotated[bool, typer.Option("--json", help="print the result as JSON (last line)")]
 #: The acceptance rule's sample and regression limit, shared by `refine` and `bench refine`.
 Counterexamples = Annotated[int, typer.Option(
     help="target-mode counterexamples each candidate is verified on")]

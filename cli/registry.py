@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli import render
-from cli.options import SETTINGS, Home
+from cli.options import SETTINGS, AsJson, Home
 from cli.refining import fail, open_home, read_home
 
 if TYPE_CHECKING:
@@ -108,10 +109,17 @@ def export(workflow: Annotated[str, typer.Argument(help="registered workflow nam
     render.console.print(f"{workflow}: active version {version_id} written to {out}")
 
 
-def workflows(home: Home = Path(SETTINGS.home)) -> None:
+def workflows(home: Home = Path(SETTINGS.home), as_json: AsJson = False) -> None:
     """The registered workflows with their evaluator and active version."""
     with registry(home, read_only=True) as reg:
         rows = reg.registered()
+    if as_json:
+        print(json.dumps([{"workflow": r.name, "evaluator": r.evaluator.kind,
+                           "active_version_id": r.active_version_id,
+                           "seed_version_id": r.seed_version_id,
+                           "registered_at": str(r.registered_at), "source": r.source}
+                          for r in rows]))
+        return
     if not rows:
         render.console.print("no workflow registered yet: cegraph register WORKFLOW_FILE")
         return

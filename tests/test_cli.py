@@ -72,3 +72,17 @@ def test_bench_fss_prints_its_figures(tmp_path, monkeypatch):
     figures = json.loads(out.output.strip().splitlines()[-1])
     assert figures["failures"] == 60 and figures["span_rows"] == 40
     assert figures["modes"] >= 1 and figures["knn_p50_ms"] > 0
+
+
+def test_run_and_workflows_answer_in_json(tmp_path, scripted):
+    scripted.reply = lambda messages: "\\boxed{7}"
+    out = CliRunner().invoke(app, ["run", "math", "--dataset", "gsm8k", "--n", "2",
+                                   "--model", "scripted/m", "--json"])
+    assert out.exit_code == 0, out.output
+    runs = json.loads(out.output.strip().splitlines()[-1])
+    assert len(runs) == 2 and {r["output"] for r in runs} == {"7"}
+    assert all(r["llm_calls"] >= 1 and r["outcome"] in ("pass", "wrong_answer") for r in runs)
+    CliRunner().invoke(app, ["register", "math", "--home", str(tmp_path)])
+    listed = CliRunner().invoke(app, ["workflows", "--home", str(tmp_path), "--json"])
+    [row] = json.loads(listed.output.strip().splitlines()[-1])
+    assert row["workflow"] == "math-solver" and row["active_version_id"] == row["seed_version_id"]

@@ -83,6 +83,9 @@ def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, pref
     assert out.exit_code == 0
     assert "solve (ChainOfThought)" in out.output and "format (Format)" not in out.output
     assert "stable" in out.output and "expected" in out.output
+    listed = CliRunner().invoke(app, ["modes", "--home", str(tmp_path), "--json"])
+    [night] = json.loads(listed.output.strip().splitlines()[-1])
+    assert night["runs"] == 6 and night["modes"][0]["locus"] == "solve (ChainOfThought)"
 
 
 def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, monkeypatch):
