@@ -86,3 +86,13 @@ def test_run_and_workflows_answer_in_json(tmp_path, scripted):
     listed = CliRunner().invoke(app, ["workflows", "--home", str(tmp_path), "--json"])
     [row] = json.loads(listed.output.strip().splitlines()[-1])
     assert row["workflow"] == "math-solver" and row["active_version_id"] == row["seed_version_id"]
+
+
+def test_datasets_workflow_show_and_bench_sandbox_answer():
+    listed = CliRunner().invoke(app, ["datasets"])
+    assert listed.exit_code == 0 and "gsm8k" in listed.output and "humaneval" in listed.output
+    shown = CliRunner().invoke(app, ["workflow", "show", "math"])
+    assert shown.exit_code == 0 and "ChainOfThought" in shown.output
+    timed = CliRunner().invoke(app, ["bench", "sandbox", "--runs", "2", "--json"])
+    assert timed.exit_code == 0, timed.output
+    assert json.loads(timed.output.strip().splitlines()[-1])["grading_ms"] > 0

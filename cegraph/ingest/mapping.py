@@ -7,11 +7,12 @@ max_attribute_chars = 16384
 [workflow.math]                # gen_ai.workflow.name (else service.name, else root span)
 run_operation = "invoke_workflow"   # the span that is the run (else the trace's root)
 node_attribute = "app.step"         # a step's node id (default: span name's last dotted part)
-operator_attribute = "app.operator" # a step's operator (default: its span kind)
+operator_attribute = "app.operator" # a step's operator (default: cegraph.operator, else
+                                    # its span kind)
 input_attribute = "app.question"    # the task input (default: the run's input messages)
 task_attribute = "app.task_id"      # the task id (default: conversation/session id, trace id)
 version_attribute = "app.version"   # workflow version (default: service.version)
-reference_attribute = "app.expected"  # the reference answer, when the log has one
+reference_attribute = "app.expected"  # the reference answer (default: cegraph.reference)
 reference_pattern = 'expected (?P<expected>.+?), got (?P<observed>.*)'  # from explanations
 outcome_attribute = "app.passed"    # a pass/fail attribute on the run span
 ```
@@ -34,11 +35,12 @@ class MappingError(ValueError):
 class Mapping:
     run_operation: str = "invoke_workflow"
     node_attribute: str | None = None
-    operator_attribute: str | None = None
+    # cegraph's own two attributes (what `cegraph answer` writes; README's example)
+    operator_attribute: str | None = "cegraph.operator"
     input_attribute: str | None = None
     task_attribute: str | None = None
     version_attribute: str | None = None
-    reference_attribute: str | None = None
+    reference_attribute: str | None = "cegraph.reference"
     reference_pattern: str = r"expected (?P<expected>.+?), got (?P<observed>.*)"
     outcome_attribute: str | None = None
     pass_labels: tuple[str, ...] = ("pass", "passed", "correct", "true", "ok", "good", "1")
