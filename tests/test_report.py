@@ -133,3 +133,24 @@ def test_projection_separates_planted_clusters():
     assert (np.sign(x[:20]) != np.sign(x[20:])).all() and "PCA" in proj.method
     assert project(np.zeros((2, 16))).xy.shape == (2, 2)
     assert "coincide" in project(np.ones((5, 16))).method
+
+
+def test_projection_of_points_on_a_line_has_no_rounding_noise_axis():
+    # three signatures, two of them equal: the second axis has no spread at all
+    v = np.vstack([np.eye(16)[0], np.eye(16)[0], np.eye(16)[1]])
+    proj = project(v)
+    assert (proj.xy[:, 1] == 0).all() and np.ptp(proj.xy[:, 0]) > 0.5
+    assert "line" in proj.method
+
+
+def test_mode_trend_puts_one_night_on_a_category_axis():
+    from types import SimpleNamespace
+
+    from cegraph.report.figures import mode_trend
+    from cegraph.report.summary import TrendPoint
+
+    point = TrendPoint(night_id="n1", computed_at="2026-12-01T02:00:00", mode_id="m1",
+                       label="wrong answer", mass=0.3, lo=0.2, hi=0.4)
+    fig = mode_trend(SimpleNamespace(trend=[point]))  # the figure reads only the trend
+    assert fig.layout.xaxis.type == "category"
+    assert list(fig.data[0].x) == ["2026-12-01 02:00"]

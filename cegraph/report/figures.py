@@ -34,17 +34,22 @@ def mode_trend(s: NightSummary) -> go.Figure:
     by_mode: dict[str, list] = defaultdict(list)
     for p in sorted(s.trend, key=lambda p: p.computed_at):
         by_mode[p.mode_id].append(p)
+    # one category per night: a time axis of a single night zooms into milliseconds, and
+    # nights are what the reader counts, not hours between them
+    night = {p.night_id: f"{p.computed_at:%Y-%m-%d %H:%M}" for p in s.trend}
     fig = go.Figure()
     for mode_id, points in by_mode.items():
         fig.add_trace(go.Scatter(
-            x=[p.computed_at for p in points], y=[p.mass for p in points],
+            x=[night[p.night_id] for p in points], y=[p.mass for p in points],
             mode="lines+markers", name=f"{mode_id}: {points[-1].label}"[:60],
             error_y={"type": "data", "symmetric": False,
                      "array": [p.hi - p.mass for p in points],
                      "arrayminus": [p.mass - p.lo for p in points]},
             hovertext=[p.night_id for p in points]))
     fig.update_layout(title="Failure modes across nights (mass per mode)",
-                      xaxis={"title": "night"}, yaxis={"title": "mass", "rangemode": "tozero"},
+                      xaxis={"title": "night", "type": "category",
+                             "categoryorder": "category ascending"},
+                      yaxis={"title": "mass", "rangemode": "tozero"},
                       **_LAYOUT)
     return fig
 

@@ -27,10 +27,15 @@ def project(vectors: np.ndarray) -> Projection:
         return Projection(np.column_stack([np.arange(n, dtype=float), np.zeros(n)]),
                           f"{n} signature(s): too few to project")
     vectors = np.asarray(vectors, dtype=np.float64)
-    if np.allclose(vectors, vectors[0]):
+    if np.allclose(vectors, vectors[0], atol=1e-6):
         return Projection(np.zeros((n, 2)), f"all {n} signatures coincide (one point)")
     pca = PCA(n_components=2, random_state=0)
     xy = pca.fit_transform(vectors)
+    # an axis along which the points do not spread carries rounding noise (1e-16), which a
+    # plot would stretch into a spread: set it to 0
+    flat = pca.explained_variance_ <= 1e-9 * pca.explained_variance_.sum()
+    xy[:, flat] = 0.0
     kept = float(pca.explained_variance_ratio_.sum())
+    line = " (they lie on a line)" if flat.any() else ""
     return Projection(xy, f"PCA of {vectors.shape[1]}-d signatures ({kept:.0%} of the "
-                          "variance on these two axes)")
+                          f"variance on these two axes){line}")
