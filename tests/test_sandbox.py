@@ -44,7 +44,7 @@ def lines(code: str, **kwargs: object) -> list[str]:
 
 def test_normal_program_reads_stdin_and_prints():
     r = run_python("print(sum(range(int(input()))))", limits=FAST, stdin="10\n")
-    assert r.ok and r.completed and r.stdout == "45\n" and r.isolation == "bwrap"
+    assert r.ok and r.stdout == "45\n" and r.isolation == "bwrap"
 
 
 def test_infinite_loop_times_out():
@@ -260,7 +260,7 @@ def test_fifo_or_symlink_in_place_of_output_files(mode, monkeypatch):
             "    os.symlink('/etc/shadow', name)\nprint('done')\n")
     started = time.monotonic()
     r = run_python(code, limits=FAST)
-    assert r.ok and r.completed and r.stdout == "done\n" and r.stderr == ""
+    assert r.ok and r.stdout == "done\n" and r.stderr == ""
     assert time.monotonic() - started < 3
 
 
@@ -331,7 +331,7 @@ def test_refuses_without_isolation_unless_opted_in(monkeypatch):
     assert "\n" not in r.error and "CEGRAPH_SANDBOX=unisolated" in r.error
     monkeypatch.setenv("CEGRAPH_SANDBOX", "unisolated")
     r = run_python("print(1)", limits=FAST)
-    assert r.ok and r.isolation == "unisolated" and r.completed
+    assert r.ok and r.isolation == "unisolated"
 
 
 def test_runs_in_fresh_namespaces_as_an_unprivileged_user():
