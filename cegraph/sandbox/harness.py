@@ -88,13 +88,12 @@ def _send(stream, message) -> None:
 
 
 def _receive(stream):
-    """The next message, None at end of stream; ValueError when it is too long or not JSON."""
+    """The next message, None at end of stream (a message cut off by it included);
+    ValueError when it is too long or not JSON."""
     line = stream.readline(MAX_MESSAGE + 1)
-    if not line:
-        return None
-    if not line.endswith(b"\n"):
+    if len(line) > MAX_MESSAGE:
         raise ValueError("a message longer than the channel carries")
-    return json.loads(line)
+    return json.loads(line) if line.endswith(b"\n") else None
 
 
 # --- program ---------------------------------------------------------------------------
