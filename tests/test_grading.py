@@ -128,6 +128,9 @@ def _texts():
     frame = sys._getframe()
     while frame is not None:
         yield repr(frame.f_globals) + repr(frame.f_locals)
+        for value in [*frame.f_globals.values(), *frame.f_locals.values()]:
+            if isinstance(value, (str, bytes)):
+                yield value if isinstance(value, str) else value.decode('utf-8', 'replace')
         frame = frame.f_back
     yield repr(sys.argv) + repr(dict(os.environ))
     for path in ['/proc/self/cmdline', '/proc/1/cmdline'] + [

@@ -18,15 +18,14 @@ The judge decodes every reply itself, so nothing the solution made (an object wi
 judge saw, not something the solution can claim.
 """
 
-import ast
 import builtins
-import json
-import linecache
 import os
 import resource
 import sys
-import traceback
 import types
+
+# json, ast and traceback are imported where they are used: a plain program (most runs)
+# starts without them (tens of ms on a busy host)
 
 PROGRAM_FILENAME = "main.py"
 TESTS_FILENAME = "tests.py"
@@ -83,6 +82,8 @@ def decode(data):
 
 
 def _send(stream, message) -> None:
+    import json
+
     stream.write(json.dumps(message).encode() + b"\n")
     stream.flush()
 
@@ -90,6 +91,8 @@ def _send(stream, message) -> None:
 def _receive(stream):
     """The next message, None at end of stream (a message cut off by it included);
     ValueError when it is too long or not JSON."""
+    import json
+
     line = stream.readline(MAX_MESSAGE + 1)
     if len(line) > MAX_MESSAGE:
         raise ValueError("a message longer than the channel carries")
@@ -103,9 +106,6 @@ def _load(source: bytes, name: str) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__file__ = PROGRAM_FILENAME
     sys.modules[name] = module
-    text = source.decode("utf-8", "replace")
-    linecache.cache[PROGRAM_FILENAME] = (len(text), None, text.splitlines(True),
-                                         PROGRAM_FILENAME)
     sys.argv = [PROGRAM_FILENAME]
     exec(compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True), module.__dict__)
     return module
@@ -165,18 +165,22 @@ def strict_eq(a, b) -> bool:
     return a == b
 
 
-class _StrictEquality(ast.NodeTransformer):
-    """`a == b` and `a != b` in the tests become calls of `strict_eq`."""
+def _strict_equality(tree):
+    """`tree` with each `a == b` and `a != b` made a call of `strict_eq`."""
+    import ast
 
-    def visit_Compare(self, node: ast.Compare) -> ast.AST:
-        self.generic_visit(node)
-        if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
-            return node
-        new: ast.expr = ast.Call(ast.Name(_EQ, ast.Load()), [node.left, node.comparators[0]],
-                                 [])
-        if isinstance(node.ops[0], ast.NotEq):
-            new = ast.UnaryOp(ast.Not(), new)
-        return ast.copy_location(new, node)
+    class StrictEquality(ast.NodeTransformer):
+        def visit_Compare(self, node: ast.Compare) -> ast.AST:
+            self.generic_visit(node)
+            if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
+                return node
+            new: ast.expr = ast.Call(ast.Name(_EQ, ast.Load()),
+                                     [node.left, node.comparators[0]], [])
+            if isinstance(node.ops[0], ast.NotEq):
+                new = ast.UnaryOp(ast.Not(), new)
+            return ast.copy_location(new, node)
+
+    return ast.fix_missing_locations(StrictEquality().visit(tree))
 
 
 def _raised(name: str, args: tuple) -> Exception:
@@ -219,8 +223,11 @@ def _proxy(name: str, requests, replies):
     return call
 
 
-def _failing_assert(suite: str, tree: ast.AST, tb) -> tuple[int | None, str]:
+def _failing_assert(suite: str, tree, tb) -> tuple[int | None, str]:
     """The suite's line where the exception surfaced, and the assert holding it (one line)."""
+    import ast
+    import traceback
+
     lines = [n for f, n in traceback.walk_tb(tb) if f.f_code.co_filename == TESTS_FILENAME]
     if not lines:
         return None, ""
@@ -231,6 +238,8 @@ def _failing_assert(suite: str, tree: ast.AST, tb) -> tuple[int | None, str]:
 
 
 def _run_suite(suite: str, prelude: str, entry: str, requests, replies) -> dict:
+    import ast
+
     namespace = {"__name__": "__cegraph_tests__", "__builtins__": builtins, _EQ: strict_eq}
     tree = None
     try:
@@ -238,8 +247,7 @@ def _run_suite(suite: str, prelude: str, entry: str, requests, replies) -> dict:
             exec(compile(prelude, "prompt.py", "exec", dont_inherit=True), namespace)
         namespace[entry] = _proxy(entry, requests, replies)
         tree = ast.parse(suite)
-        code = compile(ast.fix_missing_locations(_StrictEquality().visit(tree)),
-                       TESTS_FILENAME, "exec", dont_inherit=True)
+        code = compile(_strict_equality(tree), TESTS_FILENAME, "exec", dont_inherit=True)
         exec(code, namespace)
     except CalleeGone:
         return {"ok": False, "kind": "early_exit", "error": ""}
@@ -259,6 +267,8 @@ def _run_suite(suite: str, prelude: str, entry: str, requests, replies) -> dict:
 
 
 def _judge(payload: bytes, requests, replies, verdict: int) -> None:
+    import json
+
     task = json.loads(payload)
     results = []
     for suite in task["suites"]:  # later suites only run when the earlier ones passed
