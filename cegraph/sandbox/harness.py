@@ -122,6 +122,8 @@ def _callee(source: bytes, requests, replies) -> None:
     while (message := _receive(requests)) is not None:
         name, args, kwargs = message
         try:
+            if name not in module.__dict__:
+                raise NameError(f"name {name!r} is not defined")
             result = module.__dict__[name](*decode(args), **decode(kwargs))
         except Exception as exc:  # the test sees the exception, raised by the proxy
             try:
