@@ -19,6 +19,7 @@ judge saw, not something the solution can claim.
 """
 
 import builtins
+import io
 import os
 import resource
 import sys
@@ -36,7 +37,7 @@ _EQ = "_cegraph_strict_eq"
 
 # --- the codec: plain data only, both ways -------------------------------------------------
 
-def encode(value):
+def encode(value: object) -> object:
     """`value` as JSON-ready data with type tags; TypeError for anything not plain data.
 
     A subclass of a plain type (`Counter`, `OrderedDict`, a namedtuple, an `IntEnum`) goes
@@ -60,7 +61,7 @@ def encode(value):
     raise TypeError(f"a {kind.__module__}.{kind.__qualname__}, which is not plain data")
 
 
-def decode(data):
+def decode(data: object) -> object:
     """The value `encode` made; ValueError for anything else (what the judge reads)."""
     if data is None or type(data) in (bool, int, float, str):
         return data
@@ -81,14 +82,14 @@ def decode(data):
     raise ValueError(f"unknown tag {tag[:20]!r}")
 
 
-def _send(stream, message) -> None:
+def _send(stream: io.BufferedIOBase, message: list) -> None:
     import json
 
     stream.write(json.dumps(message).encode() + b"\n")
     stream.flush()
 
 
-def _receive(stream):
+def _receive(stream: io.BufferedIOBase) -> object:
     """The next message, None at end of stream (a message cut off by it included);
     ValueError when it is too long or not JSON."""
     import json
@@ -117,7 +118,8 @@ def _program(source: bytes) -> None:
 
 # --- callee: the solution, answering calls -------------------------------------------------
 
-def _callee(source: bytes, requests, replies) -> None:
+def _callee(source: bytes, requests: io.BufferedIOBase,
+            replies: io.BufferedIOBase) -> None:
     module = _load(source, "__cegraph_solution__")
     while (message := _receive(requests)) is not None:
         name, args, kwargs = message
@@ -156,7 +158,7 @@ class SolutionError(Exception):
     """An exception the solution raised whose type the judge does not know by name."""
 
 
-def strict_eq(a, b) -> bool:
+def strict_eq(a: object, b: object) -> bool:
     """`==` on plain data, except that a bool equals only a bool (`True` is not `1`)."""
     if type(a) is bool or type(b) is bool:
         return type(a) is type(b) and a == b
@@ -167,7 +169,7 @@ def strict_eq(a, b) -> bool:
     return a == b
 
 
-def _strict_equality(tree):
+def _strict_equality(tree: object) -> object:
     """`tree` with each `a == b` and `a != b` made a call of `strict_eq`."""
     import ast
 
@@ -196,8 +198,9 @@ def _raised(name: str, args: tuple) -> Exception:
     return SolutionError(f"{name}: {', '.join(map(str, args))}")
 
 
-def _proxy(name: str, requests, replies):
-    def call(*args, **kwargs):
+def _proxy(name: str, requests: io.BufferedIOBase,
+           replies: io.BufferedIOBase) -> types.FunctionType:
+    def call(*args: object, **kwargs: object) -> object:
         try:
             _send(requests, [name, encode(list(args)), encode(kwargs)])
         except (TypeError, ValueError, RecursionError) as exc:
@@ -225,7 +228,8 @@ def _proxy(name: str, requests, replies):
     return call
 
 
-def _failing_assert(suite: str, tree, tb) -> tuple[int | None, str]:
+def _failing_assert(suite: str, tree: object,
+                    tb: types.TracebackType | None) -> tuple[int | None, str]:
     """The suite's line where the exception surfaced, and the assert holding it (one line)."""
     import ast
     import traceback
@@ -239,7 +243,8 @@ def _failing_assert(suite: str, tree, tb) -> tuple[int | None, str]:
     return lines[-1], " ".join(text.split()) if text else ""
 
 
-def _run_suite(suite: str, prelude: str, entry: str, requests, replies) -> dict:
+def _run_suite(suite: str, prelude: str, entry: str, requests: io.BufferedIOBase,
+               replies: io.BufferedIOBase) -> dict:
     import ast
 
     namespace = {"__name__": "__cegraph_tests__", "__builtins__": builtins, _EQ: strict_eq}
@@ -268,7 +273,8 @@ def _run_suite(suite: str, prelude: str, entry: str, requests, replies) -> dict:
     return {"ok": True}
 
 
-def _judge(payload: bytes, requests, replies, verdict: int) -> None:
+def _judge(payload: bytes, requests: io.BufferedIOBase, replies: io.BufferedIOBase,
+           verdict: int) -> None:
     import json
 
     task = json.loads(payload)
