@@ -192,3 +192,11 @@ def test_a_solution_raising_is_an_exception_the_test_can_expect():
     wrong = grade_code(task, "def f(x):\n    raise KeyError('k')\n", FAST)
     assert not wrong.passed and wrong.failure_class == "exception"
     assert wrong.message.startswith("KeyError")
+
+
+def test_the_unisolated_mode_grades_through_the_same_judge(monkeypatch):
+    monkeypatch.setenv("CEGRAPH_SANDBOX", "unisolated")
+    task = Task("u", "mbpp", "", "assert add(1, 2) == 3\nassert add(2, 2) == 4",
+                public_tests=("assert candidate(1, 2) == 3",), metadata={"entry_point": "add"})
+    assert grade_code(task, "def add(a, b):\n    return a + b\n", FAST).passed
+    assert _fails(task, _wrong(task, "_claim()", _CLAIM)) == "early_exit"

@@ -85,7 +85,7 @@ def run_tests(solution: str, suites: Sequence[str], *, entry: str, prelude: str 
     limits = limits or SandboxLimits()
     mode = current_mode()
     if mode.isolation == "refused":
-        return _failed_run("exception", mode.why)
+        return _failed("exception", mode.why)
     payload = json.dumps({"suites": list(suites), "prelude": prelude, "entry": entry})
     try:
         with _Session(mode, limits) as session:
@@ -101,33 +101,33 @@ def run_tests(solution: str, suites: Sequence[str], *, entry: str, prelude: str 
                 fds.close(fd)  # held by the two runs only: a closed end is a death seen
             verdict = session.sink(verdict_r, _VERDICT_BYTES, "the judge's verdict is too long")
             session.exchange(judge)
-            return _test_run(session, session.result(judge), session.result(callee),
-                             bytes(verdict))
+            return _judgement(session, session.result(judge), session.result(callee),
+                              bytes(verdict))
     except Exception as exc:
-        return _failed_run("exception", f"sandbox error: {type(exc).__name__}: {exc}")
+        return _failed("exception", f"sandbox error: {type(exc).__name__}: {exc}")
 
 
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _failed_run(failure_class: str, message: str) -> Judgement:
+def _failed(failure_class: str, message: str) -> Judgement:
     return Judgement((SuiteResult(False, failure_class, message),))
 
 
-def _test_run(session: _Session, judge: SandboxResult, callee: SandboxResult,
-              verdict: bytes) -> Judgement:
+def _judgement(session: _Session, judge: SandboxResult, callee: SandboxResult,
+               verdict: bytes) -> Judgement:
     """The judge's verdict on each suite it ran, as failure classes and messages."""
     if session.timed_out:
-        return _failed_run("timeout", "timeout: the tests did not finish in "
-                           f"{session.limits.timeout_s:g}s")
+        return _failed("timeout", "timeout: the tests did not finish in "
+                       f"{session.limits.timeout_s:g}s")
     if session.reason:
-        return _failed_run("exception", session.reason)
+        return _failed("exception", session.reason)
     try:
         raw = json.loads(verdict)
     except ValueError:
-        return _failed_run("exception", "the judge stopped without a verdict: "
-                           f"{judge.error or 'no error'}")
+        return _failed("exception", "the judge stopped without a verdict: "
+                       f"{judge.error or 'no error'}")
     died = ("exception" if "Traceback" in callee.stderr or callee.reason else "early_exit")
     suites = []
     for entry in raw:

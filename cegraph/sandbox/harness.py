@@ -112,10 +112,6 @@ def _load(source: bytes, name: str) -> types.ModuleType:
     return module
 
 
-def _program(source: bytes) -> None:
-    _load(source, "__main__")
-
-
 # --- callee: the solution, answering calls -------------------------------------------------
 
 def _callee(source: bytes, requests: io.BufferedIOBase,
@@ -130,14 +126,17 @@ def _callee(source: bytes, requests: io.BufferedIOBase,
         except Exception as exc:  # the test sees the exception, raised by the proxy
             try:
                 detail = ["raise", type(exc).__name__, encode(list(exc.args))]
-            except TypeError:
+            except (TypeError, ValueError, RecursionError):
                 detail = ["raise", type(exc).__name__, ["list", str(exc)]]
             _send(replies, detail)
             continue
         try:
             _send(replies, ["ok", encode(result)])
-        except (TypeError, ValueError, RecursionError) as exc:
+        except TypeError as exc:
             _send(replies, ["bad", f"{name}() returned {exc}"])
+        except (ValueError, RecursionError) as exc:  # a cycle, or nesting too deep
+            _send(replies, ["bad", f"{name}() returned a value the channel cannot carry "
+                            f"({exc})"])
 
 
 # --- judge: the tests, calling the solution through the channel ----------------------------
@@ -300,7 +299,7 @@ def main() -> None:
     os.close(int(control))
     data = b"".join(chunks)
     if role == "program":
-        _program(data)
+        _load(data, "__main__")
         return
     requests = os.fdopen(int(channel_in), "rb" if role == "callee" else "wb")
     replies = os.fdopen(int(channel_out), "wb" if role == "callee" else "rb")
