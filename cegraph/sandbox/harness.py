@@ -288,11 +288,10 @@ def _judge(payload: bytes, requests: io.BufferedIOBase, replies: io.BufferedIOBa
 # --- entry ---------------------------------------------------------------------------------
 
 def main() -> None:
-    role, control, channel_in, channel_out, verdict, *rlimits = sys.argv[1:]
+    role, control, requests_fd, replies_fd, verdict, *rlimits = sys.argv[1:]
     for pair in rlimits:
         res, value = map(int, pair.split("="))
         resource.setrlimit(res, (value, value))
-    sys.set_int_max_str_digits(0)  # a big int is plain data too
     chunks = []
     while chunk := os.read(int(control), 1 << 16):
         chunks.append(chunk)
@@ -301,8 +300,10 @@ def main() -> None:
     if role == "program":
         _load(data, "__main__")
         return
-    requests = os.fdopen(int(channel_in), "rb" if role == "callee" else "wb")
-    replies = os.fdopen(int(channel_out), "wb" if role == "callee" else "rb")
+    sys.set_int_max_str_digits(0)  # a big int is plain data too
+    # the callee reads requests and writes replies; the judge the other way round
+    requests = os.fdopen(int(requests_fd), "rb" if role == "callee" else "wb")
+    replies = os.fdopen(int(replies_fd), "wb" if role == "callee" else "rb")
     if role == "callee":
         _callee(data, requests, replies)
     else:
