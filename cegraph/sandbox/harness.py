@@ -308,7 +308,6 @@ def main() -> None:
         _callee(data, requests, replies)
     else:
         _judge(data, requests, replies, int(verdict))
-        sys.stdout.flush()
 
 
 if __name__ == "__main__":
