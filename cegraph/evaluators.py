@@ -7,7 +7,9 @@ Failure classes:
 - `truncated`: a failed run in which a call that fed the output stopped at its token limit;
 - `test_failure`: code that ran but failed an assert (the assert is named);
 - `exception`: a node raised, or the code under test raised (type and message);
-- `timeout`: a node or the code under test ran out of time.
+- `timeout`: a node or the code under test ran out of time;
+- `early_exit`: the code under test ended its process before its tests finished;
+- `bad_return`: the code under test returned something other than plain data.
 QA passes at token F1 >= `QA_PASS_F1` (DROP with its official number normalization).
 
 Code is graded on the asserts the workflow was *not* shown: a task's public tests (what a
@@ -19,7 +21,6 @@ the full suite's.
 from __future__ import annotations
 
 import ast
-import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -35,18 +36,18 @@ from cegraph.answers import (
 )
 from cegraph.benchmarks import extract_code
 from cegraph.infrastructure import infrastructure_outcome, is_infrastructure
-from cegraph.sandbox import PROGRAM_FILENAME, SandboxLimits, SandboxResult, run_python
+from cegraph.sandbox import SandboxLimits, run_tests
 from cegraph.task import Task
 from cegraph.trace import Outcome, Trace
 
 #: Stamped on every outcome; bump it whenever a verdict could change for the same run, so
 #: that re-running a slice re-grades its stored runs (the old verdicts stay in the audit
 #: trail).
-EVALUATOR_VERSION = "2"
+EVALUATOR_VERSION = "3"
 
 QA_PASS_F1 = 0.8
 FAILURE_CLASSES = ("wrong_answer", "no_answer", "truncated", "test_failure", "exception",
-                   "timeout")
+                   "timeout", "early_exit", "bad_return")
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -130,21 +131,6 @@ def grade_math(reference: str, output: str) -> Outcome:
 
 # --- code ---------------------------------------------------------------------------------
 
-_ASSERT = re.compile(r"^\s*(assert .+)$")
-
-
-def _failing_assert(program: str, result: SandboxResult) -> str | None:
-    """The source line of the assert that failed, read off the traceback's line numbers
-    (the sandbox runs the program's text unchanged, so they are the program's own)."""
-    lines = program.splitlines()
-    pattern = rf'File "{re.escape(PROGRAM_FILENAME)}", line (\d+)'
-    for lineno in reversed(re.findall(pattern, result.stderr)):
-        idx = int(lineno) - 1
-        if 0 <= idx < len(lines) and (m := _ASSERT.match(lines[idx])):
-            return m.group(1).strip()
-    return None
-
-
 def _canonical(statement: str, entry: str) -> str | None:
     """An assert as one canonical string, the function under test called `candidate`."""
     try:
@@ -178,49 +164,47 @@ def hidden_tests(task: Task) -> str:
     return "\n".join(lines)
 
 
-def grading_program(task: Task, code: str, *, hidden: bool = True) -> str:
-    """The program that grades `code`: the hidden asserts only, or (`hidden=False`) all."""
-    entry = task.entry_point or ""
-    if task.dataset == "humaneval" and f"def {entry}" not in code:
-        code = task.metadata.get("prompt", "") + code  # a body-only completion
+def grading_suite(task: Task, *, hidden: bool = True) -> str:
+    """The test code the judge runs: the hidden asserts only, or (`hidden=False`) all."""
     tests = hidden_tests(task) if hidden else task.reference
-    if "def check(candidate" in tests:
-        return f"{code}\n\n{tests}\n\ncheck({entry})\n"
-    return f"{code}\n\n{tests}\n"
+    if "def check(candidate" in tests:  # HumanEval
+        return f"{tests}\n\ncheck({task.entry_point})\n"
+    return tests
 
 
-def _completes(program: str, limits: SandboxLimits) -> bool:
-    result = run_python(program, limits=limits, as_main=False)
-    return result.ok and result.completed
+def solution_code(task: Task, code: str) -> str:
+    """The solution as its own module: a HumanEval body-only completion gets its prompt."""
+    if task.dataset == "humaneval" and f"def {task.entry_point}" not in code:
+        return task.metadata.get("prompt", "") + code
+    return code
 
 
 GRADING_LIMITS = SandboxLimits(timeout_s=10.0)
 
 
 def grade_code(task: Task, output: str, limits: SandboxLimits = GRADING_LIMITS) -> Outcome:
-    """Pass/fail on the hidden asserts; `score_all` on the full suite (hidden + shown)."""
+    """Pass/fail on the hidden asserts; `score_all` on the full suite (hidden + shown).
+
+    The solution and the tests run in different sandboxed processes (`run_tests`): the
+    tests call the solution's function through a channel that carries plain data only, and
+    compare in the judge, so the solution can neither see the tests nor fake their result."""
     code = extract_code(output) if output else ""
     if not code.strip():
         return Outcome(False, 0.0, "no_answer", "no code found in the answer", "", "")
-    program = grading_program(task, code)
-    # graded code never runs as __main__, and passes only on the harness's completion marker:
-    # an early sys.exit/os._exit, or a killed harness, is a failure
-    result = run_python(program, limits=limits, as_main=False)
-    if result.ok and result.completed:
-        full = grading_program(task, code, hidden=False)
-        score_all = 1.0 if full == program or _completes(full, limits) else 0.0
-        return Outcome(True, 1.0, None, "", "", _short(code), score_all=score_all)
-    if result.ok:
-        return Outcome(False, 0.0, "exception", "the program exited before its tests finished",
-                       "", _short(code))
-    if result.timed_out:
-        return Outcome(False, 0.0, "timeout", "timeout: the tests did not finish in "
-                       f"{limits.timeout_s:g}s", "", _short(code))
-    failed = _failing_assert(program, result)
-    if result.error.startswith("AssertionError") and failed:
-        return Outcome(False, 0.0, "test_failure", f"AssertionError: {_short(failed, 160)}",
-                       failed, _short(code))
-    return Outcome(False, 0.0, "exception", result.error, failed or "", _short(code))
+    if not task.entry_point:
+        return Outcome(False, 0.0, "exception", "the task names no entry point to test", "",
+                       _short(code))
+    hidden, full = grading_suite(task), grading_suite(task, hidden=False)
+    prelude = task.metadata.get("prompt", "") if task.dataset == "humaneval" else ""
+    run = run_tests(solution_code(task, code), [hidden] if full == hidden else [hidden, full],
+                    entry=task.entry_point, prelude=prelude, limits=limits)
+    verdict = run.suites[0]
+    if verdict.passed:
+        return Outcome(True, 1.0, None, "", "", _short(code), score_all=float(run.passed))
+    message = verdict.message
+    if verdict.failure_class == "test_failure":
+        message = f"AssertionError: {_short(verdict.assertion, 160)}"
+    return Outcome(False, 0.0, verdict.failure_class, message, verdict.assertion, _short(code))
 
 
 # --- QA -----------------------------------------------------------------------------------

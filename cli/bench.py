@@ -17,6 +17,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from cegraph.task import Task
 from cegraph.trace import Trace
 from cli import render
 from cli.options import Counterexamples, DataPath, MaxBreakRate, Model
@@ -321,11 +322,27 @@ def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
         print(json.dumps(figures))
 
 
+def canonical_solutions(dataset: str) -> list[tuple[Task, str]]:
+    """Every packaged HumanEval or MBPP task with its dataset's reference solution."""
+    from cegraph.benchmarks import data_file, load
+
+    tasks = load(dataset)
+    if dataset == "humaneval":
+        return [(t, t.metadata["prompt"] + t.metadata["canonical"]) for t in tasks]
+    code = {f"mbpp-{row['task_id']}": row["code"]
+            for row in map(json.loads, data_file(dataset).read_text().splitlines())}
+    return [(t, code[t.id]) for t in tasks]
+
+
 @app.command("sandbox")
 def bench_sandbox(runs: Annotated[int, typer.Option("--runs")] = 20,
+                  canonical: Annotated[bool, typer.Option(
+                      "--canonical", help="also grade every packaged HumanEval and MBPP "
+                      "reference solution (all must pass)")] = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Median start-to-finish time of a trivial program and of a HumanEval grading, with
-    kernel isolation and in the unisolated mode."""
+    kernel isolation and in the unisolated mode; with --canonical, how many reference
+    solutions grade passing (on the hidden and the full suite) and the time per grading."""
     import os
 
     from cegraph.benchmarks import load
@@ -361,10 +378,24 @@ def bench_sandbox(runs: Annotated[int, typer.Option("--runs")] = 20,
             del os.environ[MODE_ENV]
         else:
             os.environ[MODE_ENV] = previous
-    figures = {"runs": runs, "task": task.id, "trivial_ms": trivial_ms,
-               "grading_ms": grading_ms, "trivial_ms_unisolated": trivial_plain,
-               "grading_ms_unisolated": grading_plain,
-               "added_ms": round(trivial_ms - trivial_plain, 1)}
+    figures: dict[str, object] = {
+        "runs": runs, "task": task.id, "trivial_ms": trivial_ms, "grading_ms": grading_ms,
+        "trivial_ms_unisolated": trivial_plain, "grading_ms_unisolated": grading_plain,
+        "added_ms": round(trivial_ms - trivial_plain, 1)}
+    if canonical:
+        for dataset in ("humaneval", "mbpp"):
+            pairs = canonical_solutions(dataset)
+            started = time.perf_counter()
+            failed = []
+            for t, code in pairs:
+                outcome = grade_code(t, f"```python\n{code}\n```")
+                if not (outcome.passed and outcome.score_all == 1.0):
+                    failed.append(f"{t.id}: {outcome.failure_class} {outcome.message}")
+            figures[f"{dataset}_canonical"] = f"{len(pairs) - len(failed)}/{len(pairs)}"
+            figures[f"{dataset}_ms_per_grading"] = round(
+                (time.perf_counter() - started) * 1000 / len(pairs), 1)
+            for line in failed:
+                render.console.print(f"canonical solution failed: {render.escape(line)}")
     render.grid(list(figures), [[str(v) for v in figures.values()]], title="bench sandbox")
     if as_json:
         print(json.dumps(figures))

@@ -386,18 +386,23 @@ def similar(failure_id: str, k: Annotated[int, typer.Option("--k")] = 20,
 @app.command("sql")
 def sql(query: str, home: Home = Path(SETTINGS.home),
         fmt: Annotated[str, typer.Option("--format", "-f",
-                                         help="table | csv | json")] = "table") -> None:
+                                         help="table | csv | json")] = "table",
+        timeout: Annotated[float, typer.Option(help="seconds the statement may run")] = 300.0,
+        ) -> None:
     """Run one read statement (SELECT, WITH, FROM, DESCRIBE, SHOW) against the warehouse:
-    the catalog read-only, no files outside the home's history, no extensions."""
+    the catalog read-only, no files outside the home's history, no extensions, bounded
+    time, memory and temporary files."""
     import duckdb
 
-    from storage.audit import AuditRefused, audit_query
+    from storage.audit import AuditLimits, AuditRefused, audit_query
 
     if fmt not in ("table", "csv", "json"):
         fail("--format must be table, csv or json")
+    if timeout <= 0:
+        fail("--timeout must be positive")
     with read_home(home) as wh:
         try:
-            result = audit_query(wh, query)
+            result = audit_query(wh, query, AuditLimits(timeout_s=timeout))
         except AuditRefused as exc:
             fail(f"refused: {exc}")
         except duckdb.Error as exc:

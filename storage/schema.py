@@ -103,7 +103,7 @@ TABLES: tuple[Table, ...] = (
         C("locus_operator", "VARCHAR", "operator of that node"),
         C("locus_depth", "INTEGER", "depth of that node"),
         C("failure_class", "VARCHAR", "wrong_answer | no_answer | truncated | test_failure | "
-                                      "exception | timeout"),
+                                      "exception | timeout | early_exit | bad_return"),
         C("message", "VARCHAR", "failure message (expected vs got, assert, exception)"),
         C("expected", "VARCHAR", "reference answer or failing assert"),
         C("observed", "VARCHAR", "what the workflow produced"),

@@ -44,7 +44,7 @@ def lines(code: str, **kwargs: object) -> list[str]:
 
 def test_normal_program_reads_stdin_and_prints():
     r = run_python("print(sum(range(int(input()))))", limits=FAST, stdin="10\n")
-    assert r.ok and r.completed and r.stdout == "45\n" and r.isolation == "bwrap"
+    assert r.ok and r.stdout == "45\n" and r.isolation == "bwrap"
 
 
 def test_infinite_loop_times_out():
@@ -211,6 +211,19 @@ def test_disk_and_inode_limits():
     assert "MemoryError" in flood.error or "OSError" in flood.error
 
 
+def test_every_writable_mount_is_sized_and_the_root_is_read_only():
+    limits = SandboxLimits(timeout_s=8, disk_mb=8, max_file_mb=64, memory_mb=256)
+    code = ("import os\nfor d in ('/', '/etc', '/dev', '/usr', '/tmp', '/dev/shm'):\n"
+            "    n = 0\n    try:\n"
+            "        with open(os.path.join(d, 'fill'), 'wb', buffering=0) as f:\n"
+            "            for _ in range(32):\n                f.write(b'x' * (1 << 20))\n"
+            "                n += 1\n    except OSError:\n        pass\n    print(d, n)\n")
+    out = dict(line.split() for line in run_python(code, limits=limits).stdout.splitlines())
+    assert {d: out[d] for d in ("/", "/etc", "/dev", "/usr")} == dict.fromkeys(
+        ("/", "/etc", "/dev", "/usr"), "0")
+    assert 0 < int(out["/tmp"]) <= limits.disk_mb and 0 < int(out["/dev/shm"]) <= limits.disk_mb
+
+
 # --- item 2: the host never trusts the run ------------------------------------------------
 
 def test_death_by_a_realtime_signal_is_a_result():
@@ -260,7 +273,7 @@ def test_fifo_or_symlink_in_place_of_output_files(mode, monkeypatch):
             "    os.symlink('/etc/shadow', name)\nprint('done')\n")
     started = time.monotonic()
     r = run_python(code, limits=FAST)
-    assert r.ok and r.completed and r.stdout == "done\n" and r.stderr == ""
+    assert r.ok and r.stdout == "done\n" and r.stderr == ""
     assert time.monotonic() - started < 3
 
 
@@ -281,7 +294,7 @@ def test_a_concurrent_runs_output_cannot_be_forged():
     assert results["forger"].stdout.endswith("tried\n")  # type: ignore[attr-defined]
 
 
-# --- item 3: grading needs positive evidence ----------------------------------------------
+# --- item 3: grading needs positive evidence (the tricks of issue 21: test_grading.py) -----
 
 TASK = Task("t", "mbpp", "", "assert add(1, 2) == 3\nassert add(2, 2) == 4",
             metadata={"entry_point": "add"})
@@ -331,7 +344,7 @@ def test_refuses_without_isolation_unless_opted_in(monkeypatch):
     assert "\n" not in r.error and "CEGRAPH_SANDBOX=unisolated" in r.error
     monkeypatch.setenv("CEGRAPH_SANDBOX", "unisolated")
     r = run_python("print(1)", limits=FAST)
-    assert r.ok and r.isolation == "unisolated" and r.completed
+    assert r.ok and r.isolation == "unisolated"
 
 
 def test_runs_in_fresh_namespaces_as_an_unprivileged_user():

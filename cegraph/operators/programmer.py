@@ -23,6 +23,8 @@ class Programmer(Operator):
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
         done = await ctx.ask(f"Problem:\n{inputs['input']}\n\n{ctx.params['instruction']}")
         code = extract_code(done.text)
+        # the answer is what the program printed, read by the host: nothing it writes or
+        # claims elsewhere counts
         result = await asyncio.to_thread(run_python, code, limits=ctx.sandbox)
         if not result.ok:
             raise OperatorError(f"program failed: {result.error}")

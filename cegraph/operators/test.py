@@ -8,28 +8,22 @@ from typing import Any
 
 from cegraph.benchmarks import extract_code
 from cegraph.operators.base import NodeContext, Operator, OperatorError, operator
-from cegraph.sandbox import SandboxLimits, run_python
-
-
-def assert_program(code: str, entry_point: str, asserts: list[str]) -> str:
-    """A program that runs each assert in turn and reports the first that fails."""
-    checks = "\n".join(
-        f"try:\n    {a}\nexcept AssertionError:\n    raise AssertionError({a!r}) from None"
-        for a in asserts)
-    return f"{code}\n\ncandidate = {entry_point}\n{checks}\n"
+from cegraph.sandbox import SandboxLimits, run_tests
 
 
 def run_public_tests(code: str, entry_point: str, asserts: list[str],
                      limits: SandboxLimits) -> tuple[bool, str]:
-    # as in grading: not __main__, and only the completion marker counts as passing
-    result = run_python(assert_program(code, entry_point, asserts), limits=limits,
-                        as_main=False)
-    if result.ok and result.completed:
+    """Run the public asserts the way grading runs the hidden ones: in the judge's process,
+    calling the solution's function through the sandbox's data channel."""
+    suite = f"candidate = {entry_point}\n" + "\n".join(asserts) + "\n"
+    verdict = run_tests(code, [suite], entry=entry_point, limits=limits).suites[0]
+    if verdict.passed:
         return True, f"all {len(asserts)} public tests passed"
     # the feedback names the function the model writes: shown `candidate(...)`, the 0.5B
     # pasted the assert into its revision, where `candidate` is undefined
-    error = re.sub(r"\bcandidate\(", f"{entry_point}(", result.error or "")
-    return False, error or "the program exited before its tests finished"
+    error = (f"AssertionError: {verdict.assertion}" if verdict.failure_class == "test_failure"
+             else verdict.message)
+    return False, re.sub(r"\bcandidate\(", f"{entry_point}(", error)
 
 
 @operator

@@ -6,7 +6,8 @@ namespaces (`--disable-userns`), a new session (no terminal injection), and
 `--die-with-parent`: the run's PID namespace, and with it every process of the run, dies
 when bwrap is killed. The file system is a read-only view of `/usr` (system libraries) and
 the interpreter's prefix, a private `/proc` and minimal `/dev`, and size-limited tmpfs at
-`/tmp` (the work directory) and `/dev/shm`. The seccomp filter (libseccomp via `pyseccomp`)
+`/tmp` (the work directory) and `/dev/shm`; bwrap's own tmpfs (the root, `/dev`) is then
+made read-only, so every writable mount has a size. The seccomp filter (libseccomp via `pyseccomp`)
 denies namespace and mount syscalls, ptrace and cross-process memory access, kernel keys,
 BPF, perf, userfaultfd, io_uring, module loading, memfd and SysV IPC.
 
@@ -109,7 +110,9 @@ def bwrap_argv(bwrap: str, disk_bytes: int, seccomp_fd: int) -> list[str]:
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
             *_root_view(), "--proc", "/proc", "--dev", "/dev",
             "--size", str(disk_bytes), "--tmpfs", "/dev/shm",
-            "--size", str(disk_bytes), "--tmpfs", WORK_DIR, "--chdir", WORK_DIR,
+            "--size", str(disk_bytes), "--tmpfs", WORK_DIR,
+            # bwrap's root and /dev tmpfs have no size option: nothing may write there
+            "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORK_DIR,
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK_DIR,
             "--setenv", "LANG", "C.UTF-8", "--seccomp", str(seccomp_fd), "--"]
 

@@ -1,4 +1,5 @@
-"""What a sandboxed run may use (`SandboxLimits`) and what it produced (`SandboxResult`)."""
+"""What a sandboxed run may use (`SandboxLimits`), what a process produced (`SandboxResult`),
+and what the judge observed testing a solution (`Judgement`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class SandboxLimits:
     max_output_bytes: int = 64 * 1024
     #: processes + threads of the whole run
     max_processes: int = 64
-    #: size of the work directory's tmpfs (and of the run's own /dev/shm)
+    #: size of each writable tmpfs (the work directory and /dev/shm; the root is read-only)
     disk_mb: int = 64
     #: largest file the run may write (RLIMIT_FSIZE)
     max_file_mb: int = 16
@@ -41,8 +42,6 @@ class SandboxResult:
     timed_out: bool = False
     #: "bwrap" (kernel isolation), "unisolated" (the opt-in weaker mode) or "refused"
     isolation: str = "bwrap"
-    #: the harness wrote this run's nonce after the program's last line ran (positive evidence)
-    completed: bool = False
     #: why the host stopped or refused the run (output limit, no isolation, internal error)
     reason: str = ""
 
@@ -62,3 +61,29 @@ class SandboxResult:
             name = signal_name(-self.returncode)
             return f"Killed: {name}" + (" (file size limit)" if name == "SIGXFSZ" else "")
         return f"exit status {self.returncode}" if not self.ok else ""
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """The judge's verdict on one test suite: passed, or why not. `failure_class` is one of
+    test_failure (an assert failed; `line` is its line in the suite), exception (the
+    solution or the test raised), early_exit (the solution's process ended before the tests
+    did), bad_return (it answered with something other than plain data), timeout.
+    `assertion` is the suite's assert (on one line) in which the failure surfaced, if any."""
+    passed: bool
+    failure_class: str | None = None
+    message: str = ""
+    assertion: str = ""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The suites the judge ran, in order; it stops at the first that fails, so the last one
+    is the failure (if any). `judge`/`callee` are the two processes, when they ran."""
+    suites: tuple[SuiteResult, ...]
+    judge: SandboxResult | None = None
+    callee: SandboxResult | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.suites)
