@@ -13,6 +13,7 @@ import re
 import pytest
 
 from cegraph.budget import Meter
+from cegraph.evaluator_spec import EvaluatorSpec, grader
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.llm import LLM, MemoryCallStore
@@ -26,8 +27,8 @@ from cegraph.refine.verify import CertainlyWorse, Plan, Verifier
 from cegraph.seeds import seed
 from cegraph.task import Task
 
-TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(30)]
-UNTOUCHED = [Task(f"u{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(30, 60)]
+TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(60)]
+UNTOUCHED = [Task(f"u{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(60, 120)]
 CAREFUL = "Check each step."
 
 
@@ -37,16 +38,20 @@ def number(text: str) -> int:
 
 def world(messages: list[dict[str, str]]) -> str:
     """CoT is right on every third problem, or when its prompt holds a memo `i -> i+1`; the
-    careful prompt is also right unless i % 5 == 2; a Programmer is right except when
-    i % 3 == 0 (it breaks every pass); Format copies the first number of the solution."""
+    careful prompt is also right when i % 3 == 1 (half the failures); a Programmer is right
+    except when i % 9 == 0 (it fixes every failure and breaks a third of the passes); Format
+    copies the first number of the solution; a judge checks the sum."""
     text = messages[-1]["content"]
     i = number(text)
+    if text.startswith("You grade the answer"):
+        ok = re.findall(r"\d+", text.split("Answer:")[-1])[:1] == [str(i + 1)]
+        return json.dumps({"passed": ok, "score": float(ok), "explanation": "checked"})
     if "Python program" in text:
-        return f"```python\nprint({i + 1 if i % 3 else 0})\n```"
+        return f"```python\nprint({i + 1 if i % 9 else 0})\n```"
     if "Give only the final answer" in text:
         found = re.findall(r"\d+", text.split("Solution:")[-1])
         return f"\\boxed{{{found[0] if found else 0}}}"
-    right = i % 3 == 0 or f"{i} -> {i + 1};" in text or (CAREFUL in text and i % 5 != 2)
+    right = i % 3 == 0 or f"{i} -> {i + 1};" in text or (CAREFUL in text and i % 3 == 1)
     return f"\\boxed{{{i + 1 if right else 0}}}"
 
 
@@ -124,7 +129,7 @@ def test_a_breaking_edit_cut_by_the_budget_mid_verification_is_undecided(scripte
     v = asyncio.run(Verifier(Executor(llm), evaluate, chunk=2,
                              early_stop=CertainlyWorse(1.0)).verify(cand, plan))
     assert not v.complete and v.incomplete
-    assert v.counts["passes"].broken >= 2  # passes run first: its breaks were seen
+    assert v.counts["passes"].broken >= 1  # passes run first: a break was seen
     rule = PairedRule(max_break_rate=1.0)
     by_id = {t.task_id: t for t in base_traces}
     verdict = rule.decide([rule.judge(v, plan, [by_id[t.task_id] for t in v.traces])], 1)[0]
@@ -132,14 +137,18 @@ def test_a_breaking_edit_cut_by_the_budget_mid_verification_is_undecided(scripte
     assert "incomplete evidence" in verdict.reason
 
 
-def test_a_refinement_never_accepts_a_breaking_edit_whatever_the_budget(scripted, embedder):
-    """Budget 119 let the old loop accept a Programmer edit that broke 5 of 7 passes."""
+@pytest.mark.parametrize("budget", [224, 228, 232, 1000])
+def test_a_judged_refinement_never_accepts_a_breaking_edit_whatever_the_budget(
+        scripted, embedder, budget):
+    """The old projection left the judge's calls out: the budget ended in the regression
+    stratum, its runs became `infrastructure` and were dropped, and an edit breaking a third
+    of the passes was accepted."""
     scripted.reply = world
-    for budget in (90, 119, 400):
-        _, result = _run(embedder, budget,
-                         proposers=[Fixed(ReplaceOperator(node="solve",
-                                                          operator="Programmer"))])
-        assert result.accepted == [] and result.llm_calls <= budget
+    judge = LLM("scripted/judge", store=MemoryCallStore())
+    spec = EvaluatorSpec(kind="judge", rubric="The answer is the right sum.")
+    _, result = _run(embedder, budget, evaluate=grader(spec, judge), judge_llm=judge,
+                     proposers=[Fixed(ReplaceOperator(node="solve", operator="Programmer"))])
+    assert result.accepted == [] and result.llm_calls <= budget
 
 
 # --- 5. early stop compares only against accepted candidates ------------------------------
@@ -210,6 +219,5 @@ def test_a_candidate_over_the_cost_bound_is_not_verified(scripted, embedder):
     [row] = journal.verifications.values()
     assert row["decision"] == "rejected" and "cost bound" in row["reason"]
     assert row["planned"] == 0 and row["calls_made"] == 0
-    assert not any("Think step by step" in c[-1]["content"] and c is not None
-                   for c in scripted.calls[60:])  # no ensemble run was made
-    assert result.accepted == [] and result.llm_calls == 60  # the seed's evaluation only
+    # the seed's evaluation (solve + format per input) is all that was paid for
+    assert result.accepted == [] and result.llm_calls == len(scripted.calls) == 2 * len(TASKS)
