@@ -221,3 +221,27 @@ def test_a_candidate_over_the_cost_bound_is_not_verified(scripted, embedder):
     assert row["planned"] == 0 and row["calls_made"] == 0
     # the seed's evaluation (solve + format per input) is all that was paid for
     assert result.accepted == [] and result.llm_calls == len(scripted.calls) == 2 * len(TASKS)
+
+
+# --- 7. the benchmark reports the verdicts and the test-set comparison ----------------------
+def test_bench_refine_reports_cost_paired_p_and_every_verdict(scripted, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    scripted.reply = world
+    data = tmp_path / "gsm8k_validate.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?",
+                                        "answer": f"#### {i + 1}"}) + "\n" for i in range(90)))
+    out = CliRunner().invoke(app, ["bench", "refine", "--model", "scripted/m", "--dev", "60",
+                                   "--test", "30", "--budget", "600", "--methods", "cegraph",
+                                   "--data-dir", str(data), "--json"])
+    assert out.exit_code == 0, out.output
+    [row] = json.loads(out.output.strip().splitlines()[-1])["rows"]
+    assert {"refined_test_acc", "calls_ratio", "tokens_ratio", "paired_p", "test_fixed",
+            "test_broken"} <= set(row)
+    assert row["verdicts"] and all({"decision", "p_adjusted", "ci", "cost_ratios"} <= set(v)
+                                   for v in row["verdicts"])
+    accepted = [v for v in row["verdicts"] if v["decision"] == "accepted"]
+    assert len(accepted) == len(row["accepted_edits"].split(",")) - (
+        row["accepted_edits"] == "-")

@@ -35,7 +35,7 @@ from cegraph.fss.signature import SignatureBuilder
 from cegraph.refine.cost import CostBounds, CostPerRun, breach, ratios
 from cegraph.refine.estimator import stratified_drop
 from cegraph.refine.verify import Plan, Verification
-from cegraph.trace import Trace
+from cegraph.trace import INFRASTRUCTURE, Trace
 
 Decision = Literal["accepted", "rejected", "undecided"]
 
@@ -79,6 +79,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         out[i] = running
     return out
+
+
+def discordant(base: Sequence[Trace], cand: Sequence[Trace]) -> tuple[int, int]:
+    """(fixed, broken) between two versions' runs of the same inputs (paired by task id;
+    runs without a verdict on either side are left out)."""
+    def verdicts(traces: Sequence[Trace]) -> dict[str, bool]:
+        return {t.task_id: t.outcome.passed for t in traces if t.outcome is not None
+                and t.outcome.failure_class != INFRASTRUCTURE}
+
+    b, c = verdicts(base), verdicts(cand)
+    both = b.keys() & c.keys()
+    return (sum(1 for i in both if c[i] and not b[i]), sum(1 for i in both if b[i] and not c[i]))
 
 
 def sign_test(fixed: int, broken: int) -> float:
