@@ -510,7 +510,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
     from cegraph.executor import Executor, stable_run_id
     from cegraph.llm import LLM
     from cegraph.local_model import MODELS, fetch
-    from cegraph.refine.acceptance import discordant, sign_test
+    from cegraph.refine.acceptance import decision_counts, discordant, sign_test
     from cegraph.refine.baselines import reference
     from cegraph.refine.cost import CostPerRun, ratios
     from cegraph.refine.loop import Budget, Refinement
@@ -587,6 +587,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                          "verification_saving": round(result.verification_saving, 3),
                          "version": result.workflow.version_id,
                          "stop_reason": result.stop_reason,
+                         "decisions": decision_counts([d for _, _, d in result.verdicts]),
                          "verdicts": [{"edit_id": eid, "op": op, "decision": d.decision,
                                        "p_value": round(d.p_value, 4),
                                        "p_adjusted": None if d.p_adjusted is None
@@ -604,10 +605,10 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                          "mass_after": None, "llm_calls": ref["calls"], "tokens": None,
                          "wall_s": ref["wall_s"], "accepted_edits": "-",
                          "verification_saving": None, "version": reference(name).version_id,
-                         "stop_reason": "", "verdicts": []})
-    columns = [c for c in rows[0] if c != "verdicts"] if rows else []
+                         "stop_reason": "", "decisions": "-", "verdicts": []})
+    columns = [c for c in rows[0] if c not in ("verdicts", "decisions")] if rows else []
     render.grid(columns + ["verdicts"],
-                [[r[c] for c in columns] + [_verdict_counts(r["verdicts"])] for r in rows],
+                [[r[c] for c in columns] + [r["decisions"]] for r in rows],
                 title=f"bench refine: {dataset}, {model}, dev {len(split.dev)}, test "
                       f"{len(split.test)}, budget {budget} calls")
     if as_json:
@@ -616,9 +617,3 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                           "counterexamples": counterexamples,
                           "max_break_rate": max_break_rate, "rows": rows}))
 
-
-def _verdict_counts(verdicts: list[dict[str, object]]) -> str:
-    """'1 accepted, 3 rejected, 1 undecided' for the table (the JSON has each verdict)."""
-    counts = {d: sum(1 for v in verdicts if v["decision"] == d)
-              for d in ("accepted", "rejected", "undecided")}
-    return ", ".join(f"{n} {d}" for d, n in counts.items() if n) or "-"

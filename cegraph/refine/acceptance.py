@@ -81,6 +81,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return out
 
 
+def decision_counts(verdicts: Sequence[Verdict]) -> str:
+    """'1 accepted, 3 rejected, 1 undecided' (zero counts left out; '-' for none)."""
+    counts = {d: sum(1 for v in verdicts if v.decision == d)
+              for d in ("accepted", "rejected", "undecided")}
+    return ", ".join(f"{n} {d}" for d, n in counts.items() if n) or "-"
+
+
 def discordant(base: Sequence[Trace], cand: Sequence[Trace]) -> tuple[int, int]:
     """(fixed, broken) between two versions' runs of the same inputs (paired by task id;
     runs without a verdict on either side are left out)."""

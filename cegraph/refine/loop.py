@@ -42,7 +42,13 @@ from cegraph.graph import Workflow
 from cegraph.llm import LLM, BudgetExceeded, Meter
 from cegraph.operators import REGISTRY
 from cegraph.progress import Progress as RunCounts
-from cegraph.refine.acceptance import AcceptanceRule, DenseNewMode, PairedRule, Verdict
+from cegraph.refine.acceptance import (
+    AcceptanceRule,
+    DenseNewMode,
+    PairedRule,
+    Verdict,
+    decision_counts,
+)
 from cegraph.refine.cost import CostBounds
 from cegraph.refine.edits import Applied
 from cegraph.refine.journal import ChargingStore, Journal, MemoryJournal
@@ -170,7 +176,8 @@ class RefineResult:
                 "candidates": self.candidates, "invalid_candidates": self.invalid,
                 "verification_calls": self.verification_calls,
                 "verification_full_calls": self.verification_full,
-                "verification_saving": round(self.verification_saving, 3)}
+                "verification_saving": round(self.verification_saving, 3),
+                "verdicts": decision_counts([d for _, _, d in self.verdicts])}
 
 
 def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None) -> int:
