@@ -80,8 +80,9 @@ def _accuracy(wf, tasks) -> float:
 
 
 # --- 1. roles: a memorizing proposer sees only shown inputs and is not accepted -------------
+@pytest.mark.parametrize("method", ["scalar", "cegraph"])
 def test_a_memorizing_proposer_is_not_accepted_and_never_sees_verification_inputs(
-        scripted, embedder):
+        scripted, embedder, method):
     seen: list[str] = []
 
     def memorizer(messages):
@@ -96,7 +97,7 @@ def test_a_memorizing_proposer_is_not_accepted_and_never_sees_verification_input
 
     scripted.reply = memorizer
     journal = MemoryJournal()
-    run, result = _run(embedder, journal=journal, settings=Settings(method="scalar"))
+    run, result = _run(embedder, journal=journal, settings=Settings(method=method))
     roles = journal.roles[run.refine_id]
     assert set(roles) == {t.id for t in TASKS}
     verifying = {int(i[1:]) for i, r in roles.items() if r == "verification"}
@@ -105,6 +106,7 @@ def test_a_memorizing_proposer_is_not_accepted_and_never_sees_verification_input
     assert seen
     mentioned = {int(n) for text in seen for n in re.findall(r"What is (\d+) \+ 1\?", text)}
     assert mentioned and not mentioned & verifying
+    # (cegraph's operator prior also offers the Programmer, which breaks a third of the passes)
     assert result.accepted == []
     assert journal.verifications and all(
         v["decision"] == "rejected" for v in journal.verifications.values())
