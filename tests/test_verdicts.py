@@ -153,6 +153,18 @@ def test_a_judged_refinement_never_accepts_a_breaking_edit_whatever_the_budget(
     assert result.accepted == [] and result.llm_calls <= budget
 
 
+@pytest.mark.parametrize("tokens", [3400, 3700, 3800, 20000])
+def test_a_token_budget_never_lets_a_breaking_edit_through(scripted, embedder, tokens):
+    """The old projection priced a call at the mean tokens seen: token budgets 3400-3800 cut
+    the regression stratum and the breaking Programmer was accepted."""
+    scripted.reply = world
+    run = Refinement(seed("math"), TASKS, llm=LLM("scripted/x", store=MemoryCallStore()),
+                     budget=Budget(tokens=tokens), embedder=embedder, journal=MemoryJournal(),
+                     proposers=[Fixed(ReplaceOperator(node="solve", operator="Programmer"))])
+    result = asyncio.run(run.run())
+    assert result.accepted == [] and result.tokens <= tokens
+
+
 # --- 5. early stop compares only against accepted candidates ------------------------------
 def crashing(messages: list[dict[str, str]]) -> str:
     """`world`, but the Programmer's program divides by zero when i % 6 == 0: it fixes every
