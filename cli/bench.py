@@ -542,13 +542,18 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Refine the dataset's seed with each method at the same call budget on a dev set, then
     score seed and refined versions on a disjoint test set the loop never saw. Each method is
-    charged for every call it needs, replayed or not, so sharing one call store is fair."""
+    charged for every call it needs, replayed or not, so sharing one call store is fair.
+    Per method: test accuracy, cost per run relative to the seed (calls, tokens), the paired
+    p (exact sign test on the test set's discordant pairs, refined vs seed), and every
+    verdict of its refinement (decision, adjusted p, interval of the mass drop, cost)."""
     from cegraph.benchmarks import load
     from cegraph.evaluators import evaluate
     from cegraph.executor import Executor, stable_run_id
     from cegraph.llm import LLM
     from cegraph.local_model import MODELS, fetch
+    from cegraph.refine.acceptance import decision_counts, discordant, sign_test
     from cegraph.refine.baselines import reference
+    from cegraph.refine.cost import CostPerRun, ratios
     from cegraph.refine.loop import Budget, Refinement
     from cegraph.refine.loop import Settings as RefineSettings
     from cegraph.refine.splits import dev_test
@@ -572,7 +577,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
         llm = LLM(model, store=wh, concurrency=concurrency)
         proposer = LLM(proposer_model, store=wh) if proposer_model else None
 
-        def score(version: object) -> dict[str, float]:
+        def score(version: object) -> tuple[dict[str, float], list]:
             started = time.perf_counter()
             before = llm.meter.calls
             with render.progress(len(split.test), f"test set, {version.version_id}",
@@ -585,10 +590,18 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
             passed = sum(1 for t in traces if t.outcome and t.outcome.passed)
             return {"accuracy": round(passed / max(1, len(traces)), 4),
                     "calls": llm.meter.calls - before,
-                    "wall_s": round(time.perf_counter() - started, 1)}
+                    "wall_s": round(time.perf_counter() - started, 1)}, traces
+
+        def against_seed(traces: list) -> dict[str, object]:
+            """Cost per run relative to the seed and the paired p, on the test set."""
+            cost = ratios(CostPerRun.of(traces), CostPerRun.of(seed_traces))
+            fixed, broken = discordant(seed_traces, traces)
+            return {"calls_ratio": round(cost["calls"], 3),
+                    "tokens_ratio": round(cost["tokens"], 3), "test_fixed": fixed,
+                    "test_broken": broken, "paired_p": round(sign_test(fixed, broken), 4)}
 
         rows: list[dict[str, object]] = []
-        seed_test = score(wf)
+        seed_test, seed_traces = score(wf)
         for method in chosen:
             render.console.print(f"refining with {method} (budget {budget} calls)")
             run = Refinement(wf, list(split.dev), llm=llm, proposer_llm=proposer,
@@ -604,9 +617,9 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
             with progress_line(budget, lambda m=run.meter: m.generated_tokens_out) as show:
                 run.on_progress = show
                 result = asyncio.run(run.run())
-            refined = score(result.workflow)
+            refined, traces = score(result.workflow)
             rows.append({"method": method, "seed_test_acc": seed_test["accuracy"],
-                         "refined_test_acc": refined["accuracy"],
+                         "refined_test_acc": refined["accuracy"], **against_seed(traces),
                          "mass_before": round(result.mass_before, 3),
                          "mass_after": round(result.mass_after, 3),
                          "llm_calls": result.llm_calls, "tokens": result.tokens,
@@ -614,17 +627,29 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                          "accepted_edits": ",".join(a.op for a in result.accepted) or "-",
                          "verification_saving": round(result.verification_saving, 3),
                          "version": result.workflow.version_id,
-                         "stop_reason": result.stop_reason})
+                         "stop_reason": result.stop_reason,
+                         "decisions": decision_counts([d for _, _, d in result.verdicts]),
+                         "verdicts": [{"edit_id": eid, "op": op, "decision": d.decision,
+                                       "p_value": round(d.p_value, 4),
+                                       "p_adjusted": None if d.p_adjusted is None
+                                       else round(d.p_adjusted, 4),
+                                       "ci": [round(d.ci_low, 4), round(d.ci_high, 4)],
+                                       "cost_ratios": {k: round(r, 3) for k, r
+                                                       in d.cost_ratios.items()},
+                                       "reason": d.reason}
+                                      for eid, op, d in result.verdicts]})
         for name in [r.strip() for r in references.split(",") if r.strip()]:
-            ref = score(reference(name))
+            ref, traces = score(reference(name))
             rows.append({"method": f"ref:{name}", "seed_test_acc": seed_test["accuracy"],
-                         "refined_test_acc": ref["accuracy"], "mass_before": None,
+                         "refined_test_acc": ref["accuracy"], **against_seed(traces),
+                         "mass_before": None,
                          "mass_after": None, "llm_calls": ref["calls"], "tokens": None,
                          "wall_s": ref["wall_s"], "accepted_edits": "-",
                          "verification_saving": None, "version": reference(name).version_id,
-                         "stop_reason": ""})
-    columns = list(rows[0]) if rows else []
-    render.grid(columns, [[r[c] for c in columns] for r in rows],
+                         "stop_reason": "", "decisions": "-", "verdicts": []})
+    columns = [c for c in rows[0] if c not in ("verdicts", "decisions")] if rows else []
+    render.grid(columns + ["verdicts"],
+                [[r[c] for c in columns] + [r["decisions"]] for r in rows],
                 title=f"bench refine: {dataset}, {model}, dev {len(split.dev)}, test "
                       f"{len(split.test)}, budget {budget} calls")
     if as_json:
@@ -632,3 +657,4 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                           "test": len(split.test), "budget": budget, "alpha": alpha,
                           "counterexamples": counterexamples,
                           "max_break_rate": max_break_rate, "rows": rows}))
+

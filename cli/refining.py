@@ -155,8 +155,8 @@ def print_result(result: RefineResult) -> None:
 
 def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
            data: DataPath = SETTINGS.data_dir,
-           dev: Annotated[int, typer.Option(help="inputs the loop may use (a third is held "
-                                                 "aside for regression checks)")] = 30,
+           dev: Annotated[int, typer.Option(help="inputs the loop may use (half shown to "
+                                                 "the proposer, half verify)")] = 30,
            budget_calls: Annotated[int | None, typer.Option(help="hard budget in LLM calls "
                                                                  "(execution, proposals, "
                                                                  "labels)")] = 300,

@@ -1,11 +1,11 @@
-"""The warehouse side of a refinement: its journal rows (`refinements`, `edits`,
-`verifications`, `workflow_versions`) and its runs, each written as the step completes."""
+"""The warehouse side of a refinement: its journal rows (`refinements`, `input_roles`,
+`edits`, `verifications`, `workflow_versions`) and its runs, each written as the step completes."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cegraph.graph import Workflow
@@ -38,6 +38,12 @@ class RefinementJournal:
             "method": spec["method"], "spec": json.dumps(spec, default=str),
             "status": "running", "summary": None, "started_at": now, "ended_at": None}])
         return now.replace(tzinfo=dt.UTC).timestamp()
+
+    def record_roles(self, scope_id: str, roles: Mapping[str, str], seed: int) -> None:
+        now = _now()
+        self.wh.insert("input_roles", [{"scope_id": scope_id, "task_id": task_id, "role": role,
+                                        "seed": seed, "recorded_at": now}
+                                       for task_id, role in sorted(roles.items())], upsert=True)
 
     def record_version(self, wf: Workflow, *, parent: str | None, created_by: str) -> None:
         self.wh.record_version(wf, created_by=created_by, parent=parent)

@@ -295,8 +295,10 @@ TABLES: tuple[Table, ...] = (
         C("verification_id", "VARCHAR", "unique id"),
         C("edit_id", "VARCHAR", "the edit verified"),
         C("candidate_version_id", "VARCHAR", "candidate version"),
-        C("counterexamples", "INTEGER", "failures of the target mode re-run"),
-        C("regression", "INTEGER", "previously passing runs re-run"),
+        C("counterexamples", "INTEGER", "failures of the target mode re-run (verification "
+                                        "role)"),
+        C("regression", "INTEGER", "previously passing runs re-run (verification role, "
+                                   "same sample)"),
         C("fixed", "INTEGER", "failures that now pass"),
         C("broken", "INTEGER", "passes that now fail"),
         C("mass_before", "DOUBLE", "estimated mass of the base version"),
@@ -315,6 +317,17 @@ TABLES: tuple[Table, ...] = (
                                    "make", 4),
         C("stopped_early", "BOOLEAN", "stopped once it certainly could not win (see "
                                       "reason)", 4),
+        C("decision", "VARCHAR", "accepted | rejected | undecided (incomplete evidence: a "
+                                 "budget stop or an outage mid-verification)", 6),
+        C("p_adjusted", "DOUBLE", "p_value adjusted for every candidate of the refinement "
+                                  "(Holm within a round, alpha spent 2^-round across rounds); "
+                                  "compared with alpha", 6),
+        C("ci_low", "DOUBLE", "lower bound of the stratified paired estimate of the mass "
+                              "drop (mass_before - mass_after); accepted only if > 0", 6),
+        C("ci_high", "DOUBLE", "upper bound of that estimate", 6),
+        C("cost_ratios", "VARCHAR", "JSON: candidate / base cost per run on the same units "
+                                    "(calls, tokens, dollars, latency_s)", 6),
+        C("planned", "INTEGER", "verification-role units planned (0: not verified)", 6),
     ), key=("verification_id",), key_since=3),
     Table("refinements", "One refinement run (`cegraph refine`): rerunning it resumes it.", (
         C("refine_id", "VARCHAR", "hash of seed, models, inputs, method, budget, settings "

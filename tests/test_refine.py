@@ -17,7 +17,7 @@ from cegraph.executor import Executor
 from cegraph.fss.failure import Failure
 from cegraph.fss.signature import SignatureBuilder
 from cegraph.llm import LLM, MemoryCallStore
-from cegraph.refine.acceptance import DenseNewMode, PairedSignRule, sign_test
+from cegraph.refine.acceptance import DenseNewMode, PairedRule, sign_test
 from cegraph.refine.edits import (
     EDIT_OPS,
     AddReviewRevise,
@@ -183,9 +183,9 @@ def test_verification_reruns_only_the_changed_node_and_its_descendants(scripted)
     traces = asyncio.run(Executor(llm).run_many(base, tasks, evaluate=evaluate))
     assert len(scripted.calls) == 12  # solve + format per task
     scripted.calls.clear()
-    plan = Plan({"target": tuple(tasks), "others": (), "regression": ()},
+    plan = Plan({"target": tuple(tasks), "others": (), "passes": ()},
                 {t.task_id: bool(t.outcome.passed) for t in traces},
-                {"target": 0.1, "others": 0.0, "regression": 0.0})
+                {"target": 6, "others": 0, "passes": 0})
     # only the last node changes: solve replays from the store, format runs anew
     cand = apply_edits(base, [SetParam(node="format", param="max_tokens", value=300)]).workflow
     v = asyncio.run(Verifier(Executor(llm), evaluate).verify(cand, plan))
@@ -206,9 +206,9 @@ def test_a_certainly_worse_candidate_stops_early(scripted):
     tasks = TASKS[:12]
     traces = asyncio.run(Executor(llm).run_many(seed("math"), tasks, evaluate=evaluate))
     plan = Plan({"target": tuple(t for t, tr in zip(tasks, traces, strict=True)
-                                 if not tr.outcome.passed), "others": (), "regression": ()},
+                                 if not tr.outcome.passed), "others": (), "passes": ()},
                 {t.task_id: bool(t.outcome.passed) for t in traces},
-                {"target": 0.1, "others": 0.0, "regression": 0.0})
+                {"target": 8, "others": 0, "passes": 0})
     best = Verification("best", drop=0.8)
     cand = apply_edits(seed("math"), [SetParam(node="format", param="max_tokens",
                                                value=300)]).workflow
@@ -218,12 +218,25 @@ def test_a_certainly_worse_candidate_stops_early(scripted):
 
 
 # --- acceptance ----------------------------------------------------------------------------
-def _verification(fixed: int, broken: int, regression_run: int = 20) -> Verification:
-    v = Verification("v")
+def _verification(fixed: int, broken: int, passes_run: int = 20
+                  ) -> tuple[Verification, Plan]:
+    """A complete verification: `fixed` of `fixed + 2` target members and `broken` of
+    `passes_run` passes, the whole verification role sampled."""
+    units = [Task(f"u{i}", "gsm8k", "q", "a") for i in range(fixed + 2 + passes_run)]
+    plan = Plan({"target": tuple(units[:fixed + 2]), "others": (),
+                 "passes": tuple(units[fixed + 2:])}, {},
+                {"target": fixed + 2, "others": 0, "passes": passes_run})
+    v = Verification("v", planned=plan.size)
     v.counts["target"] = Counts(run=fixed + 2, fixed=fixed)
-    v.counts["regression"] = Counts(run=regression_run, broken=broken)
-    v.drop = 0.05 * fixed - 0.04 * broken
-    return v
+    v.counts["passes"] = Counts(run=passes_run, broken=broken)
+    w = plan.weight
+    v.drop = w["target"] * fixed - w["passes"] * broken
+    return v, plan
+
+
+def _judge(rule: PairedRule, fixed: int, broken: int, passes_run: int = 20, new=()):
+    v, plan = _verification(fixed, broken, passes_run)
+    return rule.decide([rule.judge(v, plan, [], new)], 1)[0]
 
 
 def test_sign_test_is_exact():
@@ -233,12 +246,12 @@ def test_sign_test_is_exact():
 
 
 def test_a_significant_fix_is_accepted_and_a_fix_with_breaks_rejected():
-    rule = PairedSignRule(alpha=0.05, max_break_rate=0.1)
-    good = rule.judge(_verification(8, 0))
-    assert good.accepted and good.p_value < 0.01
-    noisy = rule.judge(_verification(6, 4))
-    assert not noisy.accepted and "not significant" in noisy.reason
-    breaking = rule.judge(_verification(12, 3, regression_run=20))  # significant, 15% broken
+    rule = PairedRule(alpha=0.05, max_break_rate=0.1)
+    good = _judge(rule, 8, 0)
+    assert good.accepted and good.p_value < 0.01 and good.ci_low > 0
+    noisy = _judge(rule, 6, 4)
+    assert not noisy.accepted and "not surely positive" in noisy.reason
+    breaking = _judge(rule, 12, 3, passes_run=20)  # significant, 15% broken
     assert breaking.p_value < 0.05 and not breaking.accepted and "breaks" in breaking.reason
     assert rule.choose([noisy, good, breaking]) == 1
 
@@ -268,8 +281,8 @@ def test_new_failures_forming_a_new_dense_mode_are_rejected():
     assert check(_failures("expected 3, got 4", 4)) is None  # the known mode, renumbered
     why = check(_failures("ZeroDivisionError: division by zero", 4, node="format"))
     assert why and "new dense mode" in why
-    rule = PairedSignRule(new_mode=check)
-    verdict = rule.judge(_verification(9, 1), _failures("ZeroDivisionError: x", 4, "format"))
+    rule = PairedRule(new_mode=check)
+    verdict = _judge(rule, 9, 1, new=_failures("ZeroDivisionError: x", 4, "format"))
     assert not verdict.accepted and "new dense mode" in verdict.reason
 
 
@@ -333,8 +346,8 @@ def test_refine_grades_with_the_given_evaluator_and_charges_its_judge(scripted, 
 
 def test_budget_exhaustion_stops_before_overspending(scripted, embedder):
     scripted.reply = world
-    result = asyncio.run(_refinement(embedder, 75).run())  # seed eval = 60 calls
-    assert result.llm_calls <= 75 and len(scripted.calls) <= 75
+    result = asyncio.run(_refinement(embedder, 80).run())  # seed eval = 60 calls
+    assert result.llm_calls <= 80 and len(scripted.calls) <= 80
     assert result.stop_reason.startswith("budget")
     assert result.accepted == []
 
@@ -417,7 +430,7 @@ def test_refine_bad_inputs_end_in_one_line_before_any_llm_call(scripted, tmp_pat
                                       *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert len(result.stdout.strip().splitlines()) == 1  # stderr says where the home is
     assert scripted.calls == []
 
 

@@ -1,38 +1,103 @@
-"""The acceptance rule: accept an edit only if it fixes more than it breaks, with confidence.
+"""The acceptance rule: accept an edit only on complete, paired, family-wise significant evidence.
 
-Fixes (the base failed, the candidate passes) and breaks (the base passed, the candidate
-fails) on the same inputs are the discordant pairs of a paired design; under "the edit does
-not help" each is a fix or a break with probability 1/2, so the exact one-sided sign test
-(McNemar's exact test) gives P(at least `fixed` fixes among `fixed + broken`). A candidate
-is acceptable when that p-value is under `alpha`, its breaks on the held-aside regression
-inputs stay under `max_break_rate`, and its new failures do not form a new dense mode; among
-acceptable candidates the one with the largest estimated mass drop wins.
+One verification sample (see `verify.py`) gives, per candidate:
+- the stratified estimate of the drop in failure mass with its interval (`estimator.py`);
+  the lower bound must be above 0;
+- fixes (the base failed, the candidate passes) and breaks (the base passed, the candidate
+  fails) on that same sample: the discordant pairs of a paired design. Under "the edit does
+  not help" each is a fix or a break with probability 1/2, so the exact one-sided sign test
+  (McNemar's exact test) gives P(at least `fixed` fixes among `fixed + broken`);
+- breaks among the sampled passes within `max_break_rate`; new failures that form no new
+  dense mode; the measured cost per run within the shared bounds (`cost.py`).
+
+Many candidates, one error budget: every candidate verified in a refinement is a test. Round
+r spends alpha * 2^-r (so all rounds together never spend more than alpha, however many
+there are: a greedy loop does not know its last round in advance), and within a round Holm's
+step-down splits that among the round's candidates (uniformly more powerful than Bonferroni,
+valid under any dependence, and independent of the order candidates were verified in). The
+recorded adjusted p is Holm's adjusted p scaled to the whole budget, so it is compared with
+alpha itself. A candidate whose evidence is incomplete (a budget stop, an outage) is
+`undecided`, never accepted. Among accepted candidates the largest estimated drop wins.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
 
 import numpy as np
 
 from cegraph.fss.failure import Failure
 from cegraph.fss.modes import MATCH_DISTANCE, find_modes
 from cegraph.fss.signature import SignatureBuilder
-from cegraph.refine.verify import Verification
+from cegraph.refine.cost import CostBounds, CostPerRun, breach, ratios
+from cegraph.refine.estimator import stratified_drop
+from cegraph.refine.verify import Plan, Verification
+from cegraph.trace import INFRASTRUCTURE, Trace
+
+Decision = Literal["accepted", "rejected", "undecided"]
 
 
 @dataclass(frozen=True)
 class Verdict:
-    accepted: bool
-    p_value: float
+    """One candidate's verdict. Before the family correction (`AcceptanceRule.judge`) a
+    candidate that met every other condition is `undecided` with reason "pending"; `decide`
+    settles it on the adjusted p."""
+
+    decision: Decision
+    p_value: float  # the exact sign test on the sample's discordant pairs, raw
     fixed: int
     broken: int
-    drop: float  # estimated drop in Expected Failure Mass
-    break_rate: float  # breaks / regression inputs run
+    drop: float  # estimated drop in Expected Failure Mass (stratified, paired)
+    break_rate: float  # breaks / passes sampled and run
     reason: str
+    ci_low: float = 0.0
+    ci_high: float = 0.0
+    p_adjusted: float | None = None  # family-wise adjusted (None: not part of the family)
+    cost_ratios: dict[str, float] = field(default_factory=dict)  # candidate / base per run
+    pending: bool = False  # met every condition but significance: the family decides
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision == "accepted"
+
+
+def round_alpha(alpha: float, round_no: int) -> float:
+    """The share of the family-wise budget round `round_no` (1, 2, ...) may spend."""
+    return alpha * 2.0 ** -max(1, round_no)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def decision_counts(verdicts: Sequence[Verdict]) -> str:
+    """'1 accepted, 3 rejected, 1 undecided' (zero counts left out; '-' for none)."""
+    counts = {d: sum(1 for v in verdicts if v.decision == d)
+              for d in ("accepted", "rejected", "undecided")}
+    return ", ".join(f"{n} {d}" for d, n in counts.items() if n) or "-"
+
+
+def discordant(base: Sequence[Trace], cand: Sequence[Trace]) -> tuple[int, int]:
+    """(fixed, broken) between two versions' runs of the same inputs (paired by task id;
+    runs without a verdict on either side are left out)."""
+    def verdicts(traces: Sequence[Trace]) -> dict[str, bool]:
+        return {t.task_id: t.outcome.passed for t in traces if t.outcome is not None
+                and t.outcome.failure_class != INFRASTRUCTURE}
+
+    b, c = verdicts(base), verdicts(cand)
+    both = b.keys() & c.keys()
+    return (sum(1 for i in both if c[i] and not b[i]), sum(1 for i in both if b[i] and not c[i]))
 
 
 def sign_test(fixed: int, broken: int) -> float:
@@ -75,46 +140,90 @@ class DenseNewMode:
 
 
 class AcceptanceRule(Protocol):
-    """Contract: `judge` is a function of one verification (paired counts, drop, new
-    failures) only; `choose` returns the index of the accepted verdict with the largest
-    estimated drop, or None when none is accepted. Neither makes an LLM call."""
+    """Contract: `judge` is a function of one candidate's verification and its base (paired
+    counts, estimate, cost, new failures); it never accepts (a candidate meeting every other
+    condition comes back `pending`). `decide` settles a round's verdicts together (the family
+    correction), returning them in the same order; `certain` says whether a pending verdict is
+    accepted whatever the round's other candidates give (so early stop may compare against
+    it); `choose` returns the index of the accepted verdict with the largest estimated drop,
+    or None. None of them makes an LLM call."""
 
-    def judge(self, v: Verification, new_failures: Sequence[Failure] = ()) -> Verdict: ...
+    def judge(self, v: Verification, plan: Plan, base: Sequence[Trace], new_failures:
+              Sequence[Failure] = ()) -> Verdict: ...
+
+    def decide(self, verdicts: Sequence[Verdict], round_no: int) -> list[Verdict]: ...
+
+    def certain(self, verdict: Verdict, candidates: int, round_no: int) -> bool: ...
 
     def choose(self, verdicts: Sequence[Verdict]) -> int | None: ...
 
 
 @dataclass
-class PairedSignRule:
+class PairedRule:
+    """The rule of the module doc."""
+
     alpha: float = 0.05
     max_break_rate: float = 0.1
     new_mode: NewModeCheck | None = None
+    cost: CostBounds = field(default_factory=CostBounds)
 
-    def judge(self, v: Verification, new_failures: Sequence[Failure] = ()) -> Verdict:
+    def judge(self, v: Verification, plan: Plan, base: Sequence[Trace], new_failures:
+              Sequence[Failure] = ()) -> Verdict:
+        """`base`: the base's traces of the units the candidate ran (its cost per run)."""
         fixed, broken = v.fixed, v.broken
         p = sign_test(fixed, broken)
-        reg = v.counts["regression"]
-        rate = reg.broken / reg.run if reg.run else 0.0
+        passes = v.counts["passes"]
+        rate = passes.broken / passes.run if passes.run else 0.0
+        est = stratified_drop(v.strata(plan), self.alpha)
+        cand_cost, base_cost = CostPerRun.of(v.traces), CostPerRun.of(base)
+        cost = ratios(cand_cost, base_cost, self.cost.latency_floor_s)
 
-        def verdict(ok: bool, reason: str) -> Verdict:
-            return Verdict(ok, p, fixed, broken, v.drop, rate, reason)
+        def verdict(decision: Decision, reason: str, pending: bool = False) -> Verdict:
+            return Verdict(decision, p, fixed, broken, est.drop, rate, reason, est.low,
+                           est.high, None, cost, pending)
 
         if v.stopped_early:
-            return verdict(False, f"stopped early: {v.stop_reason}")
-        if v.drop <= 0:
-            return verdict(False, f"no estimated mass drop ({fixed} fixed, {broken} broken)")
-        if p >= self.alpha:
-            return verdict(False, f"not significant: {fixed} fixed vs {broken} broken, "
-                                  f"p={p:.3f} >= {self.alpha}")
+            return verdict("rejected", f"stopped early: {v.stop_reason}")
+        if not v.complete:
+            why = v.incomplete or f"{v.decided} of {v.planned} planned units decided"
+            return verdict("undecided", f"incomplete evidence: {why}")
+        if est.low <= 0:
+            return verdict("rejected", f"the mass drop is not surely positive: {est.drop:.3f} "
+                                       f"[{est.low:.3f}, {est.high:.3f}] ({fixed} fixed, "
+                                       f"{broken} broken)")
         if rate > self.max_break_rate:
-            return verdict(False, f"breaks {reg.broken}/{reg.run} regression inputs "
-                                  f"({rate:.0%} > {self.max_break_rate:.0%})")
-        if self.new_mode is not None:
-            why = self.new_mode(new_failures)
-            if why:
-                return verdict(False, why)
-        return verdict(True, f"{fixed} fixed vs {broken} broken, p={p:.4f}, estimated mass "
-                             f"drop {v.drop:.3f}")
+            return verdict("rejected", f"breaks {passes.broken}/{passes.run} passes "
+                                       f"({rate:.0%} > {self.max_break_rate:.0%})")
+        if why := breach(cand_cost, base_cost, self.cost):
+            return verdict("rejected", why)
+        if self.new_mode is not None and (why := self.new_mode(new_failures)):
+            return verdict("rejected", why)
+        return verdict("undecided", "pending the family-wise test", pending=True)
+
+    def decide(self, verdicts: Sequence[Verdict], round_no: int) -> list[Verdict]:
+        """Holm within the round at its spent share of alpha (module doc); every verdict of
+        the round is in the family, whatever its other conditions gave."""
+        spend = round_alpha(self.alpha, round_no)
+        adjusted = [min(1.0, a * self.alpha / spend)
+                    for a in holm([d.p_value for d in verdicts])]
+        out = []
+        for d, adj in zip(verdicts, adjusted, strict=True):
+            d = replace(d, p_adjusted=adj)
+            if d.pending:
+                ok = adj <= self.alpha
+                words = (f"{d.fixed} fixed vs {d.broken} broken, p={d.p_value:.4f} "
+                         f"(adjusted {adj:.4f} {'<=' if ok else '>'} {self.alpha}), estimated "
+                         f"mass drop {d.drop:.3f} [{d.ci_low:.3f}, {d.ci_high:.3f}]")
+                d = replace(d, decision="accepted" if ok else "rejected", pending=False,
+                            reason=words if ok else f"not significant after correction: "
+                                                    f"{words}")
+            out.append(d)
+        return out
+
+    def certain(self, verdict: Verdict, candidates: int, round_no: int) -> bool:
+        # Holm accepts a p-value under alpha_r / m whatever the other p-values are
+        spend = round_alpha(self.alpha, round_no)
+        return verdict.pending and verdict.p_value * max(1, candidates) <= spend
 
     def choose(self, verdicts: Sequence[Verdict]) -> int | None:
         ok = [i for i, d in enumerate(verdicts) if d.accepted]

@@ -28,6 +28,9 @@ class CostBounds:
     max_tokens_ratio: float | None = 1.5
     max_dollars_ratio: float | None = 1.5
     max_latency_ratio: float | None = 2.0
+    # model latency per run below this is scheduling noise (a replayed or scripted call), not
+    # a cost: both sides count at least this much before their ratio is taken
+    latency_floor_s: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,14 @@ def ratio(candidate: float, base: float) -> float:
     return 1.0 if candidate <= 0 else math.inf
 
 
-def ratios(candidate: CostPerRun, base: CostPerRun) -> dict[str, float]:
+def ratios(candidate: CostPerRun, base: CostPerRun, latency_floor_s: float = 0.0
+           ) -> dict[str, float]:
     """calls, tokens, dollars and latency_s of the candidate per run over the base's."""
-    return {k: ratio(getattr(candidate, k), getattr(base, k))
-            for k in ("calls", "tokens", "dollars", "latency_s")}
+    out = {k: ratio(getattr(candidate, k), getattr(base, k))
+           for k in ("calls", "tokens", "dollars")}
+    out["latency_s"] = ratio(max(candidate.latency_s, latency_floor_s),
+                             max(base.latency_s, latency_floor_s))
+    return out
 
 
 _BOUND = {"calls": "max_calls_ratio", "tokens": "max_tokens_ratio",
@@ -69,6 +76,7 @@ _BOUND = {"calls": "max_calls_ratio", "tokens": "max_tokens_ratio",
 
 def breach(candidate: CostPerRun, base: CostPerRun, bounds: CostBounds) -> str | None:
     """Why the candidate costs too much per run (one line), or None when within bounds."""
-    over = [f"{k} x{r:.2f} > x{limit:g}" for k, r in ratios(candidate, base).items()
+    over = [f"{k} x{r:.2f} > x{limit:g}"
+            for k, r in ratios(candidate, base, bounds.latency_floor_s).items()
             if (limit := getattr(bounds, _BOUND[k])) is not None and r > limit]
     return f"costs too much per run: {', '.join(over)}" if over else None

@@ -13,7 +13,7 @@ step as in an uninterrupted run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,9 @@ class Journal(Protocol):
     returns; `start` returns the time the job first started (now, for a new job)."""
 
     def start(self, refine_id: str, spec: dict[str, Any]) -> float: ...
+
+    def record_roles(self, scope_id: str, roles: Mapping[str, str], seed: int) -> None:
+        """Each input's role (task id -> shown | verification | holdout) in `scope_id`."""
 
     def record_version(self, wf: Workflow, *, parent: str | None, created_by: str) -> None: ...
 
@@ -49,12 +52,16 @@ class MemoryJournal:
     edits: dict[str, dict[str, Any]] = field(default_factory=dict)
     verifications: dict[str, dict[str, Any]] = field(default_factory=dict)
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roles: dict[str, dict[str, str]] = field(default_factory=dict)  # scope -> task -> role
     traces: int = 0
 
     def start(self, refine_id: str, spec: dict[str, Any]) -> float:
         import time
 
         return self.started.setdefault(refine_id, time.time())
+
+    def record_roles(self, scope_id: str, roles: Mapping[str, str], seed: int) -> None:
+        self.roles.setdefault(scope_id, {}).update(roles)
 
     def record_version(self, wf: Workflow, *, parent: str | None, created_by: str) -> None:
         self.versions.setdefault(wf.version_id, {"workflow": wf, "parent": parent,

@@ -2,14 +2,21 @@
 
     result = refine(seed("math"), tasks, llm=LLM("qwen2.5-coder-0.5b"), budget=Budget(calls=800))
 
-Each round maps the current version's failures on the dev inputs (modes and mass), aims at
-the densest mode not yet tried on this version, gathers candidate edits (operator prior and
-LLM proposer; `scalar` and `random` swap these, see `baselines.py`), verifies them
-incrementally, and accepts the one with the largest significant mass drop. It stops when the
-mass has not fallen for `patience` rounds, the target mass is reached, or the next step
-cannot be paid for: every step's calls (and tokens) are projected before it starts, from the
-nodes it re-runs, and a step that may not fit is not started. The budget (`Budget`) covers
-execution, proposals and labels alike: one meter, shared by every LLM of the run.
+Before any proposal each input gets a role (`splits.assign_roles`, recorded through the
+journal): `shown` inputs are all a proposer may read (failing examples, expected answers,
+traces, mode labels, the anti-overfit screen); `verification` inputs judge candidates and
+are never shown. Each round maps the current version's shown failures (modes), aims at the
+densest mode not yet tried on this version, gathers candidate edits (operator prior and LLM
+proposer; `scalar` and `random` swap these, see `baselines.py`), verifies each on one paired
+sample of the verification role (`verify.py`) and judges it (`acceptance.py`): accepted only
+on complete evidence, a positive lower bound of the mass drop, breaks within the limit, cost
+within the bounds shared with the gate (`cost.py`), and a family-wise corrected sign test;
+the accepted candidate with the largest drop wins. The mass the loop tracks is the
+verification role's. It stops when the mass has not fallen for `patience` rounds, the target
+mass is reached, or the next step cannot be paid for: every step's calls and worst-case
+tokens (judge calls included) are projected before it starts, from the nodes it re-runs, and
+a step that may not fit is not started. The budget (`Budget`) covers execution, proposals,
+judges and labels alike: one meter, shared by every LLM of the run.
 
 Every step is journaled as it happens (`Journal`); running the same refinement again
 resumes it (see `journal.py`). Ctrl-C raises `KeyboardInterrupt` out of `refine` after the
@@ -35,7 +42,14 @@ from cegraph.graph import Workflow
 from cegraph.llm import LLM, BudgetExceeded, Meter
 from cegraph.operators import REGISTRY
 from cegraph.progress import Progress as RunCounts
-from cegraph.refine.acceptance import DenseNewMode, PairedSignRule, Verdict
+from cegraph.refine.acceptance import (
+    AcceptanceRule,
+    DenseNewMode,
+    PairedRule,
+    Verdict,
+    decision_counts,
+)
+from cegraph.refine.cost import CostBounds
 from cegraph.refine.edits import Applied
 from cegraph.refine.journal import ChargingStore, Journal, MemoryJournal
 from cegraph.refine.proposer import (
@@ -47,7 +61,7 @@ from cegraph.refine.proposer import (
     Target,
     screen,
 )
-from cegraph.refine.splits import hold_aside
+from cegraph.refine.splits import Role, assign_roles
 from cegraph.refine.stopping import Convergence, StopRule
 from cegraph.refine.targets import AggregateTarget, ModeTargets, TargetSelector, untried
 from cegraph.refine.verify import (
@@ -88,16 +102,16 @@ class Settings:
     patience: int = 2
     target_mass: float = 0.0
     max_rounds: int = 8
-    holdout: float = 0.34  # share of the tasks held aside for regression checks
-    regression: int = 12  # regression inputs per verification
-    counterexamples: int = 12  # target counterexamples per verification
-    others: int = 3  # other modes' counterexamples per verification
+    verification: float = 0.5  # share of the inputs in the verification role (never shown)
+    regression: int = 24  # verification-role inputs sampled beyond the target's (fails+passes)
+    counterexamples: int = 12  # the target mode's verification-role members per verification
     alpha: float = 0.05
     max_break_rate: float = 0.1
     seed: int = 0
     concurrency: int | None = None  # None: the LLM's (a local model's engine slots)
     proposer_tokens: int = 512
     heartbeat_s: float = 20.0  # a progress event at least this often while verifying
+    cost: CostBounds = CostBounds()  # one cost rule with the gate (cegraph.refine.cost)
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,7 @@ class RefineResult:
     verification_full: int = 0  # calls a full re-execution of the same candidates would make
     invalid: int = 0
     candidates: int = 0
+    verdicts: list[tuple[str, str, Verdict]] = field(default_factory=list)  # (edit id, op, ..)
 
     @property
     def verification_saving(self) -> float:
@@ -161,7 +176,8 @@ class RefineResult:
                 "candidates": self.candidates, "invalid_candidates": self.invalid,
                 "verification_calls": self.verification_calls,
                 "verification_full_calls": self.verification_full,
-                "verification_saving": round(self.verification_saving, 3)}
+                "verification_saving": round(self.verification_saving, 3),
+                "verdicts": decision_counts([d for _, _, d in self.verdicts])}
 
 
 def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None) -> int:
@@ -195,14 +211,28 @@ def _digest(value: Any) -> str:
 
 
 @dataclass
+class _Judged:
+    """One candidate of a round and its verdict (settled by the family after the round)."""
+
+    cand: Candidate
+    applied: Applied
+    edit_id: str
+    v: Verification
+    verdict: Verdict
+    verified: bool = True  # False: rejected before verification (its projected cost)
+
+
+@dataclass
 class _State:
     """The loop's working state for the current version."""
 
     wf: Workflow
     traces: dict[str, Trace]  # task id -> the current version's trace
-    mass: float = 1.0
-    failures: list[Failure] = field(default_factory=list)
-    analysis: Analysis | None = None
+    mass: float = 1.0  # the verification role's failure rate
+    failures: list[Failure] = field(default_factory=list)  # every role's
+    shown: list[Failure] = field(default_factory=list)  # the shown role's: all a proposer sees
+    shown_runs: int = 0
+    analysis: Analysis | None = None  # of the shown failures
 
 
 class Refinement:
@@ -211,7 +241,7 @@ class Refinement:
     def __init__(self, workflow: Workflow, tasks: Sequence[Task], *, llm: LLM,
                  budget: Budget, proposer_llm: LLM | None = None,
                  settings: Settings | None = None, journal: Journal | None = None,
-                 embedder: Embedder | None = None, regression: Sequence[Task] | None = None,
+                 embedder: Embedder | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  stop_rule: StopRule | None = None, selector: TargetSelector | None = None,
                  proposers: Sequence[Proposer] | None = None,
@@ -220,15 +250,13 @@ class Refinement:
         self.settings = s = settings or Settings()
         if not tasks:
             raise RefineError("the dev set is empty: give refine some inputs (--dev N > 0)")
-        if regression is None:
-            dev, regression = hold_aside(tasks, s.holdout, seed=s.seed)
-        else:
-            dev = list(tasks)
-        if not dev:
-            raise RefineError("the dev set is empty after holding regression inputs aside; "
-                              "give more inputs")
-        self.seed, self.dev, self.regression = workflow, list(dev), list(regression)
-        self.tasks = {t.id: t for t in [*self.dev, *self.regression]}
+        if len(tasks) < 2:
+            raise RefineError("refine needs at least 2 inputs: some to show the proposer, "
+                              "others to verify its edits on")
+        # the roles are fixed here, before any proposal, and recorded when the run starts
+        self.roles: dict[str, Role] = assign_roles(tasks, s.verification, seed=s.seed)
+        self.seed, self.dev = workflow, list(tasks)
+        self.tasks = {t.id: t for t in self.dev}
         self.llm, self.proposer_llm = llm, proposer_llm or llm
         self.budget = budget
         # how a run is graded: the task's own grader, or a registered one (`judge_llm`: the
@@ -248,8 +276,7 @@ class Refinement:
         self.refine_id = _digest({
             "seed": workflow.version_id, "llm": llm.identity,
             "proposer": self.proposer_llm.identity, "dev": sorted(t.id for t in self.dev),
-            "regression": sorted(t.id for t in self.regression), "budget": budget.__dict__,
-            "settings": s.__dict__})
+            "budget": budget.__dict__, "settings": s.__dict__})
         self._check_budget()
         self.meter = budget.meter()
         self.round = 0
@@ -261,8 +288,10 @@ class Refinement:
         verification of a one-node edit."""
         if self.budget.calls is None:
             return
-        base = llm_calls_per_run(self.seed) * len(self.tasks)
-        one = self.settings.regression + 1
+        base = self._calls_per_run(self.seed) * len(self.tasks)
+        s = self.settings
+        verifying = sum(r == "verification" for r in self.roles.values())
+        one = min(verifying, s.regression + s.counterexamples) + 1
         if self.budget.calls < base + one:
             raise RefineError(
                 f"a budget of {self.budget.calls} calls cannot pay for one verification: "
@@ -270,18 +299,27 @@ class Refinement:
                 f"one verification at least {one}; raise --budget-calls to at least "
                 f"{base + one} or lower --dev")
 
-    def _affordable(self, calls: int) -> bool:
-        """Whether a step projected to make `calls` calls fits what the budget has left."""
+    def _calls_per_run(self, wf: Workflow, nodes: Sequence[str] | None = None) -> int:
+        """The most calls one run of `nodes` makes, its judge's call included."""
+        return llm_calls_per_run(wf, nodes) + (1 if self.judge_llm is not None else 0)
+
+    def _worst_call_tokens(self, wf: Workflow, traces: dict[str, Trace]) -> int:
+        """A call's worst case as the meter reserves it: the largest prompt seen so far plus
+        the largest `max_tokens` of the workflow (or the proposer's)."""
+        prompt = max((c.tokens_in for t in traces.values() for sp in t.spans
+                      for c in sp.calls), default=1000)
+        limit = max([int({**REGISTRY[n.op].params, **n.params}.get("max_tokens") or 0)
+                     for n in wf.nodes] + [self.settings.proposer_tokens])
+        return prompt + limit
+
+    def _affordable(self, calls: int, call_tokens: int) -> bool:
+        """Whether a step projected to make `calls` calls of at most `call_tokens` tokens each
+        fits what the budget has left."""
         left = self.meter.remaining_calls()
         if left is not None and calls > left:
             return False
         tokens_left = self.meter.remaining_tokens()
-        if tokens_left is not None:
-            made = max(1, self.meter.calls)
-            per_call = (self.meter.tokens_in + self.meter.tokens_out) / made or 1000
-            if calls * per_call > tokens_left:
-                return False
-        return True
+        return tokens_left is None or calls * call_tokens <= tokens_left
 
     def _emit(self, step: str, **kw: Any) -> None:
         if self.on_progress is not None:
@@ -309,15 +347,22 @@ class Refinement:
         self.journal.record_traces(traces, source="benchmark")
         return {t.task_id: t for t in traces}
 
+    def _counted(self, state: _State, role: Role) -> list[Trace]:
+        """The current version's traces with a verdict, of the inputs in `role`."""
+        return [tr for t in self.dev if self.roles[t.id] == role
+                and (tr := state.traces.get(t.id)) is not None and tr.outcome is not None
+                and tr.outcome.failure_class != INFRASTRUCTURE]
+
     def _analyze(self, state: _State) -> None:
-        dev_traces = [state.traces[t.id] for t in self.dev if t.id in state.traces]
-        counted = [t for t in dev_traces
-                   if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE]
-        state.failures = [f for t in counted if (f := failure_from_trace(t)) is not None]
-        state.mass = len(state.failures) / max(1, len(counted))
+        shown, verifying = self._counted(state, "shown"), self._counted(state, "verification")
+        state.failures = [f for t in [*shown, *verifying]
+                          if (f := failure_from_trace(t)) is not None]
+        state.shown = [f for f in state.failures if self.roles[f.task_id] == "shown"]
+        state.shown_runs = len(shown)
+        state.mass = (len(state.failures) - len(state.shown)) / max(1, len(verifying))
         state.analysis = None
-        if self.settings.method == "cegraph" and state.failures:
-            state.analysis = analyze_failures(state.failures, len(counted), self._builder())
+        if self.settings.method == "cegraph" and state.shown:
+            state.analysis = analyze_failures(state.shown, len(shown), self._builder())
 
     def _builder(self) -> SignatureBuilder:
         if self.embedder is None:
@@ -347,8 +392,9 @@ class Refinement:
             if hasattr(proposer, "round"):
                 proposer.round = self.round  # a new round asks anew; a resumed one replays
             if isinstance(proposer, LLMProposer):
-                proposer.accuracy = 1 - state.mass
-            if proposer.projected_calls and not self._affordable(proposer.projected_calls):
+                proposer.accuracy = 1 - len(state.shown) / max(1, state.shown_runs)
+            if proposer.projected_calls and not self._affordable(
+                    proposer.projected_calls, self._worst_call_tokens(state.wf, state.traces)):
                 continue
             k = self.settings.prior_k if isinstance(proposer, PriorProposer) else \
                 self.settings.k
@@ -356,42 +402,44 @@ class Refinement:
             got = await proposer.propose(state.wf, target, kind, k)
             merged.candidates += got.candidates
             merged.invalid += got.invalid
+        # the screen sees only what the proposer saw: the shown role's inputs and answers
         examples = [text for e in target.examples for text in (e.input, e.expected)]
-        examples += [self.tasks[i].reference for i in target.task_ids]
+        examples += [self.tasks[i].reference for i in target.task_ids
+                     if self.roles[i] == "shown"]
         return screen(state.wf, merged, examples, seen=self.tried_versions)
 
     def _plan(self, state: _State, target: Target) -> Plan:
+        """One sample of the verification role: the target's members there (up to
+        `counterexamples`) and a seeded sample of the rest (`regression`), failures and
+        passes drawn in proportion (see `verify.py`)."""
         s = self.settings
-        failing = {f.task_id for f in state.failures}
-        chosen = [self.tasks[i] for i in target.task_ids if i in failing][:s.counterexamples]
-        rest = sorted(failing - {t.id for t in chosen})
-        others = [self.tasks[i] for i in rest][:: max(1, len(rest) // max(1, s.others))][
-            :s.others]
-        passing = [t for t in self.regression
-                   if (tr := state.traces.get(t.id)) and tr.outcome and tr.outcome.passed]
-        # strata of the passing inputs: how long the base's run was (a difficulty proxy)
-        lengths = sorted(state.traces[t.id].tokens for t in passing) or [0]
-        cuts = (lengths[len(lengths) // 3], lengths[2 * len(lengths) // 3])
-        reg = stratified_sample(
-            passing, s.regression, key=lambda t: str(sum(
-                state.traces[t.id].tokens > c for c in cuts)), seed=s.seed + self.round)
-        target_mass = len([f for f in state.failures if f.task_id in set(target.task_ids)])
-        dev_runs = max(1, len([t for t in self.dev if t.id in state.traces]))
-        weight = {"target": target_mass / dev_runs / max(1, len(chosen)),
-                  "others": max(0.0, state.mass - target_mass / dev_runs) / max(1, len(others)),
-                  "regression": (1 - state.mass) / max(1, len(reg))}
-        base = {t.id: bool((tr := state.traces[t.id]).outcome and tr.outcome.passed)
-                for t in [*chosen, *others, *reg]}
-        return Plan({"target": tuple(chosen), "others": tuple(others), "regression": tuple(reg)},
-                    base, weight)
+        verifying = {t.task_id: t for t in self._counted(state, "verification")}
+        failures = [f for f in state.failures if f.task_id in verifying]
+        member_ids = {f.task_id for f in self.selector.members(
+            target, failures, self._builder() if s.method == "cegraph" else None)}
+        failing = {f.task_id for f in failures}
+        population = [self.tasks[i] for i in sorted(verifying)]
+        members = [t for t in population if t.id in member_ids]
+        rest = [t for t in population if t.id not in member_ids]
+        seed = s.seed + self.round
+        chosen = stratified_sample(members, s.counterexamples, key=lambda t: "", seed=seed)
+        sample = stratified_sample(rest, s.regression, seed=seed,
+                                   key=lambda t: "failed" if t.id in failing else "passed")
+        strata = {"target": tuple(chosen),
+                  "others": tuple(t for t in sample if t.id in failing),
+                  "passes": tuple(t for t in sample if t.id not in failing)}
+        sizes = {"target": len(members), "others": len(failing - member_ids),
+                 "passes": len(rest) - len(failing - member_ids)}
+        base = {t.id: t.id not in failing for ts in strata.values() for t in ts}
+        return Plan(strata, base, sizes)
 
     async def _round(self, state: _State, tried: set[str], result: RefineResult) -> bool:
         """One round; returns whether an edit was accepted."""
         s = self.settings
-        runs = len([t for t in self.dev if t.id in state.traces])
+        shown = {i: t for i, t in self.tasks.items() if self.roles[i] == "shown"}
         targets = untried(self.selector.targets(
-            state.failures, state.analysis, runs,
-            {t.task_id: t for t in state.traces.values()}, self.tasks),
+            state.shown, state.analysis, state.shown_runs,
+            {i: t for i, t in state.traces.items() if i in shown}, shown),
             {t.split("@")[1] for t in tried if t.startswith(state.wf.version_id + "@")})
         if not targets:
             result.stop_reason = "no untried failure target on this version"
@@ -422,20 +470,26 @@ class Refinement:
         if not cands:
             return False
         plan = self._plan(state, target)
-        rule = PairedSignRule(s.alpha, s.max_break_rate, self._new_mode_check(state))
+        rule = self._rule(state)
         verifier = Verifier(self.executor, self.evaluate,
                             chunk=max(2, self.executor.concurrency),
                             early_stop=CertainlyWorse(s.max_break_rate),
                             on_traces=lambda _wf, tr: self.journal.record_traces(
                                 tr, source="verification"))
-        best: Verification | None = None
-        judged: list[tuple[Candidate, Applied, Verification, Verdict, str]] = []
+        best: Verification | None = None  # the best candidate already certain to be accepted
+        judged: list[_Judged] = []
         edit_of = {id(c): eid for c, eid in zip(proposals.candidates, ids, strict=True)}
         for n, (cand, applied) in enumerate(cands, start=1):
             self.tried_versions.add(applied.version_id)
-            projected = plan.size * llm_calls_per_run(
+            eid = edit_of[id(cand)]
+            if too_costly := self._projected_cost(state.wf, applied.workflow):
+                judged.append(_Judged(cand, applied, eid, Verification(applied.version_id),
+                                      too_costly, verified=False))
+                continue
+            projected = plan.size * self._calls_per_run(
                 applied.workflow, changed_nodes(state.wf, applied.workflow))
-            if not self._affordable(projected):
+            if not self._affordable(projected, self._worst_call_tokens(applied.workflow,
+                                                                       state.traces)):
                 result.stop_reason = (f"budget: verifying the next candidate may take "
                                       f"{projected} calls, {self.meter.remaining_calls()} left")
                 self.out_of_budget = True
@@ -460,20 +514,30 @@ class Refinement:
                 beat.cancel()
             broken = [f for t in v.traces if plan.base_passed.get(t.task_id)
                       and (f := failure_from_trace(t)) is not None]
-            verdict = rule.judge(v, broken)
-            eid = edit_of[id(cand)]
-            judged.append((cand, applied, v, verdict, eid))
+            verdict = rule.judge(v, plan, [state.traces[t.task_id] for t in v.traces], broken)
+            judged.append(_Judged(cand, applied, eid, v, verdict))
             result.verification_calls += v.calls_made
             result.verification_replayed += v.calls_replayed
             result.verification_full += v.calls_full
-            self.journal.record_verification(self._verification_row(eid, plan, v, verdict,
-                                                                    state.mass))
-            if not v.stopped_early and (best is None or v.drop > best.drop):
+            # early stop may only compare against a candidate certain to be accepted, so the
+            # order candidates are verified in never changes the pick
+            if rule.certain(verdict, len(cands), self.round) and (
+                    best is None or v.drop > best.drop):
                 best = v
-        pick = rule.choose([j[3] for j in judged])
+        family = [j for j in judged if j.verified]  # every candidate tested is a test
+        for j, verdict in zip(family, rule.decide([j.verdict for j in family], self.round),
+                              strict=True):
+            j.verdict = verdict
+        for j in judged:
+            self.journal.record_verification(self._verification_row(j, plan, state.mass))
+            result.verdicts.append((j.edit_id, j.cand.edit.op, j.verdict))
+        # ties broken by version id, not by the order of verification
+        judged.sort(key=lambda j: j.applied.version_id)
+        pick = rule.choose([j.verdict for j in judged])
         if pick is None:
             return False
-        cand, applied, v, verdict, eid = judged[pick]
+        j = judged[pick]
+        cand, applied, verdict, eid = j.cand, j.applied, j.verdict, j.edit_id
         self.journal.record_version(applied.workflow, parent=state.wf.version_id,
                                     created_by=eid)
         self.journal.record_edits([{**next(r for r in edit_rows if r["edit_id"] == eid),
@@ -484,9 +548,10 @@ class Refinement:
         self._emit("accept", target=target.label, candidate=cand.edit.op,
                    message=verdict.reason)
         state.wf = applied.workflow
-        projected = len(self.tasks) * llm_calls_per_run(
+        projected = len(self.tasks) * self._calls_per_run(
             applied.workflow, changed_nodes(self.seed, applied.workflow))
-        if not self._affordable(projected):
+        if not self._affordable(projected, self._worst_call_tokens(applied.workflow,
+                                                                   state.traces)):
             result.stop_reason = "budget: no calls left to evaluate the accepted version"
             self.out_of_budget = True
             state.mass = max(0.0, state.mass - verdict.drop)  # the verified estimate
@@ -495,6 +560,20 @@ class Refinement:
         self._analyze(state)
         return True
 
+    def _projected_cost(self, base: Workflow, cand: Workflow) -> Verdict | None:
+        """A rejection, before any verification, of a candidate whose calls per run already
+        break the cost bound (tokens, dollars and latency are measured once it has run)."""
+        bound = self.settings.cost.max_calls_ratio
+        ratio = llm_calls_per_run(cand) / max(1, llm_calls_per_run(base))
+        if bound is None or ratio <= bound:
+            return None
+        return Verdict("rejected", 1.0, 0, 0, 0.0, 0.0,
+                       f"not verified: its projected calls per run are x{ratio:.2f} the "
+                       f"base's, over the cost bound x{bound:g}", cost_ratios={"calls": ratio})
+
+    def _rule(self, state: _State) -> AcceptanceRule:
+        s = self.settings
+        return PairedRule(s.alpha, s.max_break_rate, self._new_mode_check(state), s.cost)
     def _new_mode_check(self, state: _State) -> DenseNewMode | None:
         if self.settings.method != "cegraph" or state.analysis is None:
             return None
@@ -511,18 +590,20 @@ class Refinement:
                 "reject_reason": reason, "round": self.round, "source": source,
                 "diff": "\n".join(applied.diff) if applied else None}
 
-    def _verification_row(self, edit_id: str, plan: Plan, v: Verification, verdict: Verdict,
-                          mass: float) -> dict[str, Any]:
-        c = v.counts
-        return {"verification_id": f"{edit_id}-v", "edit_id": edit_id,
-                "candidate_version_id": v.version_id, "counterexamples": c["target"].run,
-                "regression": c["regression"].run, "others": c["others"].run,
-                "fixed": v.fixed, "broken": v.broken, "mass_before": mass,
-                "mass_after": max(0.0, mass - v.drop), "p_value": verdict.p_value,
-                "accepted": verdict.accepted, "reason": verdict.reason,
+    def _verification_row(self, j: _Judged, plan: Plan, mass: float) -> dict[str, Any]:
+        v, d, c = j.v, j.verdict, j.v.counts
+        return {"verification_id": f"{j.edit_id}-v", "edit_id": j.edit_id,
+                "candidate_version_id": j.applied.version_id,
+                "counterexamples": c["target"].run, "regression": c["passes"].run,
+                "others": c["others"].run, "fixed": v.fixed, "broken": v.broken,
+                "mass_before": mass, "mass_after": max(0.0, mass - d.drop),
+                "p_value": d.p_value, "accepted": d.accepted, "reason": d.reason,
                 "tokens": v.tokens, "cost": v.cost, "calls_made": v.calls_made,
                 "calls_replayed": v.calls_replayed, "calls_full": v.calls_full,
-                "stopped_early": v.stopped_early}
+                "stopped_early": v.stopped_early, "decision": d.decision,
+                "p_adjusted": d.p_adjusted, "ci_low": d.ci_low, "ci_high": d.ci_high,
+                "cost_ratios": json.dumps(d.cost_ratios), "planned": plan.size if j.verified
+                else 0}
 
     async def run(self) -> RefineResult:
         started = time.perf_counter()
@@ -530,7 +611,8 @@ class Refinement:
             "workflow": self.seed.name, "seed_version_id": self.seed.version_id,
             "method": self.settings.method, "budget": self.budget.__dict__,
             "settings": self.settings.__dict__, "dev": len(self.dev),
-            "regression": len(self.regression)})
+            "verification": sum(r == "verification" for r in self.roles.values())})
+        self.journal.record_roles(self.refine_id, self.roles, self.settings.seed)
         if self.charge_since is not None:
             first_start = self.charge_since
         llms = {id(x): x for x in (self.llm, self.proposer_llm, self.judge_llm) if x}
@@ -558,8 +640,8 @@ class Refinement:
                 if why:
                     result.stop_reason = why
                     break
-                if not state.failures:
-                    result.stop_reason = "no failures left on the dev set"
+                if not state.shown:
+                    result.stop_reason = "no failures left among the shown inputs"
                     break
                 self.round += 1
                 await self._round(state, tried, result)

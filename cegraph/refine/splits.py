@@ -1,8 +1,12 @@
-"""Split discipline: the loop optimizes on a dev set, acceptance judges breaks on held-aside
-regression inputs, and reports score a test set the loop never saw.
+"""Split discipline: the roles of inputs, fixed before any proposal.
 
-Splits are by a seeded hash of the task id, so the same data and seed always give the same
-parts, and dev and test never overlap whatever their sizes.
+A refinement's inputs are `shown` (a proposer may read them: failing examples, expected
+answers, traces, demonstrations) or `verification` (they judge candidates and are never shown
+to a proposer of that refinement). The gate's `holdout` (and a benchmark's test set) is taken
+out by the caller before refinement starts (`dev_test`), so refinement never touches it.
+
+Every split is by a seeded hash of the task id, so the same data and seed always give the
+same parts, and growing one part never moves an input into another.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from cegraph.task import Task
+
+Role = Literal["shown", "verification", "holdout"]
 
 
 def _rank(task: Task, seed: int) -> str:
@@ -34,10 +41,12 @@ def dev_test(tasks: Sequence[Task], *, dev: int, test: int, seed: int = 0) -> Sp
     return Split(tuple(order[:dev]), tuple(order[len(order) - test:]) if test else ())
 
 
-def hold_aside(tasks: Sequence[Task], fraction: float, *, seed: int = 0
-               ) -> tuple[list[Task], list[Task]]:
-    """(loop inputs, held-aside regression inputs): `fraction` of `tasks` held aside."""
+def assign_roles(tasks: Sequence[Task], verification: float, *, seed: int = 0
+                 ) -> dict[str, Role]:
+    """Task id -> `shown` or `verification`: `verification` (a share) of `tasks`, by a seeded
+    hash of the task id (at least one of each role when there are two tasks or more)."""
     order = sorted(tasks, key=lambda t: _rank(t, seed + 1))
-    k = round(len(order) * fraction)
-    held = {t.id for t in order[:k]}
-    return [t for t in tasks if t.id not in held], [t for t in tasks if t.id in held]
+    k = round(len(order) * verification)
+    if len(order) >= 2:
+        k = min(max(k, 1), len(order) - 1)
+    return {t.id: "verification" if i < k else "shown" for i, t in enumerate(order)}

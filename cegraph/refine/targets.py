@@ -1,7 +1,11 @@
 """What a round aims at. `cegraph` aims at the densest failure mode not yet tried on this
 version (failures in no mode, grouped by locus and class, come after the modes, so rare
 errors are not ignored); the `scalar` and `random` baselines aim at all failures at once,
-seeing only the score and a random handful of failures."""
+seeing only the score and a random handful of failures.
+
+A selector sees only the shown-role failures (what a proposer may read); `members` then says
+which verification-role failures a target stands for, so verification can sample them
+without their text ever reaching a target's label or examples."""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
+import numpy as np
+
 from cegraph.fss.failure import Failure
 from cegraph.fss.failure_space import Analysis
+from cegraph.fss.modes import DEFAULT_EPS
+from cegraph.fss.signature import SignatureBuilder
 from cegraph.refine.proposer import Counterexample, Target
 from cegraph.task import Task
 from cegraph.trace import Trace
@@ -21,10 +29,15 @@ EXAMPLES = 5
 
 class TargetSelector(Protocol):
     """Contract: returns the targets of a version in the order to try them, each with its
-    dev counterexamples (task ids) and a few examples; deterministic for the same inputs."""
+    shown counterexamples (task ids) and a few examples; deterministic for the same inputs.
+    `members` returns those of `failures` (verification-role failures of the same version,
+    never shown) that the target of the last `targets` call stands for."""
 
     def targets(self, failures: Sequence[Failure], analysis: Analysis | None, runs: int,
                 traces: dict[str, Trace], tasks: dict[str, Task]) -> list[Target]: ...
+
+    def members(self, target: Target, failures: Sequence[Failure],
+                builder: SignatureBuilder | None) -> list[Failure]: ...
 
 
 def _example(f: Failure, traces: dict[str, Trace], tasks: dict[str, Task]) -> Counterexample:
@@ -48,11 +61,22 @@ def _target(target_id: str, label: str, members: Sequence[Failure], runs: int,
 
 
 class ModeTargets:
-    """Failure modes by mass, then noise groups (locus x class) of two or more."""
+    """Failure modes by mass, then noise groups (locus x class) of two or more. A failure
+    belongs to the mode of its nearest mode member if that is within `eps` (the density
+    radius modes are found with), else to the noise group of its locus and class."""
+
+    def __init__(self, eps: float = DEFAULT_EPS) -> None:
+        self.eps = eps
+        self._vectors: list[tuple[str, np.ndarray]] = []  # (mode id, a shown member)
 
     def targets(self, failures: Sequence[Failure], analysis: Analysis | None, runs: int,
                 traces: dict[str, Trace], tasks: dict[str, Task]) -> list[Target]:
         by_id = {f.failure_id: f for f in failures}
+        mode_of = {i: m.mode_id for m in (analysis.modes if analysis else [])
+                   for i in m.failure_ids}
+        self._vectors = [(mode_of[sig.failure_id], sig.vector)
+                         for sig in (analysis.signatures if analysis else [])
+                         if sig.failure_id in mode_of]
         out = []
         for mode in analysis.modes if analysis else []:
             members = [by_id[i] for i in mode.failure_ids]
@@ -70,6 +94,19 @@ class ModeTargets:
                 out.append(_target(f"noise:{node}:{cls}", f"{node}: {cls} (no dense mode)",
                                    members, runs, traces, tasks, members))
         return out
+
+    def members(self, target: Target, failures: Sequence[Failure],
+                builder: SignatureBuilder | None) -> list[Failure]:
+        modes = [self._mode(sig.vector) for sig in builder.build(failures)] \
+            if builder is not None and self._vectors and failures else [None] * len(failures)
+        if not target.target_id.startswith("noise:"):
+            return [f for f, m in zip(failures, modes, strict=True) if m == target.target_id]
+        return [f for f, m in zip(failures, modes, strict=True) if m is None
+                and (f.locus_node, f.failure_class) == (target.locus_node, target.failure_class)]
+
+    def _mode(self, vector: np.ndarray) -> str | None:
+        dist, mode = min((float(np.linalg.norm(vector - v)), m) for m, v in self._vectors)
+        return mode if dist <= self.eps else None
 
 
 class AggregateTarget:
@@ -89,6 +126,10 @@ class AggregateTarget:
         return [Target(t.target_id, t.label, "", "", "", t.task_ids, len(failures) / runs,
                        tuple(Counterexample(e.task_id, e.input, e.expected, e.observed,
                                             e.message, "") for e in t.examples))]
+
+    def members(self, target: Target, failures: Sequence[Failure],
+                builder: SignatureBuilder | None) -> list[Failure]:
+        return list(failures)  # the aggregate target stands for every failure
 
 
 def untried(targets: Sequence[Target], tried: Collection[str]) -> list[Target]:

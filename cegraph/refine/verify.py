@@ -1,14 +1,19 @@
-"""Incremental verification: re-run a candidate on the inputs that can tell it apart.
+"""Incremental verification: re-run a candidate on one paired sample of the verification role.
 
-A candidate runs on (a) the target's counterexamples, (b) a stratified sample of held-aside
-inputs the base passed (regression), (c) a few counterexamples of other modes. Nothing
-special is needed for unchanged nodes: a node whose prompt and inputs are unchanged makes
-the same call, the call store answers it, and only the edited node and what reads it make
-new calls. `Verification` counts both, and the calls a full re-execution would have made.
+The sample (`Plan`) is drawn from the verification-role inputs only (never shown to the
+proposer), in three strata with known population sizes: the target mode's members there,
+the other failures, the passes. Every planned unit runs on the candidate; the base's verdict
+on it is the base's own evaluation of the same unit, so fixes and breaks are counted on the
+same population (see `estimator.py`). Nothing special is needed for unchanged nodes: a node
+whose prompt and inputs are unchanged makes the same call, the call store answers it, and
+only the edited node and what reads it make new calls. `Verification` counts both, and the
+calls a full re-execution would have made.
 
-Inputs run in chunks; after each, the `EarlyStop` rule may end a candidate that can no
-longer beat the best one so far, so bad candidates cost little (their unrun inputs count
-as saved calls, estimated at the calls per run seen).
+Units run in chunks, strata interleaved with passes first, so breaks are seen before a
+budget can end the run. After each chunk the `EarlyStop` rule may end a candidate that
+certainly cannot win (its unrun units count as saved calls, estimated at the calls per run
+seen). A unit without a verdict (a budget stop, an outage) ends the verification there:
+`complete` is then False and the verdict can only be undecided.
 """
 
 from __future__ import annotations
@@ -20,25 +25,44 @@ from typing import Protocol
 
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
+from cegraph.llm import BudgetExceeded
+from cegraph.refine.estimator import Stratum
 from cegraph.task import Task
 from cegraph.trace import INFRASTRUCTURE, Trace
 
-STRATA = ("target", "others", "regression")
+STRATA = ("target", "others", "passes")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Which inputs verify a candidate, per stratum, with the base's verdict on each and the
-    mass one input of each stratum stands for (its share of the failure mass, or of the
-    passing mass for regression)."""
+    """Which verification-role inputs verify a candidate, per stratum, with the base's verdict
+    on each and each stratum's population size in the verification role (its known weight)."""
 
     strata: dict[str, tuple[Task, ...]]
     base_passed: dict[str, bool]
-    weight: dict[str, float]
+    population: dict[str, int]
 
     @property
     def size(self) -> int:
         return sum(len(t) for t in self.strata.values())
+
+    @property
+    def weight(self) -> dict[str, float]:
+        """The mass one unit of each stratum stands for: W_h / n_h."""
+        total = max(1, sum(self.population.values()))
+        return {s: self.population.get(s, 0) / total / max(1, len(ts))
+                for s, ts in self.strata.items()}
+
+    def order(self) -> list[tuple[str, Task]]:
+        """The units, strata interleaved round-robin with passes first, so breaks show up
+        early whatever stops the run."""
+        lanes = [list(self.strata.get(s, ())) for s in ("passes", "target", "others")]
+        names = ("passes", "target", "others")
+        out = []
+        for i in range(max((len(lane) for lane in lanes), default=0)):
+            out += [(name, lane[i]) for name, lane in zip(names, lanes, strict=True)
+                    if i < len(lane)]
+        return out
 
 
 def stratified_sample(tasks: Sequence[Task], n: int, key: Callable[[Task], str],
@@ -75,6 +99,7 @@ class Verification:
     """A candidate's paired outcomes against the base, and what verifying it cost."""
 
     version_id: str
+    planned: int = 0  # units in the plan
     counts: dict[str, Counts] = field(default_factory=lambda: {s: Counts() for s in STRATA})
     traces: list[Trace] = field(default_factory=list)
     calls_made: int = 0  # paid: answered by the provider
@@ -85,6 +110,7 @@ class Verification:
     stopped_early: bool = False
     stop_reason: str = ""  # why it stopped early (the `EarlyStop` rule's words)
     drop: float = 0.0  # estimated mass drop: weighted fixes minus weighted breaks
+    incomplete: str = ""  # why some planned unit has no verdict (budget, outage)
 
     @property
     def fixed(self) -> int:
@@ -95,6 +121,22 @@ class Verification:
         return sum(c.broken for c in self.counts.values())
 
     @property
+    def decided(self) -> int:
+        """Units with a verdict on the candidate."""
+        return sum(c.run for c in self.counts.values())
+
+    @property
+    def complete(self) -> bool:
+        """Every planned unit has a verdict (an early stop is not complete either)."""
+        return not self.stopped_early and not self.incomplete and self.decided == self.planned
+
+    def strata(self, plan: Plan) -> dict[str, Stratum]:
+        """The estimator's view: per stratum its population, units decided and changes."""
+        return {s: Stratum(plan.population.get(s, 0), c.run,
+                           c.broken if s == "passes" else c.fixed, s == "passes")
+                for s, c in self.counts.items()}
+
+    @property
     def new_failures(self) -> list[Trace]:
         return [t for t in self.traces if t.outcome is not None and not t.outcome.passed]
 
@@ -102,8 +144,9 @@ class Verification:
 class EarlyStop(Protocol):
     """Decides, between chunks, that a candidate is not worth finishing. Contract: returns
     why (a reason) only when the candidate *certainly* cannot win, whatever its unrun inputs
-    give (so stopping never changes which candidate the acceptance rule would pick); None
-    to go on."""
+    give, and `best` is a candidate already certain to be accepted (never a rejected or
+    undecided one), so stopping never changes which candidate is picked, whatever the order
+    the candidates are verified in; None to go on."""
 
     def stop(self, v: Verification, plan: Plan, remaining: Sequence[Task],
              best: Verification | None) -> str | None: ...
@@ -111,18 +154,18 @@ class EarlyStop(Protocol):
 
 @dataclass(frozen=True)
 class CertainlyWorse:
-    """Stop when even all remaining base failures turning into passes (and no regression
-    breaking) cannot lift the candidate's estimated drop above the best one's, or when its
-    regression breaks already exceed the rate acceptance allows."""
+    """Stop when even all remaining base failures turning into passes (and no pass breaking)
+    cannot lift the candidate's estimated drop above the best accepted one's, or when its
+    breaks already exceed the rate acceptance allows on the planned passes."""
 
     max_break_rate: float = 0.1
 
     def stop(self, v: Verification, plan: Plan, remaining: Sequence[Task],
              best: Verification | None) -> str | None:
-        reg = len(plan.strata.get("regression", ()))
-        broken = v.counts["regression"].broken
-        if reg and broken > self.max_break_rate * reg:
-            return (f"it broke {broken} of the {reg} regression inputs, over the "
+        passes = len(plan.strata.get("passes", ()))
+        broken = v.counts["passes"].broken
+        if passes and broken > self.max_break_rate * passes:
+            return (f"it broke {broken} of the {passes} passes sampled, over the "
                     f"{self.max_break_rate:.0%} allowed")
         if best is None:
             return None
@@ -153,15 +196,19 @@ class Verifier:
     async def verify(self, wf: Workflow, plan: Plan, *, best: Verification | None = None,
                      on_progress: Callable[[Verification], None] | None = None
                      ) -> Verification:
-        v = Verification(wf.version_id)
-        order = [(s, t) for s in STRATA for t in plan.strata.get(s, ())]
+        v = Verification(wf.version_id, planned=plan.size)
+        order = plan.order()
         identity = self.executor.llm.identity
         i = 0
         while i < len(order):
             batch = order[i:i + self.chunk]
-            traces = await self.executor.run_many(
-                wf, [t for _, t in batch], evaluate=self.evaluate,
-                run_id=lambda t: stable_run_id(wf.version_id, identity, t.id))
+            try:
+                traces = await self.executor.run_many(
+                    wf, [t for _, t in batch], evaluate=self.evaluate,
+                    run_id=lambda t: stable_run_id(wf.version_id, identity, t.id))
+            except BudgetExceeded as exc:
+                v.incomplete = f"budget: {str(exc).splitlines()[0]}"
+                break
             for (stratum, task), trace in zip(batch, traces, strict=True):
                 self._count(v, plan, stratum, task, trace)
             if self.on_traces is not None:
@@ -169,6 +216,8 @@ class Verifier:
             i += len(batch)
             if on_progress is not None:
                 on_progress(v)
+            if v.incomplete:  # a unit without a verdict: the evidence can only be partial
+                break
             why = self.early_stop.stop(v, plan, [t for _, t in order[i:]], best) \
                 if i < len(order) else None
             if why:
@@ -188,8 +237,10 @@ class Verifier:
         v.tokens += trace.tokens
         v.cost += trace.cost
         o = trace.outcome
-        if o is None or o.failure_class == INFRASTRUCTURE:
-            return  # not a verdict on the candidate
+        if o is None or o.failure_class == INFRASTRUCTURE:  # not a verdict on the candidate
+            v.incomplete = v.incomplete or (
+                f"no verdict on {task.id}: {o.message if o else 'no outcome'}")[:200]
+            return
         c = v.counts[stratum]
         c.run += 1
         before = plan.base_passed[task.id]
