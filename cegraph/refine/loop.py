@@ -36,6 +36,7 @@ from cegraph.llm import LLM, BudgetExceeded, Meter
 from cegraph.operators import REGISTRY
 from cegraph.progress import Progress as RunCounts
 from cegraph.refine.acceptance import DenseNewMode, PairedSignRule, Verdict
+from cegraph.refine.cost import CostBounds
 from cegraph.refine.edits import Applied
 from cegraph.refine.journal import ChargingStore, Journal, MemoryJournal
 from cegraph.refine.proposer import (
@@ -98,6 +99,7 @@ class Settings:
     concurrency: int | None = None  # None: the LLM's (a local model's engine slots)
     proposer_tokens: int = 512
     heartbeat_s: float = 20.0  # a progress event at least this often while verifying
+    cost: CostBounds = CostBounds()  # one cost rule with the gate (cegraph.refine.cost)
 
 
 @dataclass(frozen=True)
