@@ -12,7 +12,8 @@ night, run again, resumes after its last completed step and reaches the same dec
    carried, and retire when they pass. Nothing logged since the last night and the same
    active version: the night has nothing new, says so and spends nothing (nights are
    idempotent per day, not per input set). Then the gate's **holdout** is drawn (seeded, by
-   task-id hash, `cegraph.refine.holdout`) and recorded in `input_roles`;
+   task-id hash, among inputs no refinement of the workflow ran, `cegraph.refine.holdout`)
+   and recorded in `input_roles`;
 2. budget: the night's least spend projected from the call history; a budget that cannot pay
    it refuses the night before any call (fails closed);
 3. refine: the Propose-and-Verify loop (`cegraph.refine`) on the inputs left after the
@@ -191,7 +192,7 @@ def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
             "spent": [0, 0, 0.0], "checked_on": night.active_version_id}
     if not rows and previous.get("checked_on") == night.active_version_id:
         # the same version on the same counterexamples: the last night's verdict stands
-        return {**base, "nothing_new": True, "carried": len(previous.get("failing", [])),
+        return {**base, "nothing_new": True, "carried": len(previous.get("carry", [])),
                 "tasks": [], "failing": [], "holdout": [], "retired": 0,
                 "carry": previous.get("carry", [])}
     # a passing logged run's own output is a correct answer: it passed against the reference
@@ -204,7 +205,6 @@ def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
         still, base["spent"] = recheck(wh, night, active, carry, s)
         retired = len(carry) - len(still & {t.id for t in carry})
         carry = [t for t in carry if t.id in still]
-    carried = {t.id for t in carry}
     logged += [LoggedRun(f"carried:{t.id}", t.id, t.input, t.reference, False)
                for t in carry if t.id not in {r.task_id for r in logged}]
     spec = Registry(wh).evaluator(night.workflow)
@@ -213,7 +213,10 @@ def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
     tasks = ([t for t in tasks if t.id in failing] + [t for t in tasks if t.id not in failing]
              )[:s.max_inputs]
     ids = [t.id for t in tasks]
-    held = holdout.draw(ids, failing=failing, carried=carried, share=s.holdout, seed=s.seed)
+    touched = {t for (t,) in wh.rows(
+        "SELECT DISTINCT task_id FROM runs WHERE night_id IN (SELECT refine_id FROM "
+        "refinements WHERE workflow = ?)", [night.workflow])}
+    held = holdout.draw(ids, failing=failing, touched=touched, share=s.holdout, seed=s.seed)
     wh.insert("input_roles", [{"scope_id": night.night_id, "task_id": t, "role": "holdout",
                                "seed": s.seed, "recorded_at": _now()} for t in held])
     failing_ids = sorted(failing & set(ids))

@@ -2,8 +2,9 @@
 
 Drawn before any proposal, by a seeded hash of each task id (so the same input falls on the
 same side every time it is logged), separately among failing and passing inputs so both
-kinds reach the gate: of each, the `share` whose hashes rank lowest. Inputs carried from
-earlier nights were already given to a refinement, so they are never held out.
+kinds reach the gate: of each, the `share` whose hashes rank lowest. Inputs an earlier
+refinement of the workflow ran (`touched`: shown to its proposer, or judging its candidates)
+are never held out.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ def rank(task_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}\x1f{task_id}".encode()).hexdigest()
 
 
-def draw(task_ids: Sequence[str], *, failing: Collection[str], carried: Collection[str],
+def draw(task_ids: Sequence[str], *, failing: Collection[str], touched: Collection[str],
          share: float, seed: int) -> list[str]:
     """The held-out task ids, sorted."""
-    fresh = [t for t in task_ids if t not in carried]
+    fresh = [t for t in task_ids if t not in touched]
     out: list[str] = []
     for stratum in ([t for t in fresh if t in failing], [t for t in fresh if t not in failing]):
         out += sorted(stratum, key=lambda t: rank(t, seed))[:round(share * len(stratum))]

@@ -1,7 +1,7 @@
 """A night's spend, projected from history before it starts, against its one hard budget.
 
 The least a night can do is evaluate the active version on its inputs, verify one one-node
-edit, and re-run the gate's sample on the active version and a candidate; the tokens and
+edit, and run the gate's holdout on the active version and a candidate; the tokens and
 dollars of that many calls are projected at the per-call means this model's stored calls
 show (none stored: `DEFAULT_TOKENS_PER_CALL`, free). A night whose least spend passes any
 limit of its budget does not start (fails closed), and the budget left after the gate's
@@ -22,7 +22,7 @@ DEFAULT_TOKENS_PER_CALL = 1000
 class Projection:
     calls_per_run: int  # the most LLM calls one run of the active version makes
     refine_calls: int  # the least the refinement needs
-    gate_calls: int  # the gate's re-runs: active and candidate on the gate sample
+    gate_calls: int  # the gate's runs: active and candidate on the holdout
     tokens_per_call: float
     cost_per_call: float
     history_calls: int  # stored calls the means come from
