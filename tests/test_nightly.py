@@ -283,8 +283,10 @@ def test_a_retried_chunk_is_charged_to_the_night(harness, scripted, tmp_path):
 
 
 def decision(night: dict[str, Any]) -> tuple[Any, ...]:
+    # latency is wall time: the same decision, not the same seconds
+    verification = {k: v for k, v in night["verification"].items() if k != "cost_per_run"}
     return (night["decision"], night.get("candidate_version_id"), night["gate"]["passed"],
-            night["gate"]["failing"], night["verification"], night["cost"]["calls"])
+            night["gate"]["failing"], verification, night["cost"]["calls"])
 
 
 class Killed(BaseException):
