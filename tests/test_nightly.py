@@ -464,3 +464,27 @@ def test_a_logged_runs_input_is_what_the_workflow_received():
     assert logged_input(None, json.dumps({"input": "from jsonl"}), None) == "from jsonl"
     assert logged_input(None, None, '{"problem": "p"}') == "p"
     assert logged_input(None, None, None) is None
+
+
+def test_a_gate_chunk_is_bounded_in_tokens_and_replays_only_what_it_is_given(scripted):
+    from tasks.verification import task_dict, verify_chunk
+
+    scripted.reply = world
+    wf, sample = seed("math").model_dump_json(), [task_dict(t) for t in TASKS[:4]]
+    spec = EvaluatorSpec(kind="numeric").model_dump_json()
+    fresh = verify_chunk.fn(wf, sample, model=MODEL, evaluator_json=spec, known=[],
+                            max_calls=None)
+    assert len(fresh["calls"]) == len(scripted.calls) == 8 and not fresh["exhausted"]
+    # the active version's chunk replays the stored calls it is given: no new call
+    scripted.calls.clear()
+    replayed = verify_chunk.fn(wf, sample, model=MODEL, evaluator_json=spec,
+                               known=fresh["calls"], max_calls=None)
+    assert replayed["calls"] == [] and scripted.calls == []
+    assert [r["passed"] for r in replayed["runs"]] == [r["passed"] for r in fresh["runs"]]
+    # a token share (each call reserves its prompt + max_tokens) runs out mid-chunk: the
+    # runs it could not pay for are infrastructure, and the chunk says its share ran out
+    short = verify_chunk.fn(wf, sample, model=MODEL, evaluator_json=spec, known=[],
+                            max_calls=None, max_tokens=1200)
+    spent = sum(c["tokens_in"] + c["tokens_out"] for c in short["calls"])
+    assert short["exhausted"] and spent <= 1200
+    assert any(r["infrastructure"] for r in short["runs"])
