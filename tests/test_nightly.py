@@ -185,6 +185,25 @@ def test_a_memorizing_edit_accepted_by_refinement_is_gated_out_on_the_holdout(
             reg.promote(night["candidate_version_id"], reason="sure?")
 
 
+def test_a_holdout_too_small_to_decide_is_undecided_and_promotes_nothing(
+        harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    seed_version = production(home, scripted)
+    [night] = run_night(home, holdout_share=0.05)["nights"]  # 1 failing, 1 passing input
+    assert night["edits"] and night["decision"] == "undecided"
+    assert night["holdout"] == 2 and "failing_pairs" in night["reason"]
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        assert reg.active(seed("math").name)[0] == seed_version
+        [(status, why)] = wh.rows("SELECT status, reject_reason FROM edits WHERE "
+                                  "candidate_version_id = ?", [night["candidate_version_id"]])
+        assert status == "accepted" and why.startswith("gate undecided")
+        from storage.registry import RegistryError
+
+        with pytest.raises(RegistryError, match="did not pass its gate"):
+            reg.promote(night["candidate_version_id"], reason="looks fine")
+
+
 def test_two_identical_nights_the_second_spends_nothing(harness, scripted, tmp_path):
     home = tmp_path / "home"
     production(home, scripted)
