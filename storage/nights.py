@@ -206,9 +206,11 @@ class NightStore:
             _LIVE.discard(night.holder.split(":", 2)[2])
 
     def last_started(self, workflow: str) -> Any:
-        """When the last finished night of `workflow` started (None: never)."""
+        """When the last finished night of `workflow` that gathered its inputs started
+        (None: never); a night that stopped before gathering (stale) consumed no logs."""
         [(at,)] = self.wh.rows("SELECT max(started_at) FROM night_runs WHERE workflow = ? AND "
-                               "status = 'done'", [workflow])
+                               "status = 'done' AND night_id IN (SELECT night_id FROM "
+                               "night_steps WHERE step = 'gather')", [workflow])
         return at
 
     def previous_output(self, workflow: str, step: str, before: str) -> Any:
