@@ -22,6 +22,7 @@ from cli import (  # noqa: E402, F401
     bench,
     demo,
     nightly,
+    nights,
     refining,
     registry,
     render,
@@ -43,6 +44,7 @@ app.add_typer(bench.app, name="bench")
 app.command("refine")(refining.refine)
 app.command("eval")(refining.evaluate)
 app.command("nightly")(nightly.nightly)
+app.command("nights")(nights.nights)
 for _name in ("register", "promote", "rollback", "export", "workflows"):
     app.command(_name)(getattr(registry, _name))
 app.command("report")(report.report)

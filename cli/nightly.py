@@ -22,6 +22,12 @@ def nightly(workflow: Annotated[str | None, typer.Option(
             propose_only: Annotated[bool, typer.Option(
                 help="verify and gate, but promote nothing")] = False,
             max_inputs: Annotated[int, typer.Option(help="logged inputs per night")] = 60,
+            holdout_share: Annotated[float, typer.Option(
+                help="share of the night's fresh failing and passing inputs held out for "
+                     "the gate (never seen by the refinement)")] = 0.25,
+            catalog_wait_s: Annotated[float, typer.Option(
+                help="how long to wait while another job (an ingest) holds the catalog")
+            ] = 600.0,
             model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Refine each registered workflow from the failures logged since the last night: verify,
@@ -39,7 +45,9 @@ def nightly(workflow: Annotated[str | None, typer.Option(
         result = nightly_refinement(home=str(home.resolve()), workflow=workflow, model=model,
                                     budget_calls=budget_calls, budget_tokens=budget_tokens,
                                     budget_dollars=budget_dollars, propose_only=propose_only,
-                                    max_inputs=max_inputs, concurrency=SETTINGS.concurrency)
+                                    max_inputs=max_inputs, holdout_share=holdout_share,
+                                    catalog_wait_s=catalog_wait_s,
+                                    concurrency=SETTINGS.concurrency)
     except (RegistryError, CatalogLocked) as exc:
         error = str(exc).splitlines()[0]
     if error is not None:  # outside the handler: Prefect's exception chain stays out of it

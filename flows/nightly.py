@@ -1,52 +1,78 @@
 """The nightly refinement: for each registered workflow, refine its active version from the
-failures logged since the last night, gate the result, and promote it (or only propose it).
+failures logged since the last night, gate the result on inputs the refinement never
+touched, and promote it (or only propose it).
 
 Steps of one workflow's night (each completed step is stored in `night_steps`, so a crashed
 night, run again, resumes after its last completed step and reaches the same decision):
 
 1. gather: production runs ingested since the last finished night (batches whose ingest gate
-   failed are skipped) plus the counterexamples the last night still failed, made gradeable
-   under the workflow's evaluator (`gradeable`; exclusions counted by reason);
+   failed are skipped) plus the counterexamples earlier nights still failed, made gradeable
+   under the workflow's evaluator (`gradeable`; exclusions counted by reason). Carried
+   counterexamples are re-checked on the active version when it changed since they were
+   carried, and retire when they pass. Nothing logged since the last night and the same
+   active version: the night has nothing new, says so and spends nothing (nights are
+   idempotent per day, not per input set). Then the gate's **holdout** is drawn (seeded, by
+   task-id hash, among inputs no refinement of the workflow ran, `cegraph.refine.holdout`)
+   and recorded in `input_roles`;
 2. budget: the night's least spend projected from the call history; a budget that cannot pay
    it refuses the night before any call (fails closed);
-3. refine: the Propose-and-Verify loop (`cegraph.refine`) on those inputs, journaled in the
-   warehouse as it goes (it resumes from its own journal);
-4. verify: the active version and the candidate re-run on the gate's sample of the night's
-   counterexamples and passing inputs, fanned out as concurrent `verify-chunk` tasks whose
-   inputs and outputs are plain data; only the flow writes the warehouse;
-5. gate: the Great Expectations edit gate (`cegraph.refine.gate`), stored in `gate_results`;
-6. decide: promote through the registry, or stop at a proposal (`propose_only`), or record
-   the edit as gated out.
+3. refine: the Propose-and-Verify loop (`cegraph.refine`) on the inputs left after the
+   holdout, journaled in the warehouse as it goes, charged only for calls this night made;
+4. verify: the active version and the candidate run on the holdout, fanned out as concurrent
+   `verify-chunk` tasks whose inputs and outputs are plain data; the active version's runs
+   may replay stored calls, the candidate's make new calls; each chunk spends at most its
+   share of the calls, tokens and dollars left, and a chunk hit by an outage is retried,
+   replaying (and charging once) what its first attempt paid for;
+5. gate: the Great Expectations edit gate (`cegraph.refine.gate`, the one cost rule of
+   `cegraph.refine.cost`), stored in `gate_results`; evidence too small or partial is
+   `undecided`;
+6. decide: promote through the registry by compare-and-swap on the version the night
+   started from, or stop at a proposal (`propose_only`), or record why not.
 
-The flow holds the catalog while it writes; after every step (and every few seconds of
-refinement) it leaves a snapshot for `cegraph sql` (see `Warehouse.snapshot`). Two nights of
-one workflow never interleave (`storage.nights`).
+Decisions (`night_runs.decision`): promoted | proposed | gated_out | undecided | stale |
+no_edit | no_failures | refused. A night resumed after the active version changed (a human
+promoted meanwhile) stops as `stale` and promotes nothing.
+
+The flow holds the catalog while it writes (waiting, bounded, while an ingest holds it);
+after every step (and every few seconds of refinement) it leaves a snapshot for `cegraph
+sql` (see `Warehouse.snapshot`). Two nights of one workflow never interleave: the night's
+lock is a lease its heartbeat renews (`storage.nights`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from cegraph.evaluator_spec import LoggedRun, gradeable, grader
+from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, Completion
-from cegraph.refine import gate
+from cegraph.refine import gate, holdout
+from cegraph.refine.cost import CostBounds, CostPerRun
 from cegraph.refine.journal import Journal
-from cegraph.refine.loop import Budget, Refinement, Settings, llm_calls_per_run
+from cegraph.refine.loop import (
+    Budget,
+    Refinement,
+    Settings,
+    least_verification,
+    llm_calls_per_run,
+)
 from cegraph.refine.projection import Projection, project
 from cegraph.task import Task
-from cegraph.trace import Trace
+from cegraph.trace import INFRASTRUCTURE, Trace
 from storage import Warehouse
-from storage.nights import Night, NightStore
+from storage.nights import LEASE_S, Night, NightStore, open_catalog
 from storage.refinement import RefinementJournal
-from storage.registry import Registry
+from storage.registry import Registry, Stale
+from storage.warehouse import _now
 from tasks.verification import completion_dict, task_dict, task_from, verify_chunk
 
 DATASET = SOURCE = "production"
@@ -61,12 +87,14 @@ class NightSettings:
     propose_only: bool = False
     include_marked: bool = False  # also use batches whose ingest gate failed
     max_inputs: int = 60
-    gate_sample: int = 12  # counterexamples and passing inputs each, re-run for the gate
+    holdout: float = 0.25  # share of the fresh failing and passing inputs held out for the gate
     chunk: int = 4  # inputs per verify-chunk task
+    chunk_retries: int = 2  # re-submissions of a chunk an outage left incomplete
     concurrency: int | None = None  # None: as many as the engine has slots
     patience: int = 2
     seed: int = 0
-    bounds: gate.GateBounds = gate.GateBounds()
+    bounds: gate.GateBounds = field(default_factory=gate.GateBounds)
+    lease_s: float = LEASE_S
 
 
 class SnapshotJournal:
@@ -97,6 +125,9 @@ class SnapshotJournal:
         self.inner.record_traces(traces, source=source)
         self._after()
 
+    def record_roles(self, scope_id: str, roles: Mapping[str, str], seed: int) -> None:
+        self.inner.record_roles(scope_id, roles, seed)
+
     def finish(self, refine_id: str, row: dict[str, Any]) -> None:
         self.inner.finish(refine_id, row)
 
@@ -123,8 +154,31 @@ def logged_input(workflow_attrs: str | None, record: str | None,
     return found if isinstance(found, str) else None
 
 
-def gather(wh: Warehouse, store: NightStore, night: Night, s: NightSettings) -> dict[str, Any]:
-    """The night's inputs (see the module docstring), as plain data."""
+def _epoch(at: Any) -> float:
+    """A catalog timestamp (naive UTC) as epoch seconds."""
+    return at.replace(tzinfo=dt.UTC).timestamp()
+
+
+def recheck(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
+            s: NightSettings) -> tuple[set[str], list[float]]:
+    """Run the active version on carried counterexamples (replaying stored calls); returns
+    the ids it still fails and what the new calls cost [calls, tokens, dollars]."""
+    llm = LLM(s.model, store=wh, concurrency=s.concurrency, meter=s.budget.meter())
+    spec = Registry(wh).evaluator(night.workflow)
+    judge = LLM(spec.judge_model, store=wh, meter=llm.meter) if spec.judge_model else llm
+    traces = asyncio.run(Executor(llm, concurrency=s.concurrency).run_many(
+        active, tasks, evaluate=grader(spec, judge),
+        run_id=lambda t: stable_run_id(active.version_id, llm.identity, t.id)))
+    wh.record_traces(traces, night_id=night.night_id, source="verification", dataset=DATASET,
+                     model=llm.identity)
+    m = llm.meter
+    failing = {t.task_id for t in traces if not (t.outcome and t.outcome.passed)}
+    return failing, [m.calls, m.tokens_in + m.tokens_out, m.cost]
+
+
+def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
+           s: NightSettings) -> dict[str, Any]:
+    """The night's inputs and the gate's holdout (see the module docstring), as plain data."""
     from storage.ingest import IngestStore
 
     since = store.last_started(night.workflow)
@@ -142,23 +196,44 @@ def gather(wh: Warehouse, store: NightStore, night: Night, s: NightSettings) -> 
         "'unevaluated') AND (?::TIMESTAMP IS NULL OR b.committed_at > ?::TIMESTAMP) "
         "AND NOT list_contains(?::VARCHAR[], r.batch_id) ORDER BY r.passed, r.task_id",
         [night.workflow, SOURCE, since, since, marked])
+    previous = store.previous_output(night.workflow, "gather", night.night_id) or {}
+    base = {"since": str(since) if since else None, "logged": len(rows), "excluded": {},
+            "spent": [0, 0, 0.0], "checked_on": night.active_version_id}
+    if not rows and previous.get("checked_on") == night.active_version_id:
+        # the same version on the same counterexamples: the last night's verdict stands
+        return {**base, "nothing_new": True, "carried": len(previous.get("carry", [])),
+                "tasks": [], "failing": [], "holdout": [], "retired": 0,
+                "carry": previous.get("carry", [])}
     # a passing logged run's own output is a correct answer: it passed against the reference
     logged = [LoggedRun(run_id, task_id, logged_input(wattrs, record, inputs),
                         output if passed else expected, passed)
               for run_id, task_id, passed, output, expected, wattrs, record, inputs in rows]
-    carried = store.previous_output(night.workflow, "gather", night.night_id) or {}
-    still = set(carried.get("failing", []))
-    logged += [LoggedRun(f"carried:{t['id']}", t["id"], t["input"], t["reference"], False)
-               for t in carried.get("tasks", []) if t["id"] in still]
+    carry = [task_from(t) for t in previous.get("carry", [])]
+    retired = 0
+    if carry and previous.get("checked_on") != night.active_version_id:
+        still, base["spent"] = recheck(wh, night, active, carry, s)
+        retired = len(carry) - len(still & {t.id for t in carry})
+        carry = [t for t in carry if t.id in still]
+    logged += [LoggedRun(f"carried:{t.id}", t.id, t.input, t.reference, False)
+               for t in carry if t.id not in {r.task_id for r in logged}]
     spec = Registry(wh).evaluator(night.workflow)
     tasks, excluded = gradeable(logged, spec)
     failing = {r.task_id for r in logged if r.passed is False}
     tasks = ([t for t in tasks if t.id in failing] + [t for t in tasks if t.id not in failing]
              )[:s.max_inputs]
-    return {"since": str(since) if since else None, "logged": len(rows),
-            "carried": len(still), "excluded": excluded,
-            "tasks": [task_dict(t) for t in tasks],
-            "failing": sorted(failing & {t.id for t in tasks})}
+    ids = [t.id for t in tasks]
+    touched = {t for (t,) in wh.rows(
+        "SELECT DISTINCT task_id FROM runs WHERE night_id IN (SELECT refine_id FROM "
+        "refinements WHERE workflow = ?)", [night.workflow])}
+    held = holdout.draw(ids, failing=failing, touched=touched, share=s.holdout, seed=s.seed)
+    wh.insert("input_roles", [{"scope_id": night.night_id, "task_id": t, "role": "holdout",
+                               "seed": s.seed, "recorded_at": _now()} for t in held])
+    failing_ids = sorted(failing & set(ids))
+    return {**base, "nothing_new": False, "carried": len(carry), "retired": retired,
+            "excluded": excluded, "tasks": [task_dict(t) for t in tasks],
+            "failing": failing_ids, "holdout": held,
+            # what the next night carries: every failing input, until a version passes it
+            "carry": [task_dict(t) for t in tasks if t.id in set(failing_ids)]}
 
 
 def _history(wh: Warehouse, model: str) -> tuple[int, float, float]:
@@ -175,10 +250,14 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
     judge = LLM(spec.judge_model, store=wh) if spec.judge_model else llm
     journal: Journal = SnapshotJournal(RefinementJournal(wh, dataset=DATASET,
                                                          model=llm.identity), wh)
+    # charged for the calls this night made (a resumed night: its earlier attempt's too),
+    # never for an earlier night's that an identical refinement would replay
     run = Refinement(active, tasks, llm=llm, budget=budget, journal=journal,
                      settings=Settings(patience=s.patience, seed=s.seed,
-                                       concurrency=s.concurrency),
-                     evaluate=grader(spec, judge), judge_llm=judge)
+                                       concurrency=s.concurrency, cost=s.bounds.cost),
+                     evaluate=grader(spec, judge),
+                     judge_llm=judge if spec.kind == "judge" else None,  # its calls projected
+                     charge_since=_epoch(night.started_at))
     log = get_run_logger()
     run.on_progress = lambda p: log.info("round %d %s %s %s %s (calls %d/%s)", p.round, p.step,
                                          p.target[:50], p.candidate, p.message, p.calls,
@@ -196,61 +275,82 @@ def _chunks(items: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
+def _share(left: float | None, parts: int) -> Any:
+    return None if left is None else type(left)(max(0, left) / max(1, parts))
+
+
 def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Workflow,
-                tasks: list[Task], calls_left: int | None, s: NightSettings) -> dict[str, Any]:
-    """Re-run the gate's sample on the active version and the candidate (fanned out)."""
+                tasks: list[Task], left: Budget, s: NightSettings) -> dict[str, Any]:
+    """Run the holdout on the active version (replaying stored calls) and on the candidate
+    (new calls only), fanned out in chunks that each spend at most their share of `left`;
+    a chunk an outage left incomplete is re-submitted, replaying its own earlier calls."""
     identity = LLM(s.model, store=wh).identity
-    verdicts = dict(wh.rows("SELECT task_id, passed FROM runs WHERE night_id = ? AND "
-                            "version_id = ? AND outcome <> 'infrastructure'",
-                            [refined["refine_id"], active.version_id]))
-    target = sorted(t for t, ok in verdicts.items() if not ok)[:s.gate_sample]
-    regression = sorted(t for t, ok in verdicts.items() if ok)[:s.gate_sample]
-    by_id = {t.id: task_dict(t) for t in tasks}
-    sample = [by_id[i] for i in [*target, *regression]]
+    sample = [task_dict(t) for t in tasks]
     known = [completion_dict(Completion(r[0], r[1], json.loads(r[2]), json.loads(r[3]),
                                         *r[4:])) for r in wh.rows(
         "SELECT key, model, messages, params, sample, text, tokens_in, tokens_out, cost, "
         "latency_s, finish_reason, epoch(created_at) FROM llm_calls WHERE key IN (SELECT "
-        "unnest(s.call_keys) FROM spans s JOIN runs r USING (run_id) WHERE r.night_id IN "
-        "(?, ?)) OR (model = ? AND created_at >= ?)",
-        [refined["refine_id"], night.night_id, identity, night.started_at])]
+        "unnest(s.call_keys) FROM spans s JOIN runs r USING (run_id) WHERE r.version_id = ? "
+        "AND list_contains(?::VARCHAR[], r.task_id))",
+        [active.version_id, [t.id for t in tasks]])]
     chunks = _chunks(sample, s.chunk)
-    share = None if calls_left is None else max(0, calls_left) // max(1, 2 * len(chunks))
+    parts = 2 * len(chunks)
+    share = {"max_calls": _share(left.calls, parts), "max_tokens": _share(left.tokens, parts),
+             "max_dollars": _share(left.dollars, parts)}
     spec = Registry(wh).evaluator(night.workflow).model_dump_json()
-    futures = {(side, i): verify_chunk.submit(wf_json, chunk, model=s.model,
-                                              evaluator_json=spec, known=known,
-                                              max_calls=share, concurrency=s.concurrency)
-               for side, wf_json in (("active", active.model_dump_json()),
-                                     ("candidate", refined["candidate"]))
-               for i, chunk in enumerate(chunks)}
-    out: dict[str, Any] = {"target": target, "regression": regression, "active": [],
-                           "candidate": [], "calls": 0, "tokens": 0, "cost": 0.0}
-    for (side, _), future in sorted(futures.items()):
-        got = future.result()
-        for c in got["calls"]:
-            wh.put(Completion(**c))
-        wh.record_traces(got["traces"], night_id=night.night_id, source="verification",
-                         dataset=DATASET, model=identity)
-        out[side] += got["runs"]
-        out["calls"] += len(got["calls"])
-        out["tokens"] += sum(c["tokens_in"] + c["tokens_out"] for c in got["calls"])
-        out["cost"] += sum(c["cost"] for c in got["calls"])
+    sides = {"active": active.model_dump_json(), "candidate": refined["candidate"]}
+    out: dict[str, Any] = {"holdout": [t.id for t in tasks], "active": [], "candidate": [],
+                           "calls": 0, "tokens": 0, "cost": 0.0, "retried": 0,
+                           "exhausted": False}
+    traces: dict[str, list[Trace]] = {"active": [], "candidate": []}
+    # the candidate replays nothing but its own gate calls: its evidence is new calls
+    replay = {"active": known, "candidate": []}
+    pending = {(side, i): [] for side in sides for i in range(len(chunks))}
+    for attempt in range(1 + s.chunk_retries):
+        futures = {(side, i): verify_chunk.submit(
+            sides[side], chunks[i], model=s.model, evaluator_json=spec,
+            known=replay[side] + made, concurrency=s.concurrency, **share)
+            for (side, i), made in pending.items()}
+        retry: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for key, future in sorted(futures.items()):
+            got = future.result()
+            for c in got["calls"]:  # every call an attempt made is paid for, once
+                wh.put(Completion(**c))
+            out["calls"] += len(got["calls"])
+            out["tokens"] += sum(c["tokens_in"] + c["tokens_out"] for c in got["calls"])
+            out["cost"] += sum(c["cost"] for c in got["calls"])
+            out["exhausted"] |= got["exhausted"]
+            incomplete = any(r["infrastructure"] for r in got["runs"])
+            if incomplete and not got["exhausted"] and attempt < s.chunk_retries:
+                retry[key] = pending[key] + got["calls"]
+                out["retried"] += 1
+                continue
+            wh.record_traces(got["traces"], night_id=night.night_id, source="verification",
+                             dataset=DATASET, model=identity)
+            out[key[0]] += got["runs"]
+            traces[key[0]] += got["traces"]
+        if not retry:
+            break
+        pending = retry
+    graded = {side: {t.task_id: t for t in traces[side]
+                     if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE}
+              for side in sides}
+    both = sorted(set(graded["active"]) & set(graded["candidate"]))
+    out["cost_per_run"] = {side: CostPerRun.of([graded[side][t] for t in both]).to_dict()
+                           for side in sides}
     return out
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-def evidence(wh: Warehouse, night: Night, verified: dict[str, Any]) -> gate.GateEvidence:
-    """The gate's evidence: candidate vs active on the sample, and the active version's live
-    modes (its latest production night) against the modes the sample represents."""
+def evidence(wh: Warehouse, night: Night, verified: dict[str, Any],
+             failing: set[str]) -> gate.GateEvidence:
+    """The gate's evidence: candidate vs active on the holdout (pairs graded on both sides;
+    `failing`: the inputs whose logged run failed), and the active version's live modes (its
+    latest production night) against the modes the holdout represents."""
     act = {r["task_id"]: r for r in verified["active"] if not r["infrastructure"]}
     cand = {r["task_id"]: r for r in verified["candidate"] if not r["infrastructure"]}
     both = set(act) & set(cand)
-    regression = [t for t in verified["regression"] if t in both and act[t]["passed"]]
-    target = [t for t in verified["target"] if t in both]
-    sample = set(verified["target"]) | set(verified["regression"])
+    regression = [t for t in both if t not in failing and act[t]["passed"]]
+    target = [t for t in both if t in failing]
     modes = wh.rows(
         "WITH last AS (SELECT night_id FROM nights WHERE workflow = ? AND version_id = ? AND "
         "source = ? ORDER BY computed_at DESC LIMIT 1) SELECT m.mode_id, list(f.task_id) "
@@ -258,17 +358,17 @@ def evidence(wh: Warehouse, night: Night, verified: dict[str, Any]) -> gate.Gate
         "ON mm.night_id = m.night_id AND mm.mode_id = m.mode_id LEFT JOIN failures f ON "
         "f.failure_id = mm.failure_id WHERE m.status <> 'resolved' GROUP BY m.mode_id",
         [night.workflow, night.active_version_id, SOURCE])
+    sample = set(verified["holdout"])
+    cost = verified["cost_per_run"]
     return gate.GateEvidence(
         outputs=[cand[t]["output"] for t in sorted(both)], regression=len(regression),
         broken=sum(1 for t in regression if not cand[t]["passed"]), target=len(target),
         candidate_target_passed=sum(1 for t in target if cand[t]["passed"]),
         active_target_passed=sum(1 for t in target if act[t]["passed"]),
-        candidate_cost_per_run=_mean([cand[t]["cost"] for t in both]),
-        active_cost_per_run=_mean([act[t]["cost"] for t in both]),
-        candidate_latency_s=_mean([cand[t]["latency_s"] for t in both]),
-        active_latency_s=_mean([act[t]["latency_s"] for t in both]),
+        candidate_cost=CostPerRun(**cost["candidate"]), active_cost=CostPerRun(**cost["active"]),
         active_modes=[m for m, _ in modes],
-        sampled_modes=[m for m, ids in modes if sample & set(ids or [])])
+        sampled_modes=[m for m, ids in modes if sample & set(ids or [])],
+        incomplete=len(sample - both))
 
 
 class WorkflowNight:
@@ -293,20 +393,33 @@ class WorkflowNight:
         s, night = self.s, self.night
         active = self.registry.workflow(night.active_version_id)
         budget = Budget(**night.budget)
-        gathered = self.step("gather", lambda: gather(self.wh, self.store, night, s))
-        tasks = [task_from(t) for t in gathered["tasks"]]
         summary: dict[str, Any] = {"night_id": night.night_id, "workflow": night.workflow,
                                    "active_version_id": night.active_version_id,
-                                   "model": s.model, "budget": night.budget,
-                                   "inputs": len(tasks), "failing": len(gathered["failing"]),
-                                   "logged": gathered["logged"],
-                                   "excluded": gathered["excluded"]}
+                                   "model": s.model, "budget": night.budget}
+        stale = None if "decide" in self.done else self.stale()
+        if stale:  # resumed after a human changed the active version: its work is moot
+            return self.finish({**summary, "reason": stale}, "stale")
+        gathered = self.step("gather", lambda: gather(self.wh, self.store, night, active, s))
+        tasks = [task_from(t) for t in gathered["tasks"]]
+        held = set(gathered["holdout"])
+        summary.update(inputs=len(tasks), failing=len(gathered["failing"]),
+                       logged=gathered["logged"], excluded=gathered["excluded"],
+                       carried=gathered["carried"], retired=gathered["retired"],
+                       holdout=len(held))
+        spent = list(gathered["spent"])
+        if gathered["nothing_new"]:
+            return self.finish({**summary, "reason": (
+                f"nothing new: no run logged since {gathered['since']} and the "
+                f"{gathered['carried']} carried counterexamples were already refined on "
+                f"{night.active_version_id}")}, "no_failures")
         if not gathered["failing"]:
-            return self.finish(summary, "no_failures")
+            return self.finish(summary, "no_failures", spent=spent)
+        refine_tasks = [t for t in tasks if t.id not in held]
         # projected once: a resumed night keeps its projection, hence its refinement's budget
         projected = self.step("project", lambda: asdict(project(
-            calls_per_run=llm_calls_per_run(active), inputs=len(tasks),
-            regression=Settings().regression, gate_inputs=min(len(tasks), 2 * s.gate_sample),
+            calls_per_run=llm_calls_per_run(active), inputs=len(refine_tasks),
+            verification=least_verification(Settings(), len(refine_tasks)),
+            gate_inputs=len(held),
             history=_history(self.wh, LLM(s.model).model))))
         projection = Projection(**projected)
         summary["projection"] = projection.to_dict()
@@ -314,52 +427,76 @@ class WorkflowNight:
         refusal = projection.refusal(budget)
         if refusal:
             self.log.warning("%s: refused: %s", night.night_id, refusal)
-            return self.finish({**summary, "reason": refusal}, "refused", status="refused")
+            return self.finish({**summary, "reason": refusal}, "refused", status="refused",
+                               spent=spent)
         refined = self.step("refine", lambda: refine_step(
-            self.wh, night, active, tasks, projection.refine_budget(budget), s))
+            self.wh, night, active, refine_tasks, projection.refine_budget(budget), s))
         summary.update(refine=refined["summary"], edits=refined["accepted"],
                        mass_before=refined["summary"]["mass_before"],
                        mass_after=refined["summary"]["mass_after"])
-        spent = [refined["calls"], refined["tokens"], refined["cost"]]
+        spent = [spent[0] + refined["calls"], spent[1] + refined["tokens"],
+                 spent[2] + refined["cost"]]
         if not refined["accepted"]:  # the active version may already pass them all
             return self.finish(summary, "no_failures" if not refined["summary"]["mass_before"]
                                else "no_edit", spent=spent)
-        left = None if budget.calls is None else budget.calls - refined["calls"]
-        verified = self.step("verify", lambda: verify_step(self.wh, night, refined, active,
-                                                           tasks, left, s))
+        left = Budget(*(None if limit is None else limit - used
+                        for limit, used in zip((budget.calls, budget.tokens, budget.dollars),
+                                               spent, strict=True)))
+        verified = self.step("verify", lambda: verify_step(
+            self.wh, night, refined, active, [t for t in tasks if t.id in held], left, s))
         spent = [spent[0] + verified["calls"], spent[1] + verified["tokens"],
                  spent[2] + verified["cost"]]
         candidate = refined["accepted"][-1]
         edit_id, version_id = candidate["edit_id"], candidate["version_id"]
+        failing = set(gathered["failing"])
         summary.update(candidate_version_id=version_id, verification={
-            "target": len(verified["target"]), "regression": len(verified["regression"]),
+            "holdout": len(verified["holdout"]), "retried_chunks": verified["retried"],
+            "budget_ran_out": verified["exhausted"],
+            "calls": verified["calls"], "cost_per_run": verified["cost_per_run"],
             "active_target_passed": sum(r["passed"] for r in verified["active"]
-                                        if r["task_id"] in verified["target"]),
+                                        if r["task_id"] in failing),
             "candidate_target_passed": sum(r["passed"] for r in verified["candidate"]
-                                           if r["task_id"] in verified["target"])})
+                                           if r["task_id"] in failing)})
 
         def gate_step() -> dict[str, Any]:
-            verdict = gate.check(evidence(self.wh, night, verified), s.bounds)
+            verdict = gate.check(evidence(self.wh, night, verified, failing), s.bounds)
             self.registry.record_gate(verdict, verification_id=f"{night.night_id}-gate",
                                       edit_id=edit_id)
-            return {"passed": verdict.passed, "failing": verdict.failing,
-                    "results": verdict.results}
+            return {"passed": verdict.passed, "decision": verdict.decision,
+                    "failing": verdict.failing, "results": verdict.results}
 
         gated = self.step("gate", gate_step)
         summary["gate"] = gated
 
         def decide() -> dict[str, Any]:
-            if not gated["passed"]:
-                return {"decision": "gated_out"}
+            if gated["decision"] != "passed":
+                return {"decision": "undecided" if gated["decision"] == "undecided"
+                        else "gated_out", "reason": "; ".join(gated["failing"])}
             if s.propose_only:
                 return {"decision": "proposed"}
-            self.registry.promote(version_id, reason=f"nightly {night.night_id}: "
-                                  f"{candidate['op']} ({candidate['reason']})",
-                                  run_id=night.night_id, edit_id=edit_id)
+            try:
+                self.registry.promote(version_id, reason=f"nightly {night.night_id}: "
+                                      f"{candidate['op']} ({candidate['reason']})",
+                                      run_id=night.night_id, edit_id=edit_id,
+                                      expected_active=night.active_version_id)
+            except Stale as exc:
+                return {"decision": "stale", "reason": str(exc)}
             return {"decision": "promoted"}
 
         decided = self.step("decide", decide)
+        if decided.get("reason"):
+            summary["reason"] = decided["reason"]
         return self.finish(summary, decided["decision"], spent=spent)
+
+    def stale(self) -> str | None:
+        """Why this night's work no longer applies (the active version changed since it
+        started), or None."""
+        current, _ = self.registry.active(self.night.workflow)
+        if current == self.night.active_version_id:
+            return None
+        return (f"the active version of {self.night.workflow} became {current} after this "
+                f"night started from {self.night.active_version_id}; it promotes nothing "
+                "(the next night starts from the new version)")
 
     def finish(self, summary: dict[str, Any], decision: str, *, status: str = "done",
                spent: Sequence[float] = (0, 0, 0.0)) -> dict[str, Any]:
@@ -367,15 +504,17 @@ class WorkflowNight:
         summary = {**summary, "decision": decision, "status": status,
                    "cost": {"calls": int(calls), "tokens": int(tokens), "dollars": cost}}
         self.store.finish(self.night, status=status, decision=decision, summary=summary,
-                          calls=int(calls), tokens=int(tokens), cost=float(cost))
+                          calls=int(calls), tokens=int(tokens), cost=float(cost),
+                          reason=summary.get("reason"))
         self.wh.snapshot()
         return summary
 
 
 #: the report's word (`cegraph.report.summary.Decision`) for each decision of a night
 REPORT_DECISION = {"promoted": "promoted", "proposed": "propose_only",
-                   "gated_out": "gated_out", "no_edit": "rejected",
-                   "no_failures": "no_candidate", "refused": "budget_stopped"}
+                   "gated_out": "gated_out", "undecided": "undecided", "stale": "stale",
+                   "no_edit": "rejected", "no_failures": "no_candidate",
+                   "refused": "budget_stopped"}
 
 
 def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | None]:
@@ -414,23 +553,32 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                        model: str = "qwen2.5-coder-1.5b", budget_calls: int | None = 300,
                        budget_tokens: int | None = None, budget_dollars: float | None = None,
                        propose_only: bool = False, include_marked: bool = False,
-                       max_inputs: int = 60, gate_sample: int = 12, concurrency: int | None = None,
-                       patience: int = 2, seed: int = 0, max_break_rate: float = 0.05,
-                       max_cost_ratio: float = 1.5, max_latency_ratio: float = 1.5
+                       max_inputs: int = 60, holdout_share: float = 0.25,
+                       min_failing: int = 3, min_passing: int = 3,
+                       concurrency: int | None = None, patience: int = 2, seed: int = 0,
+                       max_break_rate: float = 0.05,
+                       max_calls_ratio: float | None = CostBounds.max_calls_ratio,
+                       max_tokens_ratio: float | None = CostBounds.max_tokens_ratio,
+                       max_dollars_ratio: float | None = CostBounds.max_dollars_ratio,
+                       max_latency_ratio: float | None = CostBounds.max_latency_ratio,
+                       catalog_wait_s: float = 600.0, lease_s: float = LEASE_S
                        ) -> dict[str, Any]:
     """Refine every registered workflow (or `workflow`) from its logged failures, one hard
-    budget per night (calls, tokens, dollars); returns the nights' summaries."""
+    budget per night (calls, tokens, dollars), gated on a holdout of `holdout_share` of the
+    night's fresh inputs; the cost bounds (per run, as ratios to the active version's) are
+    the ones refinement and gate share. Returns the nights' summaries."""
     from storage.nights import NightBusy
 
+    bounds = gate.GateBounds(max_break_rate, min_failing, min_passing, CostBounds(
+        max_calls_ratio, max_tokens_ratio, max_dollars_ratio, max_latency_ratio))
     s = NightSettings(model=model, budget=Budget(budget_calls, budget_tokens, budget_dollars),
                       propose_only=propose_only, include_marked=include_marked,
-                      max_inputs=max_inputs, gate_sample=gate_sample,
-                      concurrency=concurrency, patience=patience, seed=seed,
-                      bounds=gate.GateBounds(max_break_rate, max_cost_ratio,
-                                             max_latency_ratio))
+                      max_inputs=max_inputs, holdout=holdout_share,
+                      concurrency=concurrency, patience=patience, seed=seed, bounds=bounds,
+                      lease_s=lease_s)
     log = get_run_logger()
     nights: list[dict[str, Any]] = []
-    with Warehouse(Path(home) if home else None) as wh:
+    with open_catalog(home, wait_s=catalog_wait_s, on_wait=log.warning) as wh:
         wh.snapshot()  # readers (`cegraph sql`) read this while the night holds the catalog
         registry = Registry(wh)
         names = [workflow] if workflow else [r.name for r in registry.registered()]
@@ -439,18 +587,20 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
             store = NightStore(wh)
             try:
                 night = store.acquire(name, budget=asdict(s.budget),
-                                      active_version_id=active_id)
+                                      active_version_id=active_id, lease_s=s.lease_s)
             except NightBusy as exc:
                 log.warning(str(exc))
                 nights.append({"workflow": name, "decision": "busy", "reason": str(exc)})
                 continue
             try:
-                summary = WorkflowNight(wh, night, s).run()
+                with store.holding(night, s.lease_s):
+                    summary = WorkflowNight(wh, night, s).run()
             finally:
                 store.release(night)
             json_path, html = write_summary(wh, summary)
             summary["summary_path"] = str(json_path)
             summary["report_path"] = str(html) if html else None
-            log.info("%s %s: %s", night.night_id, name, summary["decision"])
+            log.info("%s %s: %s%s", night.night_id, name, summary["decision"],
+                     f" ({summary['reason']})" if summary.get("reason") else "")
             nights.append(summary)
     return {"nights": nights}

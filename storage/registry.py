@@ -6,9 +6,9 @@ versions are `workflow_versions` rows linked by `parent_version_id` (the refinem
 writes them too), so a version's lineage back to its seed is one recursive query. The
 active version is the one named by the workflow's latest `deployments` row (by `seq`):
 `register`, `promote` and `rollback` each append one row, so the table is the audit trail of
-every change, by whom (`run_id`, NULL for a human) and why. A version whose latest gate
-failed (`gate_results`, suite `cegraph_edit_gate`) is never promoted, except by a human
-with `force`.
+every change, by whom (`run_id`, NULL for a human) and why. Only a version whose latest
+gate passed (`gate_results`, suite `cegraph_edit_gate`) is promoted, except by a human with
+`force`; a night's promotion is a compare-and-swap on the version it started from.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from storage.warehouse import Warehouse, _now
 
 class RegistryError(ValueError):
     """A registry request that cannot be met; the message says what to do."""
+
+
+class Stale(RegistryError):
+    """A compare-and-swap promotion whose expected active version is no longer active."""
 
 
 @dataclass(frozen=True)
@@ -203,23 +207,31 @@ class Registry:
         return all(s for _, s in rows), [e for e, s in rows if not s]
 
     def promote(self, version_id: str, *, reason: str, run_id: str | None = None,
-                edit_id: str | None = None, force: bool = False) -> str:
-        """Make a stored version of a registered workflow the active one; refused when its
-        latest gate failed (unless `force`, a human's override, recorded). Promoting the
-        active version changes nothing. Returns the version id."""
+                edit_id: str | None = None, force: bool = False,
+                expected_active: str | None = None) -> str:
+        """Make a stored version of a registered workflow the active one, compare-and-swap:
+        with `expected_active` (a night: the version it started from), refused (`Stale`)
+        when another version became active meanwhile, so a night never clobbers a human's
+        promotion. Only a version whose latest gate passed promotes; one never gated (a
+        night's intermediate versions) or gated out needs `force` (a human's override,
+        recorded). Promoting the active version changes nothing. Returns the version id."""
         version_id = self.version_id(version_id)
         name = self.workflow_of(version_id)
-        current, _ = self.active(name)
-        if current == version_id:
-            return version_id
-        gate = self.latest_gate(version_id)
-        if gate is not None and not gate[0] and not force:
-            raise RegistryError(f"version {version_id} failed its gate ({'; '.join(gate[1])})"
-                                "; it is not promoted (a human may: cegraph promote "
-                                f"{version_id} --force --reason WHY)")
-        with self.wh.transaction():
+        with self.wh.transaction():  # the check and the swap in one transaction
+            current, _ = self.active(name)
+            if expected_active is not None and current != expected_active:
+                raise Stale(f"{name}: the active version is {current}, not {expected_active} "
+                            f"that {version_id} was gated against; it is not promoted")
+            if current == version_id:
+                return version_id
+            gate = self.latest_gate(version_id)
+            if (gate is None or not gate[0]) and not force:
+                why = ("was never gated" if gate is None
+                       else f"did not pass its gate ({'; '.join(gate[1])})")
+                raise RegistryError(f"version {version_id} {why}; it is not promoted (a human "
+                                    f"may: cegraph promote {version_id} --force --reason WHY)")
             self._deploy(name, version_id, action="promote", reason=reason, previous=current,
-                         run_id=run_id, edit_id=edit_id, forced=bool(gate and not gate[0]))
+                         run_id=run_id, edit_id=edit_id, forced=not (gate and gate[0]))
         return version_id
 
     def rollback(self, workflow_name: str, *, to: str | None = None, reason: str,
@@ -249,7 +261,8 @@ class Registry:
                     edit_id: str) -> None:
         """Store a gate verdict (one `gate_results` row per expectation, its GX result in
         `details`); an edit that failed it becomes `gated_out` with the failing
-        expectations."""
+        expectations; an undecided one keeps its status, with the reason (it is not
+        promoted either: its latest gate did not pass)."""
         now = _now()
         with self.wh.transaction():
             self.wh.insert("gate_results", [{
@@ -258,7 +271,11 @@ class Registry:
                 "observed": r["observed"], "details": json.dumps(r["details"], default=str),
                 "created_at": now, "batch_id": None, "suite": verdict.suite}
                 for i, r in enumerate(verdict.results)], upsert=True)
-            if not verdict.passed:
+            if verdict.decision == "failed":
                 self.wh.con.execute(
                     "UPDATE edits SET status = 'gated_out', reject_reason = ? WHERE "
                     "edit_id = ?", ["gate failed: " + "; ".join(verdict.failing), edit_id])
+            elif verdict.decision == "undecided":
+                self.wh.con.execute(
+                    "UPDATE edits SET reject_reason = ? WHERE edit_id = ?",
+                    ["gate undecided: " + "; ".join(verdict.failing), edit_id])

@@ -367,12 +367,14 @@ TABLES: tuple[Table, ...] = (
         C("action", "VARCHAR", "register | promote | rollback", 5),
         C("run_id", "VARCHAR", "the job that made it (a nightly run id; NULL: a human at the "
                                "CLI)", 5),
-        C("forced", "BOOLEAN", "promoted with `--force` over a failed gate", 5),
+        C("forced", "BOOLEAN", "promoted with `--force` (its latest gate did not pass, or "
+                               "it was never gated)", 5),
         C("seq", "BIGINT", "order of the changes (1, 2, ...)", 5),
     ), key=("deployment_id",), key_since=3),
     Table("night_runs", "One nightly refinement of one registered workflow (the "
-          "`nightly-refinement` flow); a running row is the workflow's lock: a second night "
-          "of the same workflow refuses while its holder lives, and resumes it once dead.", (
+          "`nightly-refinement` flow); a running row is the workflow's lock, a lease its holder "
+          "renews: a second night of the same workflow refuses while the lease lives, and "
+          "resumes the night once its holder died or its lease ended.", (
         C("night_id", "VARCHAR", "night id (runs.night_id of its verification re-runs)", 5),
         C("workflow", "VARCHAR", "registered workflow (workflows.name)", 5),
         C("status", "VARCHAR", "running | done | failed | refused (budget projection)", 5),
@@ -386,11 +388,24 @@ TABLES: tuple[Table, ...] = (
         C("calls", "BIGINT", "LLM calls paid for", 5),
         C("tokens", "BIGINT", "tokens paid for", 5),
         C("cost", "DOUBLE", "USD paid", 5),
-        C("decision", "VARCHAR", "promoted | proposed | gated_out | no_edit | no_failures | "
-                                 "refused", 5),
+        C("decision", "VARCHAR", "promoted (gate passed, promoted by compare-and-swap) | "
+                                 "proposed (gate passed, --propose-only) | gated_out (the "
+                                 "gate rejected it on the holdout) | undecided (the holdout "
+                                 "was too small, or the gate's budget ran out: nothing "
+                                 "promoted) | stale (the active version changed since the "
+                                 "night started: nothing promoted) | no_edit (refinement "
+                                 "accepted no edit) | no_failures (nothing new to refine: no "
+                                 "failing input logged or carried) | refused (the budget "
+                                 "cannot pay the night's least spend)", 5),
         C("summary", "VARCHAR", "JSON summary of the night (what the report shows)", 5),
         C("started_at", "TIMESTAMP", "first start (a resumed night keeps it)", 5),
         C("ended_at", "TIMESTAMP", "end", 5),
+        C("heartbeat_at", "TIMESTAMP", "the holder's last heartbeat (UTC)", 6),
+        C("lease_expires_at", "TIMESTAMP", "the lock's lease ends here unless renewed: a "
+                                           "running night whose lease ended is stale (its "
+                                           "holder died, on any host) and the next night "
+                                           "resumes it", 6),
+        C("reason", "VARCHAR", "why the night decided so, one line", 6),
     ), key=("night_id",), since=5),
     Table("night_steps", "Each completed step of a night with its output, so a crashed night "
           "resumes after its last completed step.", (

@@ -2,10 +2,14 @@
 
 Inputs and outputs are plain data (workflow JSON, task dicts, stored calls as dicts, results
 as dicts), so any task runner can run the chunks anywhere (threads, processes, a Dask
-cluster with prefect-dask): a chunk opens no database. It replays what the night's call
-store already answered (`known`), spends at most `max_calls` new calls (its share of the
-night's budget, so the chunks together cannot pass it), and returns the calls it made for
-the flow to store.
+cluster with prefect-dask): a chunk opens no database. It replays only the calls it is
+given (`known`: for the active version, what the night's call store answered; for the
+candidate, nothing but its own earlier attempt's, so its evidence is new calls), spends at
+most its share of what the night's budget has left (`Share`: calls, tokens and dollars, so
+the chunks together cannot pass it), and returns the calls it made for the flow to store and
+charge. It never raises for an outage or a spent share: those runs come back
+`infrastructure` (and `exhausted` says the share ran out), and the flow decides whether to
+retry the chunk, replaying what this attempt already paid for.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from cegraph.graph import Workflow
 from cegraph.llm import LLM, Completion, MemoryCallStore, Meter
 from cegraph.task import Task
 from cegraph.trace import INFRASTRUCTURE, Trace
+
+#: span errors that mean the chunk's share of the budget ran out
+BUDGET_ERRORS = frozenset({"BudgetExceeded", "UnpricedModel"})
 
 
 def task_dict(t: Task) -> dict[str, Any]:
@@ -52,20 +59,20 @@ def run_result(trace: Trace) -> dict[str, Any]:
             "calls": len(calls)}
 
 
-@task(name="verify-chunk", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="verify-chunk", cache_policy=NO_CACHE)
 def verify_chunk(workflow_json: str, tasks: list[dict[str, Any]], *, model: str,
                  evaluator_json: str, known: list[dict[str, Any]], max_calls: int | None,
+                 max_tokens: int | None = None, max_dollars: float | None = None,
                  concurrency: int | None = None) -> dict[str, Any]:
     """Run `tasks` on the workflow and grade them with the registered workflow's evaluator
     (`EvaluatorSpec` JSON; a judge spends from the chunk's allowance); returns `runs` (see
-    `run_result`), the new `calls` and the traces. A retry (a provider outage) starts from
-    the same plain inputs."""
+    `run_result`), the new `calls`, the traces, and whether the allowance ran out."""
     wf = Workflow.model_validate_json(workflow_json)
     store = MemoryCallStore()
     for c in known:
         store.put(Completion(**c))
     before = set(store.records)
-    meter = Meter(max_calls=max_calls)
+    meter = Meter(max_calls=max_calls, max_tokens=max_tokens, max_cost=max_dollars)
     llm = LLM(model, store=store, meter=meter, concurrency=concurrency)
     spec = EvaluatorSpec.model_validate_json(evaluator_json)
     judge = LLM(spec.judge_model, store=store, meter=meter) if spec.judge_model else llm
@@ -75,4 +82,5 @@ def verify_chunk(workflow_json: str, tasks: list[dict[str, Any]], *, model: str,
         run_id=lambda t: stable_run_id(wf.version_id, identity, t.id)))
     return {"runs": [run_result(t) for t in traces],
             "calls": [completion_dict(c) for k, c in store.records.items() if k not in before],
-            "traces": traces}
+            "traces": traces,
+            "exhausted": any(s.error_type in BUDGET_ERRORS for t in traces for s in t.spans)}

@@ -17,13 +17,14 @@ from cegraph.evaluator_spec import EvaluatorSpec
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.llm import LLM
+from cegraph.refine import holdout
 from cegraph.seeds import seed
 from cegraph.task import Task
 from storage import Warehouse
 from storage.registry import Registry
 
 TASKS = [Task(f"p{i}", "production", f"What is {i} + 1?", str(i + 1), metadata={"kind": "math"})
-         for i in range(24)]
+         for i in range(40)]  # 26 failing, 14 passing: the holdout gets 6 and 4
 MODEL = "scripted/x"
 
 
@@ -44,7 +45,17 @@ def world(messages: list[dict[str, str]]) -> str:
     return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
 
 
-def production(home: Path, scripted: Any, *, modes: bool = False) -> str:
+FAILING = {t.id for t in TASKS if int(t.id[1:]) % 3}
+HOLDOUT = holdout.draw([t.id for t in TASKS], failing=FAILING, touched=(), share=0.25, seed=0)
+
+
+def held_out(home: Path, night_id: str) -> list[str]:
+    with Warehouse(home) as wh:
+        return [t for (t,) in wh.rows("SELECT task_id FROM input_roles WHERE scope_id = ? AND "
+                                      "role = 'holdout' ORDER BY task_id", [night_id])]
+
+
+def production(home: Path, scripted: Any, *, modes: bool = False, batch: str = "1") -> str:
     """Register the seed math workflow and log a day of its production runs; returns the
     seed version id."""
     scripted.reply = world
@@ -52,8 +63,8 @@ def production(home: Path, scripted: Any, *, modes: bool = False) -> str:
         version = Registry(wh).register(seed("math"), evaluator=EvaluatorSpec(kind="numeric"))
         llm = LLM(MODEL)
         traces = asyncio.run(Executor(llm).run_many(seed("math"), TASKS, evaluate=evaluate,
-                                                    run_id=lambda t: f"prod-{t.id}"))
-        wh.record_traces(traces, night_id="ingest-1", source="production",
+                                                    run_id=lambda t: f"prod{batch}-{t.id}"))
+        wh.record_traces(traces, night_id=f"ingest-{batch}", source="production",
                          dataset="production", model=llm.identity)
     if modes:  # as ingest-logs does
         from tasks.failure_space import analyze_and_store
@@ -81,9 +92,24 @@ def run_night(home: Path, **kw: Any) -> dict[str, Any]:
 def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
     home = tmp_path / "home"
     seed_version = production(home, scripted, modes=True)
+    scripted.calls.clear()
     [night] = run_night(home)["nights"]
     assert night["decision"] == "promoted", json.dumps(night, indent=1, default=str)[:6000]
-    assert night["gate"]["passed"] and night["failing"] == 16
+    assert night["gate"]["passed"] and night["failing"] == 26
+    # the gate's evidence: a seeded holdout the refinement never ran, the candidate's runs
+    # on it made with calls that reached the provider (none replayed)
+    assert sorted(HOLDOUT) == sorted(held_out(home, night["night_id"]))
+    assert night["holdout"] == len(HOLDOUT) == 10
+    with Warehouse(home) as wh:
+        touched = {t for (t,) in wh.rows("SELECT DISTINCT task_id FROM runs WHERE night_id = "
+                                         "?", [night["refine"]["refine_id"]])}
+    assert touched and not touched & set(HOLDOUT)
+    programs = [m[-1]["content"] for m in scripted.calls if "Python program" in
+                m[-1]["content"]]
+    for task_id in HOLDOUT:
+        assert sum(f"What is {task_id[1:]} + 1?" in p for p in programs) == 1, task_id
+    # charged exactly for the calls that reached the provider
+    assert night["cost"]["calls"] == len(scripted.calls)
     with Warehouse(home) as wh:
         reg = Registry(wh)
         active, wf = reg.active(seed("math").name)
@@ -114,9 +140,175 @@ def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
     assert again["decision"] == "no_failures"
 
 
+def memorizing(messages: list[dict[str, str]]) -> str:
+    """`world`, but the proposer pastes the answers of every input the refinement was given
+    into the solver's instruction, and the solver answers from it."""
+    text = messages[-1]["content"]
+    if "candidates" in text:
+        known = "; ".join(f"case {i} -> {i + 1}" for i in range(len(TASKS))
+                          if f"p{i}" not in HOLDOUT)
+        return json.dumps({"candidates": [
+            {"rationale": "remember", "edit": {"op": "edit_prompt", "node": "solve",
+                                               "param": "instruction",
+                                               "text": f"Known answers: {known}. Solve it."}}]})
+    if "Python program" in text:  # no real fix exists in this world
+        return "```python\nprint(0)\n```"
+    found = re.search(r"Known answers: (.*?)\. Solve it", text)
+    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+    if found and f"case {i} -> " in found.group(1):
+        return f"\\boxed{{{i + 1}}}"
+    return world(messages)
+
+
+def test_a_memorizing_edit_accepted_by_refinement_is_gated_out_on_the_holdout(
+        harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    seed_version = production(home, scripted, modes=True)
+    scripted.reply = memorizing
+    # the pasted answers make the prompt long: the shared cost bound would reject the edit
+    # before the gate; lifted here so that the gate's own evidence is what is tested
+    [night] = run_night(home, max_tokens_ratio=1e9)["nights"]
+    # a proposer that (somehow) knew every refinement input's answer passes the loop's
+    # verification; the holdout, which no refinement touched, shows no gain at all
+    assert [e["op"] for e in night["edits"]] == ["edit_prompt"]
+    assert night["decision"] == "gated_out", json.dumps(night, indent=1, default=str)[:4000]
+    assert any('"column": "target_gain"' in f for f in night["gate"]["failing"])
+    assert night["verification"]["candidate_target_passed"] == 0
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        assert reg.active(seed("math").name)[0] == seed_version
+        [(status, why)] = wh.rows("SELECT status, reject_reason FROM edits WHERE "
+                                  "candidate_version_id = ?", [night["candidate_version_id"]])
+        assert status == "gated_out" and "target_gain" in why
+        [(decided, reason)] = wh.rows("SELECT decision, reason FROM night_runs")
+        assert decided == "gated_out" and "target_gain" in reason
+        from storage.registry import RegistryError
+
+        with pytest.raises(RegistryError, match="did not pass its gate"):
+            reg.promote(night["candidate_version_id"], reason="sure?")
+
+
+def test_a_holdout_too_small_to_decide_is_undecided_and_promotes_nothing(
+        harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    seed_version = production(home, scripted)
+    [night] = run_night(home, holdout_share=0.05)["nights"]  # 1 failing, 1 passing input
+    assert night["edits"] and night["decision"] == "undecided"
+    assert night["holdout"] == 2 and "failing_pairs" in night["reason"]
+    with Warehouse(home) as wh:
+        reg = Registry(wh)
+        assert reg.active(seed("math").name)[0] == seed_version
+        [(status, why)] = wh.rows("SELECT status, reject_reason FROM edits WHERE "
+                                  "candidate_version_id = ?", [night["candidate_version_id"]])
+        assert status == "accepted" and why.startswith("gate undecided")
+        from storage.registry import RegistryError
+
+        with pytest.raises(RegistryError, match="did not pass its gate"):
+            reg.promote(night["candidate_version_id"], reason="looks fine")
+
+
+def test_two_identical_nights_the_second_spends_nothing(harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    production(home, scripted)
+    [first] = run_night(home, propose_only=True)["nights"]
+    assert first["decision"] == "proposed"
+    scripted.calls.clear()
+    [second] = run_night(home, propose_only=True)["nights"]
+    assert second["decision"] == "no_failures" and "nothing new" in second["reason"]
+    assert second["cost"]["calls"] == 0 and scripted.calls == []
+    with Warehouse(home) as wh:
+        assert wh.rows("SELECT count(*) FROM refinements")[0][0] == 1
+        assert wh.rows("SELECT calls FROM night_runs WHERE night_id = ?",
+                       [second["night_id"]]) == [(0,)]
+    # the same inputs logged again: mostly replayed; charged only for the calls it made, and
+    # only the inputs no refinement ran may be held out (too few now: undecided)
+    production(home, scripted, batch="2")
+    scripted.reply = world
+    scripted.calls.clear()
+    [third] = run_night(home, propose_only=True)["nights"]
+    assert third["logged"] == len(TASKS) and third["cost"]["calls"] == len(scripted.calls)
+    assert set(held_out(home, third["night_id"])) < set(HOLDOUT)
+    assert third["decision"] == "undecided"
+
+
+def test_carried_counterexamples_retire_once_the_active_version_passes_them(
+        harness, scripted, tmp_path):
+    home = tmp_path / "home"
+    production(home, scripted)
+    [first] = run_night(home)["nights"]
+    assert first["decision"] == "promoted"
+    [second] = run_night(home)["nights"]
+    # re-checked on the promoted Programmer (replayed from the store), all pass: retired
+    assert second["decision"] == "no_failures"
+    assert (second["carried"], second["retired"]) == (0, 26)
+    [third] = run_night(home)["nights"]
+    assert third["decision"] == "no_failures" and "nothing new" in third["reason"]
+    assert third["cost"]["calls"] == 0
+
+
+def test_a_night_resumed_after_a_human_promotion_is_stale(harness, scripted, tmp_path):
+    from tests.test_registry import variant
+
+    home = tmp_path / "home"
+    production(home, scripted)
+
+    def dying(messages: list[dict[str, str]]) -> str:
+        if "Python program" in messages[-1]["content"]:
+            raise Killed
+        return world(messages)
+
+    scripted.reply = dying
+    with pytest.raises(BaseException) as died:  # raised through task groups as it is
+        run_night(home)
+    assert died.group_contains(Killed) if isinstance(died.value, BaseExceptionGroup) \
+        else died.type is Killed
+    with Warehouse(home) as wh:  # a human's hotfix while the night is down
+        reg = Registry(wh)
+        seed_id, _ = reg.active(seed("math").name)
+        hotfix = reg.add_version(seed("math").name, variant(seed("math"), 300),
+                                 parent=seed_id, created_by="human")
+        reg.promote(hotfix, reason="hotfix", force=True)
+    scripted.reply = world
+    scripted.calls.clear()
+    [resumed] = run_night(home)["nights"]
+    assert resumed["decision"] == "stale" and hotfix in resumed["reason"]
+    assert "\n" not in resumed["reason"] and scripted.calls == []
+    with Warehouse(home) as wh:
+        assert Registry(wh).active(seed("math").name)[0] == hotfix
+        [(decided, reason)] = wh.rows("SELECT decision, reason FROM night_runs")
+        assert decided == "stale" and "promotes nothing" in reason
+        assert wh.rows("SELECT count(*) FROM deployments WHERE run_id IS NOT NULL") == [(0,)]
+
+
+def test_a_retried_chunk_is_charged_to_the_night(harness, scripted, tmp_path):
+    import litellm
+
+    home = tmp_path / "home"
+    production(home, scripted)
+    target = f"What is {HOLDOUT[0][1:]} + 1?"
+    seen = {"outage": 0, "answered": 0}
+
+    def flaky(messages: list[dict[str, str]]) -> str:
+        text = messages[-1]["content"]
+        if "Python program" in text and target in text and seen["outage"] < 4:
+            seen["outage"] += 1  # the provider is down for this run's every retry
+            raise litellm.ServiceUnavailableError("down", llm_provider="scripted", model="x")
+        seen["answered"] += 1
+        return world(messages)
+
+    scripted.reply = flaky
+    [night] = run_night(home)["nights"]
+    assert night["decision"] == "promoted", json.dumps(night, indent=1, default=str)[:4000]
+    assert night["verification"]["retried_chunks"] == 1 and seen["outage"] == 4
+    # the first attempt's calls are charged once, the retry replays them
+    assert night["cost"]["calls"] == seen["answered"]
+
+
 def decision(night: dict[str, Any]) -> tuple[Any, ...]:
+    # latency is wall time: the same decision, not the same seconds
+    verification = {k: v for k, v in night["verification"].items() if k != "cost_per_run"}
     return (night["decision"], night.get("candidate_version_id"), night["gate"]["passed"],
-            night["gate"]["failing"], night["verification"], night["cost"]["calls"])
+            night["gate"]["failing"], verification, night["cost"]["calls"])
 
 
 class Killed(BaseException):
@@ -258,7 +450,7 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
     data.write_text("".join(json.dumps({"id": t.id, "question": t.input, "answer": t.reference})
                             + "\n" for t in TASKS))
     home = tmp_path / "home"
-    args = ["demo", "--model", MODEL, "--home", str(home), "--data", str(data), "--n", "24",
+    args = ["demo", "--model", MODEL, "--home", str(home), "--data", str(data), "--n", "40",
             "--budget-calls", "400"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -294,3 +486,27 @@ def test_a_logged_runs_input_is_what_the_workflow_received():
     assert logged_input(None, json.dumps({"input": "from jsonl"}), None) == "from jsonl"
     assert logged_input(None, None, '{"problem": "p"}') == "p"
     assert logged_input(None, None, None) is None
+
+
+def test_a_gate_chunk_is_bounded_in_tokens_and_replays_only_what_it_is_given(scripted):
+    from tasks.verification import task_dict, verify_chunk
+
+    scripted.reply = world
+    wf, sample = seed("math").model_dump_json(), [task_dict(t) for t in TASKS[:4]]
+    spec = EvaluatorSpec(kind="numeric").model_dump_json()
+    fresh = verify_chunk.fn(wf, sample, model=MODEL, evaluator_json=spec, known=[],
+                            max_calls=None)
+    assert len(fresh["calls"]) == len(scripted.calls) == 8 and not fresh["exhausted"]
+    # the active version's chunk replays the stored calls it is given: no new call
+    scripted.calls.clear()
+    replayed = verify_chunk.fn(wf, sample, model=MODEL, evaluator_json=spec,
+                               known=fresh["calls"], max_calls=None)
+    assert replayed["calls"] == [] and scripted.calls == []
+    assert [r["passed"] for r in replayed["runs"]] == [r["passed"] for r in fresh["runs"]]
+    # a token share (each call reserves its prompt + max_tokens) runs out mid-chunk: the
+    # runs it could not pay for are infrastructure, and the chunk says its share ran out
+    short = verify_chunk.fn(wf, sample, model=MODEL, evaluator_json=spec, known=[],
+                            max_calls=None, max_tokens=1200)
+    spent = sum(c["tokens_in"] + c["tokens_out"] for c in short["calls"])
+    assert short["exhausted"] and spent <= 1200
+    assert any(r["infrastructure"] for r in short["runs"])

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from cegraph.evaluator_spec import EvaluatorSpec
 from cegraph.graph import Workflow
+from cegraph.refine.cost import CostPerRun
 from cegraph.refine.gate import GateEvidence, check
 from cegraph.seeds import seed
 from storage import Warehouse
-from storage.registry import Registry, RegistryError
+from storage.registry import Registry, RegistryError, Stale
 
 NUMERIC = EvaluatorSpec(kind="numeric")
 
@@ -56,8 +57,10 @@ def test_promote_rollback_and_export_follow(reg: Registry, tmp_path: Path) -> No
     s, v1, v2 = chain(reg)
     exported = json.loads(reg.export("math"))
     assert Workflow.from_dict(exported).version_id == s
-    reg.promote(v1, reason="night 1", run_id="night-1")
-    reg.promote(v2, reason="night 2", run_id="night-2")
+    _gate(reg, v1, passed=True, edit_id="e1", verification_id="ver1")
+    _gate(reg, v2, passed=True, edit_id="e2", verification_id="ver2")
+    reg.promote(v1, reason="night 1", run_id="night-1", expected_active=s)
+    reg.promote(v2, reason="night 2", run_id="night-2", expected_active=v1)
     assert reg.active("math")[0] == v2
     assert reg.promote(v2, reason="again") == v2  # already active: nothing written
     # rollback restores the previous active version, and the export follows
@@ -84,7 +87,7 @@ def test_a_graph_stored_before_under_another_name(reg: Registry) -> None:
     s = reg.register(seed("math"), name="prod", evaluator=NUMERIC)
     child = variant(seed("math"), 64)
     reg.wh.record_version(child, created_by="edit-9", parent=s)  # the loop's own write
-    assert reg.promote(child.version_id, reason="nightly") == child.version_id
+    assert reg.promote(child.version_id, reason="by hand", force=True) == child.version_id
     version, wf = reg.active("prod")
     assert version == child.version_id and wf.name == "prod"
     assert json.loads(reg.export("prod"))["name"] == "prod"
@@ -122,8 +125,8 @@ def _gate(reg: Registry, version: str, *, passed: bool, edit_id: str = "e1",
                              "candidate_version_id": version}])
     evidence = GateEvidence(["8", "9"], regression=10, broken=0 if passed else 5, target=4,
                             candidate_target_passed=3, active_target_passed=0,
-                            candidate_cost_per_run=0.0, active_cost_per_run=0.0,
-                            candidate_latency_s=1.0, active_latency_s=1.0,
+                            candidate_cost=CostPerRun(1, 10, 0.0, 1.0),
+                            active_cost=CostPerRun(1, 10, 0.0, 1.0),
                             active_modes=["m1"], sampled_modes=["m1"])
     reg.record_gate(check(evidence), verification_id=verification_id, edit_id=edit_id)
 
@@ -133,7 +136,7 @@ def test_a_failed_gate_blocks_promotion_unless_forced(reg: Registry) -> None:
     _gate(reg, v1, passed=False)
     [(status, why)] = reg.wh.rows("SELECT status, reject_reason FROM edits")
     assert status == "gated_out" and "break_rate" in why
-    with pytest.raises(RegistryError, match="failed its gate"):
+    with pytest.raises(RegistryError, match="did not pass its gate"):
         reg.promote(v1, reason="nightly", edit_id="e1")
     assert reg.active("math")[0] == s
     assert reg.promote(v1, reason="a human decided", force=True) == v1
@@ -148,8 +151,30 @@ def test_a_passed_gate_allows_promotion(reg: Registry) -> None:
     [(status,)] = reg.wh.rows("SELECT status FROM edits")
     assert status == "verified"
     rows = reg.wh.rows("SELECT suite, verification_id, edit_id, success FROM gate_results")
-    assert len(rows) == 6 and all(r[:3] == ("cegraph_edit_gate", "ver1", "e1") and r[3]
+    assert len(rows) == 11 and all(r[:3] == ("cegraph_edit_gate", "ver1", "e1") and r[3]
                                   for r in rows)
+
+
+def test_a_version_never_gated_promotes_only_with_force(reg: Registry) -> None:
+    s, v1, v2 = chain(reg)
+    _gate(reg, v2, passed=True)  # the night gated its final version, not v1 on the way
+    with pytest.raises(RegistryError, match="never gated"):
+        reg.promote(v1, reason="nightly")
+    assert reg.active("math")[0] == s
+    assert reg.promote(v1, reason="a human decided", force=True) == v1
+    [(forced,)] = reg.wh.rows("SELECT forced FROM deployments WHERE action = 'promote'")
+    assert forced is True
+
+
+def test_promotion_is_compare_and_swap_on_the_active_version(reg: Registry) -> None:
+    s, v1, v2 = chain(reg)
+    _gate(reg, v2, passed=True)
+    reg.promote(v1, reason="a human's hotfix", force=True)  # while the night was down
+    with pytest.raises(Stale, match=f"active version is {v1}, not {s}") as err:
+        reg.promote(v2, reason="nightly", run_id="night-1", expected_active=s)
+    assert "\n" not in str(err.value)
+    assert reg.active("math")[0] == v1  # the hotfix stays
+    assert reg.promote(v2, reason="nightly", expected_active=v1) == v2
 
 
 def test_the_latest_gate_decides(reg: Registry) -> None:
@@ -186,6 +211,8 @@ def test_cli_register_promote_rollback_export(tmp_path: Path) -> None:
         assert resolve_workflow("prod", wh).version_id == seed_id
         assert resolve_workflow("math", wh).version_id == seed("math").version_id
     r = run("promote", v1[:8], "--reason", "looks better")
+    assert r.exit_code == 2 and "never gated" in r.output  # a human must say --force
+    r = run("promote", v1[:8], "--reason", "looks better", "--force")
     assert r.exit_code == 0 and f"prod: {v1} is active" in r.output
     out = tmp_path / "served.json"
     assert run("export", "prod", "--out", str(out)).exit_code == 0

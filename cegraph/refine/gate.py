@@ -1,85 +1,81 @@
-"""The Great Expectations gate on a verified edit, before it may be promoted.
+"""The Great Expectations gate on a refined candidate, before it may be promoted.
 
-Input is plain data about the candidate's verification against the active version
-(`GateEvidence`) and the configured bounds (`GateBounds`); the suite lives beside this module
-(`gate_suite.json`, bounds as suite parameters). It checks that:
+The gate brings its own evidence: the night's **holdout** (inputs the refinement never
+touched, drawn before it started), re-run on the active version and on the candidate, the
+candidate with new calls (`GateEvidence`, built by the nightly flow). The bounds
+(`GateBounds`) are suite parameters; the suite lives beside this module (`gate_suite.json`).
+It checks that:
 
-- breaks on the regression sample stay at or under `max_break_rate`;
-- no verification run of the candidate left a null (or empty) output;
-- the pass rate on the target mode's counterexamples is strictly above the active version's;
-- cost and latency per run stay within `max_cost_ratio` / `max_latency_ratio` of the active
-  version's (a free active version allows only a free candidate);
-- every active failure mode is represented in the regression sample, so no mode goes
-  unwatched.
+- breaks on the holdout inputs the active version passes stay at or under `max_break_rate`;
+- no run of the candidate left a null (or empty) output;
+- the candidate passes strictly more of the holdout's failing inputs than the active version;
+- its cost per run (calls, tokens, dollars, latency) stays within `cost` (`CostBounds`, the
+  one cost rule the refinement loop applies too);
 
-The frame GX sees has one row per verification run of the candidate (its `output`), with the
-summary figures (`break_rate`, `target_gain`, `cost_ratio`, `latency_ratio`, `modes_missing`)
-repeated on each row so that each check is one column expectation whose observed value is the
-figure itself. The verdict's rows go to `gate_results` (`storage.registry.Registry
-.record_gate`); a failed gate makes the edit `gated_out`, and the registry refuses to promote
-it.
+and that the evidence can decide: every planned holdout run was graded on both sides
+(`incomplete` 0: a budget cut or an outage mid-chunk leaves it partial), at least
+`min_failing` failing and `min_passing` passing holdout inputs were re-run, and every live
+failure mode of the active version is represented. A failed evidence check makes the verdict
+`undecided` (nothing is promoted, nothing is rejected on partial evidence); any other failed
+check makes it `failed` (the edit is gated out).
+
+The frame GX sees has one row per holdout run of the candidate (its `output`), with the
+summary figures repeated on each row, so each check is one column expectation whose observed
+value is the figure itself. The verdict's rows go to `gate_results` (`storage.registry.
+Registry.record_gate`); only a version whose latest gate passed is promoted without `force`.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from cegraph import expectations
-from cegraph.refine.verify import Plan, Verification
-from cegraph.trace import INFRASTRUCTURE, Trace
+from cegraph.refine.cost import CostBounds, CostPerRun, ratios
 
 SUITE = "gate_suite.json"
 SUITE_NAME = "cegraph_edit_gate"
+#: the columns whose checks say whether the evidence can decide (failing: `undecided`)
+EVIDENCE = ("incomplete", "failing_pairs", "passing_pairs", "modes_missing")
+Decision = Literal["passed", "failed", "undecided"]
 
 
 @dataclass(frozen=True)
 class GateBounds:
     max_break_rate: float = 0.05
-    max_cost_ratio: float = 1.5
-    max_latency_ratio: float = 1.5
+    min_failing: int = 3  # holdout inputs the active version failed, re-run on both sides
+    min_passing: int = 3  # holdout inputs it passed, re-run on both sides
+    cost: CostBounds = field(default_factory=CostBounds)
+
+    def parameters(self) -> dict[str, float]:
+        """The suite's parameters (an unbounded cost ratio: the largest float)."""
+        c = self.cost
+        return {"max_break_rate": self.max_break_rate, "min_failing": self.min_failing,
+                "min_passing": self.min_passing,
+                **{name: sys.float_info.max if v is None else v
+                   for name, v in (("max_calls_ratio", c.max_calls_ratio),
+                                   ("max_tokens_ratio", c.max_tokens_ratio),
+                                   ("max_dollars_ratio", c.max_dollars_ratio),
+                                   ("max_latency_ratio", c.max_latency_ratio))}}
 
 
 @dataclass(frozen=True)
 class GateEvidence:
-    """What verification found, candidate vs the active version."""
+    """The holdout's re-runs, candidate vs the active version (pairs graded on both sides)."""
 
-    outputs: Sequence[str | None]  # the candidate's output on each verification run
-    regression: int  # regression-sample inputs re-run
-    broken: int  # of which the candidate failed (the active version passed them)
-    target: int  # target-mode counterexamples re-run
+    outputs: Sequence[str | None]  # the candidate's output on each holdout run
+    regression: int  # holdout inputs the active version passed, re-run on both
+    broken: int  # of which the candidate failed
+    target: int  # holdout inputs whose logged run failed, re-run on both
     candidate_target_passed: int
     active_target_passed: int
-    candidate_cost_per_run: float
-    active_cost_per_run: float
-    candidate_latency_s: float  # per run
-    active_latency_s: float
+    candidate_cost: CostPerRun
+    active_cost: CostPerRun
     active_modes: Collection[str]  # live failure modes of the active version
-    sampled_modes: Collection[str]  # modes represented in the regression sample
-
-    @classmethod
-    def from_verification(cls, v: Verification, plan: Plan, *, active: Sequence[Trace],
-                          active_modes: Collection[str], sampled_modes: Collection[str]
-                          ) -> GateEvidence:
-        """The evidence of a verification: its graded re-runs (infrastructure and
-        ungradeable ones left out), the base's verdicts from the plan, and cost and latency
-        per run of the candidate's re-runs vs `active` (the active version's runs)."""
-        graded = [t for t in v.traces
-                  if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE]
-        target_ids = {t.id for t in plan.strata.get("target", ())}
-        target = [t for t in graded if t.task_id in target_ids]
-        cost, latency = per_run(graded)
-        active_cost, active_latency = per_run(active)
-        regression = v.counts["regression"]
-        return cls(outputs=[t.output for t in graded], regression=regression.run,
-                   broken=regression.broken, target=len(target),
-                   candidate_target_passed=sum(1 for t in target if t.outcome.passed),
-                   active_target_passed=sum(1 for t in target if plan.base_passed[t.task_id]),
-                   candidate_cost_per_run=cost, active_cost_per_run=active_cost,
-                   candidate_latency_s=latency, active_latency_s=active_latency,
-                   active_modes=active_modes, sampled_modes=sampled_modes)
+    sampled_modes: Collection[str]  # modes represented in the holdout
+    incomplete: int = 0  # planned holdout inputs not graded on both sides (budget, outage)
 
     @property
     def missing_modes(self) -> list[str]:
@@ -88,37 +84,28 @@ class GateEvidence:
 
 @dataclass(frozen=True)
 class GateVerdict:
-    passed: bool
+    decision: Decision
     failing: list[str]  # the failing expectations
     results: list[dict[str, Any]]  # expectation, success, observed, details (gate_results)
     validation: dict[str, Any]  # GX's validation result as JSON
     suite: str = SUITE_NAME
 
-
-def per_run(traces: Sequence[Trace]) -> tuple[float, float]:
-    """Cost and model latency per run, counting replayed calls at what they cost when first
-    made (a re-run answered from the call store is not cheaper or faster than the version it
-    is compared with)."""
-    calls = [c for t in traces for s in t.spans for c in s.calls]
-    n = max(1, len(traces))
-    return sum(c.cost for c in calls) / n, sum(c.latency_s for c in calls) / n
-
-
-def _ratio(candidate: float, active: float) -> float:
-    if active > 0:
-        return candidate / active
-    return 1.0 if candidate <= 0 else math.inf
+    @property
+    def passed(self) -> bool:
+        return self.decision == "passed"
 
 
 def frame(e: GateEvidence) -> Any:
     """The evidence as GX sees it (see the module docstring)."""
     import pandas as pd
 
-    rate = (e.candidate_target_passed - e.active_target_passed) / e.target if e.target else 0.0
+    gain = (e.candidate_target_passed - e.active_target_passed) / e.target if e.target else 0.0
+    cost = ratios(e.candidate_cost, e.active_cost)
     summary = {"break_rate": e.broken / e.regression if e.regression else 0.0,
-               "target_gain": rate,
-               "cost_ratio": _ratio(e.candidate_cost_per_run, e.active_cost_per_run),
-               "latency_ratio": _ratio(e.candidate_latency_s, e.active_latency_s),
+               "target_gain": gain, "calls_ratio": cost["calls"],
+               "tokens_ratio": cost["tokens"], "dollars_ratio": cost["dollars"],
+               "latency_ratio": cost["latency_s"], "incomplete": e.incomplete,
+               "failing_pairs": e.target, "passing_pairs": e.regression,
                "modes_missing": len(e.missing_modes)}
     outputs = list(e.outputs) or [None]  # no run at all is no output
     return pd.DataFrame([{"output": o if (o or "").strip() else None, **summary}
@@ -128,11 +115,13 @@ def frame(e: GateEvidence) -> Any:
 def check(evidence: GateEvidence, bounds: GateBounds | None = None) -> GateVerdict:
     bounds = bounds or GateBounds()
     result = expectations.validate("cegraph.refine", SUITE, frame(evidence),
-                                   bounds.__dict__)
+                                   bounds.parameters())
     results = result.results
     if evidence.missing_modes:  # name them: the count alone does not say which
         for r in results:
             if "modes_missing" in r["expectation"]:
                 r["observed"] = f"{r['observed']} ({', '.join(evidence.missing_modes)})"
-    return GateVerdict(result.passed, result.failed, results, result.validation,
-                       result.suite)
+    failed = result.failed
+    decision: Decision = ("passed" if not failed else "undecided" if any(
+        f'"column": "{c}"' in f for f in failed for c in EVIDENCE) else "failed")
+    return GateVerdict(decision, failed, results, result.validation, result.suite)

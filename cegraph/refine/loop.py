@@ -195,6 +195,12 @@ def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None) -> int:
     return total
 
 
+def least_verification(s: Settings, inputs: int) -> int:
+    """The fewest calls one verification of a one-node edit can take on `inputs` inputs (its
+    sample of the verification role, plus one proposal), for budget checks before a run."""
+    return min(round(inputs * s.verification), s.regression + s.counterexamples) + 1
+
+
 def changed_nodes(base: Workflow, cand: Workflow) -> list[str]:
     """Nodes of `cand` that must re-run: changed or new, and everything downstream."""
     old = {n["id"]: n for n in base.resolved()["nodes"]}
@@ -290,8 +296,7 @@ class Refinement:
             return
         base = self._calls_per_run(self.seed) * len(self.tasks)
         s = self.settings
-        verifying = sum(r == "verification" for r in self.roles.values())
-        one = min(verifying, s.regression + s.counterexamples) + 1
+        one = least_verification(s, len(self.tasks))
         if self.budget.calls < base + one:
             raise RefineError(
                 f"a budget of {self.budget.calls} calls cannot pay for one verification: "

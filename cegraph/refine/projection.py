@@ -1,7 +1,7 @@
 """A night's spend, projected from history before it starts, against its one hard budget.
 
 The least a night can do is evaluate the active version on its inputs, verify one one-node
-edit, and re-run the gate's sample on the active version and a candidate; the tokens and
+edit, and run the gate's holdout on the active version and a candidate; the tokens and
 dollars of that many calls are projected at the per-call means this model's stored calls
 show (none stored: `DEFAULT_TOKENS_PER_CALL`, free). A night whose least spend passes any
 limit of its budget does not start (fails closed), and the budget left after the gate's
@@ -22,7 +22,7 @@ DEFAULT_TOKENS_PER_CALL = 1000
 class Projection:
     calls_per_run: int  # the most LLM calls one run of the active version makes
     refine_calls: int  # the least the refinement needs
-    gate_calls: int  # the gate's re-runs: active and candidate on the gate sample
+    gate_calls: int  # the gate's runs: active and candidate on the holdout
     tokens_per_call: float
     cost_per_call: float
     history_calls: int  # stored calls the means come from
@@ -64,10 +64,11 @@ class Projection:
                 "dollars": self.dollars}
 
 
-def project(*, calls_per_run: int, inputs: int, regression: int, gate_inputs: int,
+def project(*, calls_per_run: int, inputs: int, verification: int, gate_inputs: int,
             history: tuple[int, float, float] = (0, 0.0, 0.0)) -> Projection:
-    """`history`: (stored calls, their mean tokens, their mean cost) for the night's model."""
+    """`verification`: the fewest calls one verification takes (`loop.least_verification`);
+    `history`: (stored calls, their mean tokens, their mean cost) for the night's model."""
     n, tokens, cost = history
-    return Projection(calls_per_run, calls_per_run * inputs + regression + 1,
+    return Projection(calls_per_run, calls_per_run * inputs + verification,
                       2 * calls_per_run * gate_inputs,
                       tokens if n else DEFAULT_TOKENS_PER_CALL, cost if n else 0.0, n)

@@ -9,8 +9,8 @@ Fields, by section of the report:
 - identity: `night_id` (the mode computation in `nights`), `workflow`, `model`, `dataset`,
   `refine_id` (the refinement whose edits are reported, `edits.night_id`), `generated_at`;
 - `active_before` / `active_after`: the active version before and after the night;
-- `decision`: `promoted` | `propose_only` | `gated_out` | `rejected` | `no_candidate` |
-  `budget_stopped`, with `decision_reason` in words;
+- `decision`: `promoted` | `propose_only` | `gated_out` | `undecided` | `stale` | `rejected`
+  | `no_candidate` | `budget_stopped`, with `decision_reason` in words;
 - `mass_before` / `mass_after`: Expected Failure Mass of the active version before, and of
   the version the night ends with (or its best candidate), each with its 95% interval;
 - `modes`: this night's failure modes (+ the noise row, `mode_id = 'noise'`);
@@ -31,8 +31,8 @@ from pydantic import BaseModel, Field
 
 from cegraph.fss.mass import estimate
 
-Decision = Literal["promoted", "propose_only", "gated_out", "rejected", "no_candidate",
-                   "budget_stopped"]
+Decision = Literal["promoted", "propose_only", "gated_out", "undecided", "stale", "rejected",
+                   "no_candidate", "budget_stopped"]
 
 
 class Mass(BaseModel):
