@@ -89,6 +89,16 @@ def run_night(home: Path, **kw: Any) -> dict[str, Any]:
                               **{"budget_calls": 400, "max_latency_ratio": 1e9, **kw})
 
 
+def kill_night(home: Path, scripted: Any, reply: Any) -> None:
+    """Run a night whose LLM answers with `reply`, which raises `Killed` to end it mid-way
+    (raised through task groups as it is)."""
+    scripted.reply = reply
+    with pytest.raises(BaseException) as died:
+        run_night(home)
+    assert died.group_contains(Killed) if isinstance(died.value, BaseExceptionGroup) \
+        else died.type is Killed
+
+
 def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
     home = tmp_path / "home"
     seed_version = production(home, scripted, modes=True)
@@ -257,11 +267,7 @@ def test_a_night_resumed_after_a_human_promotion_is_stale(harness, scripted, tmp
             raise Killed
         return world(messages)
 
-    scripted.reply = dying
-    with pytest.raises(BaseException) as died:  # raised through task groups as it is
-        run_night(home)
-    assert died.group_contains(Killed) if isinstance(died.value, BaseExceptionGroup) \
-        else died.type is Killed
+    kill_night(home, scripted, dying)
     with Warehouse(home) as wh:  # a human's hotfix while the night is down
         reg = Registry(wh)
         seed_id, _ = reg.active(seed("math").name)
@@ -330,11 +336,7 @@ def test_a_night_killed_mid_verification_resumes_to_the_same_decision(harness, s
                 raise Killed
         return world(messages)
 
-    scripted.reply = dying
-    with pytest.raises(BaseException) as died:  # raised through task groups as it is
-        run_night(home)
-    assert died.group_contains(Killed) if isinstance(died.value, BaseExceptionGroup) \
-        else died.type is Killed
+    kill_night(home, scripted, dying)
     with Warehouse(home) as wh:
         [(night_id, status, step)] = wh.rows("SELECT night_id, status, step FROM night_runs")
         assert (status, step) == ("running", "project")  # killed inside refine
