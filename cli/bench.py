@@ -445,14 +445,13 @@ def bench_ingest(spans: Annotated[int, typer.Option("--spans")] = 200_000,
     """Ingest `spans` generated GenAI spans (OTLP/JSON file, 50 spans a line) into a
     temporary home: runs, spans, failures, source spans, gate per batch (no modes); print
     spans/s and the process's peak RSS."""
-    from cegraph.ingest import lines
     from storage import Warehouse
     from tasks.ingest import Ingestor
 
     def ingest(home: Path, path: Path) -> dict:
         with Warehouse(home) as wh:
             ingestor = Ingestor(wh, inputs=[str(path)])
-            ingestor.feed_many((str(path), n, raw) for n, raw in lines.read(str(path)))
+            ingestor.feed_file(str(path))
             return ingestor.finish().summary
 
     with tempfile.TemporaryDirectory() as tmp:

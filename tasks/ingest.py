@@ -8,24 +8,30 @@ import datetime as dt
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cegraph.ingest import gate, lines
+from cegraph.ingest.accounting import Fault
 from cegraph.ingest.assemble import Run
+from cegraph.ingest.lines import Cut
 from cegraph.ingest.mapping import Mappings
 from cegraph.ingest.pipeline import Batch, Line, Pipeline
 from cegraph.trace import INFRASTRUCTURE, Trace
 from storage import Warehouse
 from storage.ingest import IngestStore
+from storage.warehouse import CatalogLocked
 
 SOURCE = DATASET = "production"
+#: errors of the machine, not of a record: they stop the ingest (a rerun is safe)
+_INFRASTRUCTURE = (OSError, MemoryError, duckdb.IOException, CatalogLocked)
 
 
 def _ts(ns: int) -> dt.datetime:
@@ -97,17 +103,20 @@ class Ingestor:
         self.marked: list[str] = []
         self.store.begin(self.ingest_id, inputs)
 
-    def feed(self, source: str, line_no: int, raw: bytes) -> None:
-        for batch in self.pipeline.feed(source, line_no, raw):
+    def feed(self, source: str, line_no: int, raw: bytes, cut: Cut | None = None) -> None:
+        for batch in self.pipeline.feed(source, line_no, raw, cut):
             self.store_batch(batch, source)
 
     def add(self, line: Line) -> None:
         for batch in self.pipeline.add(line):
             self.store_batch(batch, line.source)
 
-    def feed_many(self, items: Iterable[tuple[str, int, bytes]]) -> None:
-        for source, line_no, raw in items:
-            self.feed(source, line_no, raw)
+    def feed_file(self, path: str, *, max_line: int = lines.MAX_LINE) -> None:
+        """Every line of one input (a path or `-`), settled and stored at its end."""
+        source = "<stdin>" if path == "-" else path
+        for line_no, raw, cut in lines.read(path, max_line=max_line):
+            self.feed(source, line_no, raw, cut)
+        self.flush(source)
 
     def flush(self, source: str = "", *, final: bool = False) -> Batch:
         batch = self.pipeline.settle(final=final)
@@ -121,27 +130,47 @@ class Ingestor:
         for run in batch.runs:
             groups.setdefault((run.trace.workflow, run.model), []).append(run)
         for (workflow, model), runs in sorted(groups.items()):
-            traces = [r.trace for r in runs]
-            verdict = gate.check(traces, [outcome_label(t) for t in traces])
-            # a fresh id per attempt: files a killed attempt left under its id stay unread
-            batch_id = uuid.uuid4().hex
-            rows = [row for r in runs for row in source_rows(r)]
-            self.store.record_gate(batch_id=batch_id, ingest_id=self.ingest_id,
-                                   workflow=workflow, model=model, runs=len(runs),
-                                   spans=len(rows), passed=verdict.passed, suite=verdict.suite,
-                                   results=verdict.results)
-            self.wh.record_traces(traces, night_id=self.ingest_id, source=SOURCE,
-                                  dataset=DATASET, model=model, batch_id=batch_id,
-                                  extra={"source_spans": rows})
-            counts.runs_stored += len(runs)
-            counts.spans_stored += len(rows)
-            if not verdict.passed:
-                self.marked.append(batch_id)
-            self.pools |= {(t.workflow, t.version_id, model) for t in traces
-                           if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE}
+            try:
+                self._store_runs(workflow, model, runs)
+            except _INFRASTRUCTURE:
+                raise
+            except Exception:  # noqa: BLE001 - one bad run must not cost its batch
+                for run in runs:  # alone, each run stores or is quarantined by itself
+                    try:
+                        self._store_runs(workflow, model, [run])
+                    except _INFRASTRUCTURE:
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        counts.span_faults["unstorable"] += 1
+                        self.store.quarantine([Fault(
+                            f"trace {run.trace.run_id}", 0, "unstorable",
+                            f"{type(exc).__name__}: {exc}", run.raw(), "span")],
+                            self.ingest_id)
         self.store.stage(batch.staged, source)
         self.store.unstage(batch.settled_traces)
         self.unmapped.update(batch.unmapped)
+
+    def _store_runs(self, workflow: str, model: str, runs: list[Run]) -> None:
+        """Gate and store one (workflow, model) group of runs as one history batch."""
+        counts = self.pipeline.counts
+        traces = [r.trace for r in runs]
+        verdict = gate.check(traces, [outcome_label(t) for t in traces])
+        # a fresh id per attempt: files a killed attempt left under its id stay unread
+        batch_id = uuid.uuid4().hex
+        rows = [row for r in runs for row in source_rows(r)]
+        self.store.record_gate(batch_id=batch_id, ingest_id=self.ingest_id,
+                               workflow=workflow, model=model, runs=len(runs),
+                               spans=len(rows), passed=verdict.passed, suite=verdict.suite,
+                               results=verdict.results)
+        self.wh.record_traces(traces, night_id=self.ingest_id, source=SOURCE,
+                              dataset=DATASET, model=model, batch_id=batch_id,
+                              extra={"source_spans": rows})
+        counts.runs_stored += len(runs)
+        counts.spans_stored += len(rows)
+        if not verdict.passed:
+            self.marked.append(batch_id)
+        self.pools |= {(t.workflow, t.version_id, model) for t in traces
+                       if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE}
 
     def finish(self) -> Ingested:
         from cegraph.ingest.unmapped import report
@@ -157,16 +186,15 @@ class Ingestor:
 
 
 def ingest_paths(home: str | None, paths: Sequence[str], *, fmt: str = "auto",
-                 mapping: str | None = None, batch_spans: int = 20_000) -> Ingested:
+                 mapping: str | None = None, batch_spans: int = 20_000,
+                 max_line: int = lines.MAX_LINE) -> Ingested:
     """Ingest files/globs/stdin into the warehouse at `home` (plain data in and out)."""
     files = lines.expand(paths)
     with Warehouse(Path(home) if home else None) as wh:
         ingestor = Ingestor(wh, fmt=fmt, mappings=Mappings.load(mapping),
                             batch_spans=batch_spans, inputs=files)
         for path in files:
-            source = "<stdin>" if path == "-" else path
-            ingestor.feed_many((source, n, raw) for n, raw in lines.read(path))
-            ingestor.flush(source)
+            ingestor.feed_file(path, max_line=max_line)
         return ingestor.finish()
 
 
