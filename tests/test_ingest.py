@@ -263,3 +263,8 @@ def test_bench_ingest_on_a_small_slice() -> None:
     figures = json.loads(result.output.strip().splitlines()[-1])
     assert figures["spans_stored"] == 1000 and figures["runs_stored"] == 200
     assert figures["spans_per_s"] > 0 and figures["peak_rss_mb"] > 0
+    real = CliRunner().invoke(app, ["bench", "ingest", "--spans", "500", "--shape", "real",
+                                    "--json"])
+    figures = json.loads(real.output.strip().splitlines()[-1])
+    assert figures["spans_stored"] == 500 and 1500 < figures["bytes_per_span"] < 2500
+    assert figures["mb_per_s"] > 0
