@@ -411,11 +411,22 @@ def streaming_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def genai_lines(spans: int, *, per_line: int = 50, seed: int = 0) -> Iterator[bytes]:
+#: `--shape real`: message content as the GenAI instrumentation captures it (system
+#: instructions, a few-shot prompt and a worked completion), ~1.9 KB per span on average
+REAL_PROMPT = ("You are a careful math tutor. Solve the problem step by step, check each "
+               "step, then give the final answer on its own line. ") * 16
+REAL_ANSWER = ("Let us work through this carefully. First we add the tens, then the units, "
+               "and we check the sum by subtracting one addend back out. ") * 9
+
+
+def genai_lines(spans: int, *, per_line: int = 50, seed: int = 0,
+                real: bool = False) -> Iterator[bytes]:
     """OTLP/JSON export lines of real-shaped GenAI traces (as openai-v2 + util-genai write
     them: an `invoke_workflow` root, two steps, a chat call in each, an evaluation event),
-    `per_line` spans per line, runs interleaved the way a BatchSpanProcessor flushes them."""
+    `per_line` spans per line, runs interleaved the way a BatchSpanProcessor flushes them;
+    `real`: with full message content (`REAL_PROMPT`, `REAL_ANSWER`)."""
     rng = random.Random(seed)
+    prompt, worked = (REAL_PROMPT, REAL_ANSWER) if real else ("", "")
 
     def attr(key: str, value: object) -> dict:
         kind = ("intValue" if isinstance(value, int) else "doubleValue"
@@ -433,9 +444,10 @@ def genai_lines(spans: int, *, per_line: int = 50, seed: int = 0) -> Iterator[by
             step_id, chat_id = f"{rng.getrandbits(64):016x}", f"{rng.getrandbits(64):016x}"
             start = t0 + n * 1_000_000_000
             messages = json.dumps([{"role": "user", "parts": [
-                {"type": "text", "content": f"What is {a}+{b}? ({step})"}]}])
+                {"type": "text", "content": f"{prompt}What is {a}+{b}? ({step})"}]}])
             answer = json.dumps([{"role": "assistant", "parts": [
-                {"type": "text", "content": f"The answer is {got}."}], "finish_reason": "stop"}])
+                {"type": "text", "content": f"{worked}The answer is {got}."}],
+                "finish_reason": "stop"}])
             out.append({"traceId": trace, "spanId": chat_id, "parentSpanId": step_id,
                         "name": "chat qwen", "kind": 3, "startTimeUnixNano": str(start + 1000),
                         "endTimeUnixNano": str(start + 900_000_000), "status": {},
@@ -482,25 +494,30 @@ def genai_lines(spans: int, *, per_line: int = 50, seed: int = 0) -> Iterator[by
 
 @app.command("ingest")
 def bench_ingest(spans: Annotated[int, typer.Option("--spans")] = 200_000,
+                 shape: Annotated[str, typer.Option(help="synthetic (short messages) | real "
+                                                         "(message content, ~1.9 KB a span)")
+                                  ] = "synthetic",
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Ingest `spans` generated GenAI spans (OTLP/JSON file, 50 spans a line) into a
     temporary home: runs, spans, failures, source spans, gate per batch (no modes); print
     spans/s and the process's peak RSS."""
-    from cegraph.ingest import lines
     from storage import Warehouse
     from tasks.ingest import Ingestor
+
+    if shape not in ("synthetic", "real"):
+        raise typer.BadParameter("--shape: synthetic or real")
 
     def ingest(home: Path, path: Path) -> dict:
         with Warehouse(home) as wh:
             ingestor = Ingestor(wh, inputs=[str(path)])
-            ingestor.feed_many((str(path), n, raw) for n, raw in lines.read(str(path)))
+            ingestor.feed_file(str(path))
             return ingestor.finish().summary
 
     with tempfile.TemporaryDirectory() as tmp:
         path, warm = Path(tmp) / "traces.jsonl", Path(tmp) / "warm.jsonl"
         for target, count in ((path, spans), (warm, 500)):
             with target.open("wb") as f:
-                for line in genai_lines(count, seed=count):
+                for line in genai_lines(count, seed=count, real=shape == "real"):
                     f.write(line + b"\n")
         # one-time start costs (GX, litellm's import behind the failure classes) are not
         # throughput: a small ingest into another home pays them first
@@ -510,8 +527,10 @@ def bench_ingest(spans: Annotated[int, typer.Option("--spans")] = 200_000,
         s = ingest(Path(tmp) / "home", path)
         wall = time.perf_counter() - started
         size_mb = path.stat().st_size / 1e6
-    figures = {"spans": spans, "file_mb": round(size_mb, 1), "wall_s": round(wall, 2),
-               "spans_per_s": round(spans / wall), "runs_stored": s["runs_stored"],
+    figures = {"spans": spans, "shape": shape, "file_mb": round(size_mb, 1),
+               "bytes_per_span": round(size_mb * 1e6 / spans), "wall_s": round(wall, 2),
+               "spans_per_s": round(spans / wall), "mb_per_s": round(size_mb / wall, 1),
+               "runs_stored": s["runs_stored"],
                "spans_stored": s["spans_stored"], "peak_rss_mb": round(_peak_rss_mb())}
     render.grid(list(figures), [list(figures.values())], title="ingest")
     if as_json:

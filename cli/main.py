@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -259,18 +258,22 @@ def ingest(paths: Annotated[list[str], typer.Argument(help="files, directories, 
                               ] = False,
            modes: Annotated[bool, typer.Option(help="compute signatures and modes after")
                             ] = True,
+           max_line: Annotated[int, typer.Option("--max-line-bytes", help="a longer line is "
+                                                 "quarantined with its head")] = 64 << 20,
            home: Home = Path(SETTINGS.home)) -> None:
     """Ingest production traces (OTLP/JSON GenAI or OpenInference, cegraph JSONL) into the
     warehouse: runs, spans, failures, then signatures and modes (`cegraph modes`)."""
     from cegraph.ingest.lines import InputError
     from cegraph.ingest.mapping import MappingError
-    from flows.ingest import ingest_logs
+    from tasks.ingest import ingest_paths, map_failures
 
+    # in this process, no Prefect server to start (the `ingest-logs` flow is for schedules)
     try:
-        result = ingest_logs(paths=paths, home=str(home), fmt=fmt, mapping=mapping,
-                             modes=modes, locus_weight=SETTINGS.locus_weight)
+        result = ingest_paths(str(home), paths, fmt=fmt, mapping=mapping, max_line=max_line)
     except (InputError, MappingError, ValueError) as exc:
         fail(str(exc))
+    if modes and result.pools:
+        map_failures(str(home), result, locus_weight=SETTINGS.locus_weight)
     _print_ingest(result, as_json)
     if not (result.summary["lines_stored"] or result.summary["duplicates"]):
         raise typer.Exit(1)
@@ -280,27 +283,36 @@ def ingest(paths: Annotated[list[str], typer.Argument(help="files, directories, 
 def collect(port: Annotated[int, typer.Option(help="port (OTLP/HTTP's is 4318)")] = 4318,
             host: Annotated[str, typer.Option(help="address to bind (loopback by default)")
                             ] = "127.0.0.1",
+            token: Annotated[str | None, typer.Option(
+                envvar="CEGRAPH_COLLECT_TOKEN", help="bearer token clients must send "
+                "(required off loopback)")] = None,
             mapping: Annotated[str | None, typer.Option(help="per-workflow TOML mapping")
                                ] = None,
+            flush_s: Annotated[float, typer.Option(help="seconds between stores")] = 2.0,
             home: Home = Path(SETTINGS.home)) -> None:
     """Receive OTLP/HTTP traces and logs (JSON or protobuf) on POST /v1/traces and /v1/logs
-    and ingest them in micro-batches until Ctrl-C; point an exporter at http://HOST:PORT."""
-    from cegraph.ingest.mapping import Mappings
-    from cegraph.ingest.receiver import Receiver
-    from storage import Warehouse
-    from tasks.ingest import Ingestor, ReceiverSink
+    until Ctrl-C; point an exporter at http://HOST:PORT. A request is answered 200 once it is
+    in the home's spool (fsynced); the spool is stored every few seconds, holding the
+    warehouse only for that, and a restart stores what a crash left."""
+    from cegraph.ingest.mapping import MappingError, Mappings
+    from storage.spool import SpoolBusy
+    from tasks.ingest import collect as run_collect
 
-    with Warehouse(home) as wh:
-        ingestor = Ingestor(wh, mappings=Mappings.load(mapping), inputs=["otlp-http"])
-        receiver = Receiver(ReceiverSink(ingestor), host=host, port=port)
-        render.console.print(f"receiving OTLP/HTTP on {receiver.address} (Ctrl-C ends)")
-        # Ctrl-C or a TERM (a service manager) ends it cleanly: what was accepted is stored
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        with contextlib.suppress(KeyboardInterrupt):
-            receiver.serve_forever()
-        result = ingestor.finish()
-    _print_ingest(result, False)
+    # Ctrl-C or a TERM (a service manager) ends it cleanly: what was accepted is stored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        s = run_collect(home, host=host, port=port, token=token,
+                        mappings=Mappings.load(mapping), flush_s=flush_s,
+                        locus_weight=SETTINGS.locus_weight,
+                        ready=lambda url: render.console.print(
+                            f"receiving OTLP/HTTP on {url} (Ctrl-C ends)"))
+    except (MappingError, SpoolBusy, ValueError, OSError) as exc:
+        fail(str(exc))
+    q = ", ".join(f"{k} {v}" for k, v in s.get("quarantined", {}).items()) or "none"
+    render.console.print(f"collect: {s.get('lines_read', 0)} requests stored: "
+                         f"{s.get('runs_stored', 0)} runs, {s.get('spans_stored', 0)} spans, "
+                         f"{s.get('duplicates', 0)} duplicates, quarantined: {q}")
 
 
 # --- the warehouse --------------------------------------------------------------------------

@@ -4,28 +4,41 @@ writes that makes a killed ingest, run again, equal a clean run)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sys
+import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cegraph.ingest import gate, lines
+from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
+from cegraph.ingest import gate, lines, otlp, values
+from cegraph.ingest.accounting import Fault
 from cegraph.ingest.assemble import Run
+from cegraph.ingest.lines import Cut
 from cegraph.ingest.mapping import Mappings
 from cegraph.ingest.pipeline import Batch, Line, Pipeline
+from cegraph.ingest.receiver import Refused
 from cegraph.trace import INFRASTRUCTURE, Trace
 from storage import Warehouse
 from storage.ingest import IngestStore
+from storage.spool import Spool
+from storage.warehouse import CatalogLocked
 
 SOURCE = DATASET = "production"
+#: errors of the machine, not of a record: they stop the ingest (a rerun is safe)
+_INFRASTRUCTURE = (OSError, MemoryError, duckdb.IOException, CatalogLocked)
 
 
 def _ts(ns: int) -> dt.datetime:
@@ -97,17 +110,20 @@ class Ingestor:
         self.marked: list[str] = []
         self.store.begin(self.ingest_id, inputs)
 
-    def feed(self, source: str, line_no: int, raw: bytes) -> None:
-        for batch in self.pipeline.feed(source, line_no, raw):
+    def feed(self, source: str, line_no: int, raw: bytes, cut: Cut | None = None) -> None:
+        for batch in self.pipeline.feed(source, line_no, raw, cut):
             self.store_batch(batch, source)
 
     def add(self, line: Line) -> None:
         for batch in self.pipeline.add(line):
             self.store_batch(batch, line.source)
 
-    def feed_many(self, items: Iterable[tuple[str, int, bytes]]) -> None:
-        for source, line_no, raw in items:
-            self.feed(source, line_no, raw)
+    def feed_file(self, path: str, *, max_line: int = lines.MAX_LINE) -> None:
+        """Every line of one input (a path or `-`), settled and stored at its end."""
+        source = "<stdin>" if path == "-" else path
+        for line_no, raw, cut in lines.read(path, max_line=max_line):
+            self.feed(source, line_no, raw, cut)
+        self.flush(source)
 
     def flush(self, source: str = "", *, final: bool = False) -> Batch:
         batch = self.pipeline.settle(final=final)
@@ -121,27 +137,47 @@ class Ingestor:
         for run in batch.runs:
             groups.setdefault((run.trace.workflow, run.model), []).append(run)
         for (workflow, model), runs in sorted(groups.items()):
-            traces = [r.trace for r in runs]
-            verdict = gate.check(traces, [outcome_label(t) for t in traces])
-            # a fresh id per attempt: files a killed attempt left under its id stay unread
-            batch_id = uuid.uuid4().hex
-            rows = [row for r in runs for row in source_rows(r)]
-            self.store.record_gate(batch_id=batch_id, ingest_id=self.ingest_id,
-                                   workflow=workflow, model=model, runs=len(runs),
-                                   spans=len(rows), passed=verdict.passed, suite=verdict.suite,
-                                   results=verdict.results)
-            self.wh.record_traces(traces, night_id=self.ingest_id, source=SOURCE,
-                                  dataset=DATASET, model=model, batch_id=batch_id,
-                                  extra={"source_spans": rows})
-            counts.runs_stored += len(runs)
-            counts.spans_stored += len(rows)
-            if not verdict.passed:
-                self.marked.append(batch_id)
-            self.pools |= {(t.workflow, t.version_id, model) for t in traces
-                           if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE}
+            try:
+                self._store_runs(workflow, model, runs)
+            except _INFRASTRUCTURE:
+                raise
+            except Exception:  # noqa: BLE001 - one bad run must not cost its batch
+                for run in runs:  # alone, each run stores or is quarantined by itself
+                    try:
+                        self._store_runs(workflow, model, [run])
+                    except _INFRASTRUCTURE:
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        counts.span_faults["unstorable"] += 1
+                        self.store.quarantine([Fault(
+                            f"trace {run.trace.run_id}", 0, "unstorable",
+                            f"{type(exc).__name__}: {exc}", run.raw(), "span")],
+                            self.ingest_id)
         self.store.stage(batch.staged, source)
         self.store.unstage(batch.settled_traces)
         self.unmapped.update(batch.unmapped)
+
+    def _store_runs(self, workflow: str, model: str, runs: list[Run]) -> None:
+        """Gate and store one (workflow, model) group of runs as one history batch."""
+        counts = self.pipeline.counts
+        traces = [r.trace for r in runs]
+        verdict = gate.check(traces, [outcome_label(t) for t in traces])
+        # a fresh id per attempt: files a killed attempt left under its id stay unread
+        batch_id = uuid.uuid4().hex
+        rows = [row for r in runs for row in source_rows(r)]
+        self.store.record_gate(batch_id=batch_id, ingest_id=self.ingest_id,
+                               workflow=workflow, model=model, runs=len(runs),
+                               spans=len(rows), passed=verdict.passed, suite=verdict.suite,
+                               results=verdict.results)
+        self.wh.record_traces(traces, night_id=self.ingest_id, source=SOURCE,
+                              dataset=DATASET, model=model, batch_id=batch_id,
+                              extra={"source_spans": rows})
+        counts.runs_stored += len(runs)
+        counts.spans_stored += len(rows)
+        if not verdict.passed:
+            self.marked.append(batch_id)
+        self.pools |= {(t.workflow, t.version_id, model) for t in traces
+                       if t.outcome is not None and t.outcome.failure_class != INFRASTRUCTURE}
 
     def finish(self) -> Ingested:
         from cegraph.ingest.unmapped import report
@@ -157,16 +193,15 @@ class Ingestor:
 
 
 def ingest_paths(home: str | None, paths: Sequence[str], *, fmt: str = "auto",
-                 mapping: str | None = None, batch_spans: int = 20_000) -> Ingested:
+                 mapping: str | None = None, batch_spans: int = 20_000,
+                 max_line: int = lines.MAX_LINE) -> Ingested:
     """Ingest files/globs/stdin into the warehouse at `home` (plain data in and out)."""
     files = lines.expand(paths)
     with Warehouse(Path(home) if home else None) as wh:
         ingestor = Ingestor(wh, fmt=fmt, mappings=Mappings.load(mapping),
                             batch_spans=batch_spans, inputs=files)
         for path in files:
-            source = "<stdin>" if path == "-" else path
-            ingestor.feed_many((source, n, raw) for n, raw in lines.read(path))
-            ingestor.flush(source)
+            ingestor.feed_file(path, max_line=max_line)
         return ingestor.finish()
 
 
@@ -179,20 +214,135 @@ def ingest_files(home: str | None, paths: list[str], fmt: str = "auto",
     return result
 
 
-class ReceiverSink:
-    """`cegraph collect`'s sink: each request is one line of the ingest; settled batches are
-    stored every few seconds (cegraph.ingest.receiver.Receiver calls `flush`)."""
+def map_failures(home: str | None, result: Ingested, *,
+                 locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> None:
+    """Signatures and modes of every pool an ingest touched, in this process (the CLI and
+    the receiver; the `ingest-logs` flow runs the same task under Prefect)."""
+    from prefect.logging import disable_run_logger
 
-    def __init__(self, ingestor: Ingestor) -> None:
-        self.ingestor = ingestor
-        self.requests = 0
+    from tasks.failure_space import analyze_and_store
 
-    def accept(self, signal: str, raw: bytes) -> tuple[int, str]:
-        self.requests += 1
-        line = self.ingestor.pipeline.decode("otlp-http", self.requests, raw)
-        self.ingestor.add(line)
-        bad = [f for f in line.faults if f.reason == "missing_id" or f.level == "line"]
-        return len(bad), "; ".join(sorted({f"{f.reason}: {f.detail}" for f in bad}))[:500]
+    with disable_run_logger():
+        for n, (workflow, version_id, model) in enumerate(result.pools):
+            analyze_and_store.fn(home, workflow=workflow, version_id=version_id,
+                                 night_id=f"{result.ingest_id}-{n}", model=model,
+                                 dataset=DATASET, source=SOURCE, locus_weight=locus_weight)
 
-    def flush(self) -> None:
-        self.ingestor.flush("otlp-http")
+
+class SpoolSink:
+    """`cegraph collect`'s sink: a request is durable once it is in the spool (the receiver
+    answers 200 after that); it reports the spans / log records it will reject."""
+
+    def __init__(self, spool: Spool, *, max_backlog: int = 256 * 1024 * 1024,
+                 retry_s: int = 5) -> None:
+        self.spool = spool
+        self.max_backlog = max_backlog
+        self.retry_s = retry_s
+        self.lagging = False
+
+    def accept(self, signal: str, request: dict[str, Any]) -> tuple[int, str]:
+        """Spool one request; (spans or log records the ingest will reject, why). A request
+        that is not OTLP at all is refused (400) and not spooled."""
+        try:
+            items = list(otlp.spans(request) if signal == "traces" else otlp.logs(request))
+        except (otlp.NotOtlp, values.BadValue) as exc:
+            raise Refused(400, str(exc)) from None
+        self.spool.append(orjson.dumps(request))
+        bad = [f"{i.reason}: {i.detail}" for i in items if isinstance(i, otlp.SpanFault)]
+        return len(bad), "; ".join(sorted(set(bad)))[:500]
+
+    def retry_after(self) -> int:
+        return self.retry_s if self.spool.backlog() > self.max_backlog else 0
+
+
+class SpoolDrainer:
+    """The single writer of a receiver's runs: stores the spool's pending requests as one
+    ingest, holding the catalog only for that (so `cegraph sql`, ingests and nights share
+    the home), then commits the spool's cursor; maps the failures of the pools it touched
+    every `modes_s` (embedding is not free) and at the end."""
+
+    def __init__(self, home: Path, spool: Spool, *, mappings: Mappings | None = None,
+                 modes: bool = True, modes_s: float = 600.0,
+                 locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> None:
+        self.home, self.spool, self.mappings = home, spool, mappings or Mappings()
+        self.modes, self.modes_s, self.locus_weight = modes, modes_s, locus_weight
+        self.totals: Counter[str] = Counter()
+        self.quarantined: Counter[str] = Counter()
+        self.pools: set[tuple[str, str, str]] = set()
+        self._mapped_at = time.monotonic()
+
+    def drain(self) -> Ingested | None:
+        pending = list(self.spool.pending())
+        if not pending:
+            return None
+        with Warehouse(self.home) as wh:
+            ingestor = Ingestor(wh, fmt="otlp", mappings=self.mappings, inputs=["otlp-http"])
+            for seq, raw, _ in pending:
+                ingestor.feed("otlp-http", seq, raw)
+            result = ingestor.finish()
+        self.spool.commit(pending[-1][2])
+        s = result.summary
+        self.totals.update({k: v for k, v in s.items() if isinstance(v, int)})
+        self.quarantined.update(s["quarantined"])
+        self.pools |= set(result.pools)
+        if time.monotonic() - self._mapped_at >= self.modes_s:
+            self.map_modes()
+        return result
+
+    def map_modes(self) -> None:
+        if self.modes and self.pools:
+            stamp = f"collect-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+            map_failures(str(self.home), Ingested(stamp, {}, sorted(self.pools)),
+                         locus_weight=self.locus_weight)
+        self.pools.clear()
+        self._mapped_at = time.monotonic()
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.totals, "quarantined": dict(self.quarantined)}
+
+
+def collect(home: Path, *, host: str = "127.0.0.1", port: int = 4318, token: str | None = None,
+            mappings: Mappings | None = None, flush_s: float = 2.0, modes: bool = True,
+            locus_weight: float = DEFAULT_LOCUS_WEIGHT,
+            ready: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the OTLP/HTTP receiver until interrupted (KeyboardInterrupt): requests go to the
+    spool (durable before 200), a drainer thread stores them every `flush_s`; what a crash
+    left in the spool is stored first. Returns the drains' summed accounting."""
+    from cegraph.ingest.receiver import Receiver
+
+    spool = Spool(home)
+    try:
+        drainer = SpoolDrainer(home, spool, mappings=mappings, modes=modes,
+                               locus_weight=locus_weight)
+        receiver = Receiver(SpoolSink(spool), host=host, port=port, token=token)
+        stop = threading.Event()
+
+        def drain() -> None:
+            try:
+                drainer.drain()
+            except CatalogLocked:  # a night or an ingest holds the catalog: the spool waits
+                pass
+            except Exception as exc:  # noqa: BLE001 - the receiver outlives a failed drain
+                print(f"collect: storing the spool failed, retrying: {type(exc).__name__}: "
+                      f"{exc}", file=sys.stderr)
+
+        def drain_loop() -> None:
+            while not stop.wait(flush_s):
+                drain()
+
+        drain()  # resume what a crash left
+        thread = threading.Thread(target=drain_loop, daemon=True)
+        thread.start()
+        try:
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C / TERM: store, then end
+                ready(receiver.address)
+                receiver.serve_forever()
+        finally:
+            receiver.stop()
+            stop.set()
+            thread.join()
+            drain()
+            drainer.map_modes()
+        return drainer.summary()
+    finally:
+        spool.close()

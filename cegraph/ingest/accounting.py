@@ -18,11 +18,24 @@ LINE_REASONS = {
     "unknown_format": "JSON of no known format",
     "invalid_run": "our JSONL run format, but the record breaks its JSON Schema",
     "missing_id": "every span of the line lacks its trace or span id",
+    "invalid_value": "a field of the wrong type or out of range (a time, a 64-bit integer, a "
+                     "name); as a line reason: every span of it, or its resource",
+    "oversized_line": "a line over the line cap (its head kept)",
+    "gzip_truncated": "a gzip file cut short: the readable part of the cut line is kept, the "
+                      "lines after it are lost (one row says so)",
+    "gzip_corrupt": "a gzip file corrupt from this point on (as gzip_truncated)",
+    "unreadable": "an unforeseen error decoding the line (a cegraph bug: the line is kept)",
 }
 SPAN_REASONS = {
-    "missing_id": "a span without its trace or span id (dropped, the rest of the line kept)",
+    "missing_id": "a span or log record without its trace or span id (dropped, the rest of "
+                  "the line kept)",
+    "invalid_value": "a span dropped for a bad time or value, or a field of a stored span "
+                     "that could not be read (token count, evaluation score: left unread)",
     "oversized_attribute": "an attribute value over the size limit (kept, truncated)",
     "late_span": "a span of a run already stored (kept here for re-ingest)",
+    "unassemblable": "an unforeseen error assembling a trace into a run (a cegraph bug: its "
+                     "spans are kept here)",
+    "unstorable": "a run the warehouse refused (its spans are kept here)",
 }
 #: bytes of the raw line kept in a quarantine row
 RAW_LIMIT = 64 * 1024

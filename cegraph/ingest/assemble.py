@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from cegraph.evaluators import FAILURE_CLASSES
 from cegraph.ingest.conventions import read
 from cegraph.ingest.mapping import Mapping, Mappings
-from cegraph.ingest.span import LogRecord, Reading, SourceSpan
+from cegraph.ingest.span import LogRecord, Reading, SourceSpan, as_json
 from cegraph.ingest.unmapped import unmapped_keys
 from cegraph.llm import Completion
 from cegraph.trace import INFRASTRUCTURE, Outcome, Span, Trace
@@ -42,6 +42,12 @@ class Run:
     unmapped: Counter[str] = field(default_factory=Counter)
     logs: list[LogRecord] = field(default_factory=list)
     record: str = ""  # a JSONL run: the record as read
+    invalid: list[tuple[SourceSpan, str]] = field(default_factory=list)  # unreadable fields
+
+    def raw(self) -> bytes:
+        """The run as read (a JSONL record, or its spans and log records as JSON)."""
+        return self.record.encode() if self.record else as_json(
+            [s for s, _, _ in self.spans] + list(self.logs))
 
 
 def is_run_span(span: SourceSpan, mapping: Mapping) -> bool:
@@ -134,7 +140,8 @@ def assemble(spans: Sequence[SourceSpan], logs: Sequence[LogRecord], mappings: M
     unmapped = unmapped_keys(((s, readings[s.span_id]) for s in spans), mapping.attributes())
     rows = [(s, readings[s.span_id],
              node_of.get(s.span_id) or node_of.get(step_of(s.span_id) or "", "")) for s in spans]
-    return Run(trace, model or "unknown", rows, unmapped, list(logs))
+    invalid = [(s, why) for s in spans for why in readings[s.span_id].invalid]
+    return Run(trace, model or "unknown", rows, unmapped, list(logs), invalid=invalid)
 
 
 def _span(step: SourceSpan, readings: dict[str, Reading], inner: list[SourceSpan],
@@ -166,6 +173,8 @@ def _span(step: SourceSpan, readings: dict[str, Reading], inner: list[SourceSpan
 
 def _outcome(trace: Trace, root: SourceSpan, rr: Reading, mapping: Mapping) -> Outcome | None:
     ev = rr.evaluation
+    if ev is not None and ev.get("label") is None and ev.get("score") is None:
+        ev = None  # an evaluation without a readable verdict (its score reported invalid)
     attrs = root.attributes
     reference = (str(attrs.get(mapping.reference_attribute, "")) if mapping.reference_attribute
                  else "")
@@ -174,7 +183,7 @@ def _outcome(trace: Trace, root: SourceSpan, rr: Reading, mapping: Mapping) -> O
         label = ev.get("label")
         score = ev.get("score")
         passed = (mapping.passed(label) if label is not None
-                  else score is not None and float(score) >= 0.5)
+                  else score is not None and score >= 0.5)
         explanation = str(ev.get("explanation") or "")
     elif mapping.outcome_attribute and attrs.get(mapping.outcome_attribute) is not None:
         passed = mapping.passed(attrs[mapping.outcome_attribute])

@@ -32,10 +32,10 @@ def add_error(span: SourceSpan, reading: Reading) -> None:
     if span.status != "error" and exc is None:
         return
     attrs = exc.attributes if exc else {}
-    reading.error = (attrs.get("exception.message") or span.status_message
-                     or attrs.get("exception.type") or "error")
-    reading.error_type = (span.attributes.get("error.type") or attrs.get("exception.type")
-                          or "Error")
+    reading.error = str(attrs.get("exception.message") or span.status_message
+                        or attrs.get("exception.type") or "error")
+    reading.error_type = str(span.attributes.get("error.type") or attrs.get("exception.type")
+                             or "Error")
     reading.consumed.add("error.type")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cegraph.ingest import values
 from cegraph.ingest.conventions import last_user, text
 from cegraph.ingest.span import LogRecord, Reading, SourceSpan
 
@@ -20,19 +21,27 @@ _READ = {"gen_ai.operation.name", "gen_ai.workflow.name", "gen_ai.request.model"
          "gen_ai.system_instructions", "gen_ai.conversation.id"}  # the task id (assemble)
 
 
-def evaluation(attrs: dict) -> dict:
+def evaluation(attrs: dict, invalid: list[str]) -> dict:
     return {"name": attrs.get("gen_ai.evaluation.name", ""),
-            "score": attrs.get("gen_ai.evaluation.score.value"),
+            "score": values.lenient(values.number, attrs.get("gen_ai.evaluation.score.value"),
+                                    "gen_ai.evaluation.score.value", invalid, None),
             "label": attrs.get("gen_ai.evaluation.score.label"),
             "explanation": attrs.get("gen_ai.evaluation.explanation", "")}
 
 
+def count(attrs: dict, key: str, invalid: list[str]) -> int:
+    """A token count attribute (0 when absent or unreadable, the latter reported)."""
+    return values.lenient(values.integer, attrs.get(key), key, invalid, 0)
+
+
 def read(span: SourceSpan, logs: Sequence[LogRecord] = ()) -> Reading:
     attrs = dict(span.attributes)
-    evaluations = [evaluation(e.attributes) for e in span.events if e.name == EVALUATION]
+    invalid: list[str] = []
+    evaluations = [evaluation(e.attributes, invalid) for e in span.events
+                   if e.name == EVALUATION]
     for record in logs:  # content events fill what the span left out
         if record.event_name == EVALUATION:
-            evaluations.append(evaluation(record.attributes))
+            evaluations.append(evaluation(record.attributes, invalid))
         else:
             for key, value in record.attributes.items():
                 attrs.setdefault(key, value)
@@ -42,10 +51,10 @@ def read(span: SourceSpan, logs: Sequence[LogRecord] = ()) -> Reading:
     return Reading(
         kind=kind,
         model=str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or ""),
-        tokens_in=int(attrs.get("gen_ai.usage.input_tokens") or 0),
-        tokens_out=int(attrs.get("gen_ai.usage.output_tokens") or 0),
+        tokens_in=count(attrs, "gen_ai.usage.input_tokens", invalid),
+        tokens_out=count(attrs, "gen_ai.usage.output_tokens", invalid),
         input=last_user(attrs.get("gen_ai.input.messages")),
         output=text(attrs.get("gen_ai.output.messages")),
         finish_reason=str(reasons[0]) if isinstance(reasons, list) and reasons else "",
         evaluation=evaluations[-1] if evaluations else None,
-        consumed={k for k in attrs if k in _READ})
+        consumed={k for k in attrs if k in _READ}, invalid=invalid)

@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from cegraph.ingest import values
 from cegraph.ingest.assemble import EVALUATOR_VERSION
 from cegraph.llm import Completion
 from cegraph.trace import Outcome, Span, Trace
 
-Time = float | dt.datetime
+
+def _plausible(value: float | dt.datetime) -> float | dt.datetime:
+    values.epoch_s(_epoch(value, 0.0), "time")  # what int64 nanoseconds (storage) hold
+    return value
+
+
+Time = Annotated[float | dt.datetime, AfterValidator(_plausible)]
+#: a count storage holds (int64); negative ones are stored and flagged by the gate
+Count = Annotated[int, Field(ge=-values.INT64_MAX - 1, le=values.INT64_MAX)]
 
 
 class SpanRecord(BaseModel):
@@ -36,8 +45,8 @@ class SpanRecord(BaseModel):
     started_at: Time | None = Field(None, description="epoch seconds or ISO 8601")
     ended_at: Time | None = None
     model: str = ""
-    tokens_in: int = Field(0, description="prompt tokens (must be >= 0: the gate checks)")
-    tokens_out: int = 0
+    tokens_in: Count = Field(0, description="prompt tokens (must be >= 0: the gate checks)")
+    tokens_out: Count = 0
     finish_reason: str = Field("", description="'length' marks a truncated call")
     error: str | None = Field(None, description="the step's failure message")
     error_type: str | None = None

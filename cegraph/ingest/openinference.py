@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 
+from cegraph.ingest.genai import count
 from cegraph.ingest.span import Reading, SourceSpan
 
 _KIND = {"LLM": "llm", "TOOL": "tool", "CHAIN": "step", "AGENT": "step"}
 _READ = {"openinference.span.kind", "input.value", "output.value", "llm.model_name",
          "llm.finish_reason", "input.mime_type", "output.mime_type"}
-_FLAT = re.compile(r"llm\.(input|output)_messages\.(\d+)\.message\.(\w+)$")
+_FLAT = re.compile(r"llm\.(input|output)_messages\.(\d{1,6})\.message\.(\w+)$")
 
 
 def messages(attrs: dict, side: str) -> list[dict]:
@@ -29,10 +30,11 @@ def read(span: SourceSpan) -> Reading:
     kind = _KIND.get(str(attrs.get("openinference.span.kind", "")).upper(), "step")
     inputs, outputs = messages(attrs, "input"), messages(attrs, "output")
     users = [m for m in inputs if m.get("role") == "user"]
+    invalid: list[str] = []
     return Reading(
         kind=kind, model=str(attrs.get("llm.model_name") or ""),
-        tokens_in=int(attrs.get("llm.token_count.prompt") or 0),
-        tokens_out=int(attrs.get("llm.token_count.completion") or 0),
+        tokens_in=count(attrs, "llm.token_count.prompt", invalid),
+        tokens_out=count(attrs, "llm.token_count.completion", invalid),
         input=str(users[-1].get("content", "")) if users else str(attrs.get("input.value") or ""),
         output=(str(outputs[0].get("content", "")) if outputs
                 else str(attrs.get("output.value") or "")),

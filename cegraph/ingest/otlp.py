@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cegraph.ingest import values
 from cegraph.ingest.span import LogRecord, SourceSpan, SpanEvent
 
 _STATUS = {0: "unset", 1: "ok", 2: "error", "STATUS_CODE_UNSET": "unset",
@@ -28,7 +29,8 @@ class NotOtlp(ValueError):
 
 @dataclass
 class SpanFault:
-    """A span that cannot be kept (its ids are missing or malformed)."""
+    """A span or log record that cannot be kept (ids missing or malformed, a field of the
+    wrong type or out of range)."""
 
     reason: str
     detail: str
@@ -77,11 +79,12 @@ def any_value(value: dict[str, Any]) -> Any:
                "bool_value", "bytesValue", "bytes_value"):
         return v
     if key in ("intValue", "int_value"):
-        return int(v)
+        return values.integer(v, "intValue")
     if key in ("arrayValue", "array_value"):
         return [any_value(x) for x in (v or {}).get("values", [])]
     if key in ("kvlistValue", "kvlist_value"):
-        return {kv["key"]: any_value(kv.get("value", {})) for kv in (v or {}).get("values", [])}
+        return {values.text(kv["key"], "key"): any_value(kv.get("value", {}))
+                for kv in (v or {}).get("values", [])}
     raise NotOtlp(f"unknown AnyValue field {key!r}")
 
 
@@ -91,17 +94,14 @@ def attributes(items: list[dict[str, Any]] | None, limit: int = 0,
     reported in `oversized` as `key:original_length`."""
     out: dict[str, Any] = {}
     for kv in items or []:
+        key = values.text(kv["key"], "attribute key")
         value = any_value(kv.get("value", {}))
         if limit and isinstance(value, str) and len(value) > limit:
             if oversized is not None:
-                oversized.append(f"{kv['key']}:{len(value)}")
+                oversized.append(f"{key}:{len(value)}")
             value = value[:limit]
-        out[kv["key"]] = value
+        out[key] = value
     return out
-
-
-def _int(value: object) -> int:
-    return int(value) if value not in (None, "") else 0
 
 
 def _get(obj: dict[str, Any], camel: str, snake: str) -> Any:
@@ -134,34 +134,55 @@ def _span(s: dict[str, Any], resource: dict[str, Any], scope: str,
                                        f"{'trace' if trace_id is None else 'span'} id")
     oversized: list[str] = []
     status = s.get("status") or {}
-    events = [SpanEvent(e.get("name", ""), _int(_get(e, "timeUnixNano", "time_unix_nano")),
-                        attributes(e.get("attributes"), limit, oversized))
-              for e in s.get("events") or []]
-    return SourceSpan(
-        trace_id, span_id, parent, s.get("name", ""),
-        _int(_get(s, "startTimeUnixNano", "start_time_unix_nano")),
-        _int(_get(s, "endTimeUnixNano", "end_time_unix_nano")),
-        _STATUS.get(status.get("code", 0), "unset"), status.get("message", ""),
-        attributes(s.get("attributes"), limit, oversized), events, resource, scope, oversized)
+    try:
+        events = [SpanEvent(values.text(e.get("name"), "event name"),
+                            values.unix_ns(_get(e, "timeUnixNano", "time_unix_nano"),
+                                           "event timeUnixNano"),
+                            attributes(e.get("attributes"), limit, oversized))
+                  for e in s.get("events") or []]
+        return SourceSpan(
+            trace_id, span_id, parent, values.text(s.get("name"), "name"),
+            values.unix_ns(_get(s, "startTimeUnixNano", "start_time_unix_nano"),
+                           "startTimeUnixNano"),
+            values.unix_ns(_get(s, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano"),
+            _STATUS.get(status.get("code", 0), "unset"),
+            values.text(status.get("message"), "status message"),
+            attributes(s.get("attributes"), limit, oversized), events, resource, scope,
+            oversized)
+    except values.BadValue as exc:
+        return SpanFault("invalid_value", f"span {span_id}: {exc}")
 
 
-def logs(request: dict[str, Any]) -> Iterator[LogRecord]:
-    """The log records of one ExportLogsServiceRequest that belong to a span."""
+def logs(request: dict[str, Any]) -> Iterator[LogRecord | SpanFault]:
+    """The log records of one ExportLogsServiceRequest; one not tied to a span (no trace or
+    span id) or with a bad field is a fault, counted like a span's."""
     try:
         for rl in _get(request, "resourceLogs", "resource_logs") or []:
             for sl in _get(rl, "scopeLogs", "scope_logs") or []:
                 for r in _get(sl, "logRecords", "log_records") or []:
-                    trace_id = decode_id(_get(r, "traceId", "trace_id"), 16)
-                    span_id = decode_id(_get(r, "spanId", "span_id"), 8)
-                    if trace_id is None or span_id is None:
-                        continue
-                    attrs = attributes(r.get("attributes"))
-                    name = _get(r, "eventName", "event_name") or attrs.get("event.name", "")
-                    yield LogRecord(trace_id, span_id, name,
-                                    _int(_get(r, "timeUnixNano", "time_unix_nano")), attrs,
-                                    any_value(r.get("body") or {}))
+                    yield _log(r)
     except (AttributeError, TypeError, KeyError) as exc:
         raise NotOtlp(f"malformed OTLP logs: {exc}") from None
+
+
+def _log(r: dict[str, Any]) -> LogRecord | SpanFault:
+    try:
+        trace_id = decode_id(_get(r, "traceId", "trace_id"), 16)
+        span_id = decode_id(_get(r, "spanId", "span_id"), 8)
+    except NotOtlp as exc:
+        return SpanFault("missing_id", f"log record: {exc}")
+    if trace_id is None or span_id is None:
+        return SpanFault("missing_id", "log record without a trace and span id")
+    try:
+        attrs = attributes(r.get("attributes"))
+        name = values.text(_get(r, "eventName", "event_name") or attrs.get("event.name"),
+                           "eventName")
+        return LogRecord(trace_id, span_id, name,
+                         values.unix_ns(_get(r, "timeUnixNano", "time_unix_nano"),
+                                        "timeUnixNano"),
+                         attrs, any_value(r.get("body") or {}))
+    except values.BadValue as exc:
+        return SpanFault("invalid_value", f"log record of span {span_id}: {exc}")
 
 
 def from_protobuf(body: bytes, signal: str) -> dict[str, Any]:

@@ -10,18 +10,19 @@ span has arrived is assembled into a run."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
 from pydantic import ValidationError
 
-from cegraph.ingest import jsonl, otlp
+from cegraph.ingest import jsonl, otlp, values
 from cegraph.ingest.accounting import Counts, Fault
 from cegraph.ingest.assemble import Run, assemble, run_span
+from cegraph.ingest.lines import Cut
 from cegraph.ingest.mapping import Mappings
-from cegraph.ingest.span import LogRecord, SourceSpan
+from cegraph.ingest.span import LogRecord, SourceSpan, as_json
 from cegraph.ingest.staging import Staging, log_key
 
 FORMATS = ("auto", "otlp", "jsonl")
@@ -87,59 +88,76 @@ class Pipeline:
         self.buffered = 0
 
     # --- decoding ---------------------------------------------------------------------
-    def decode(self, source: str, line_no: int, raw: bytes) -> Line:
+    def decode(self, source: str, line_no: int, raw: bytes, cut: Cut | None = None) -> Line:
+        """One line -> its spans / log records / run and its faults. Never raises: a value
+        of the wrong type is `invalid_value` and anything unforeseen `unreadable`, for this
+        line only (the per-record guard)."""
         line = Line(source, line_no, raw, [], [])
-
-        def fault(reason: str, detail: str) -> Line:
-            line.faults.append(Fault(source, line_no, reason, detail, raw))
+        if cut is not None:
+            line.faults.append(Fault(source, line_no, cut.reason, cut.detail, raw))
             return line
-
         try:
-            text = raw.decode("utf-8")
+            self._decode(line)
+        except values.BadValue as exc:
+            self._reject(line, "invalid_value", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one line, not the ingest
+            self._reject(line, "unreadable", f"{type(exc).__name__}: {exc}")
+        return line
+
+    @staticmethod
+    def _reject(line: Line, reason: str, detail: str) -> None:
+        line.items.clear()
+        line.faults[:] = [Fault(line.source, line.line_no, reason, detail, line.raw)]
+
+    def _decode(self, line: Line) -> None:
+        try:
+            text = line.raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return fault("not_utf8", str(exc))
+            return self._reject(line, "not_utf8", str(exc))
         try:
             obj = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             near_end = getattr(exc, "pos", 0) >= len(text.rstrip()) - 1
-            return fault("truncated" if near_end and text.lstrip()[:1] in "{[" else
-                         "invalid_json", str(exc).splitlines()[0])
+            return self._reject(line, "truncated" if near_end and text.lstrip()[:1] in "{["
+                                else "invalid_json", str(exc).splitlines()[0])
         signal = otlp.kind(obj)
         if self.fmt == "otlp" and signal is None:
-            return fault("not_otlp", "no resourceSpans or resourceLogs")
+            return self._reject(line, "not_otlp", "no resourceSpans or resourceLogs")
         if signal is not None and self.fmt != "jsonl":
             try:
-                if signal == "traces":
-                    for item in otlp.spans(obj, limit=self.mappings.max_attribute_chars):
-                        if isinstance(item, otlp.SpanFault):
-                            line.faults.append(Fault(source, line_no, item.reason, item.detail,
-                                                     raw, "span"))
-                        else:
-                            line.items.append(item)
-                            line.faults += [Fault(source, line_no, "oversized_attribute",
-                                                  f"span {item.span_id} {o}", raw, "span")
-                                            for o in item.oversized]
-                else:
-                    line.items += list(otlp.logs(obj))
+                self._items(line, otlp.spans(obj, limit=self.mappings.max_attribute_chars)
+                            if signal == "traces" else otlp.logs(obj))
             except otlp.NotOtlp as exc:
-                line.items.clear()
-                line.faults.clear()
-                return fault("not_otlp", str(exc))
-            return line
+                return self._reject(line, "not_otlp", str(exc))
+            return None
         if jsonl.is_run(obj) or self.fmt == "jsonl":
             try:
                 line.items.append(jsonl.RunRecord.model_validate(obj))
             except ValidationError as exc:
                 first = exc.errors()[0]
-                return fault("invalid_run", f"{'.'.join(map(str, first['loc']))}: "
-                                            f"{first['msg']}")
-            return line
-        return fault("unknown_format", "not OTLP traces/logs nor a cegraph run "
-                                       "(run_id + spans)")
+                return self._reject(line, "invalid_run", f"{'.'.join(map(str, first['loc']))}"
+                                                         f": {first['msg']}")
+            return None
+        return self._reject(line, "unknown_format", "not OTLP traces/logs nor a cegraph run "
+                                                    "(run_id + spans)")
 
-    def feed(self, source: str, line_no: int, raw: bytes) -> Iterator[Batch]:
+    def _items(self, line: Line, items: Iterable[SourceSpan | LogRecord | otlp.SpanFault]
+               ) -> None:
+        for item in items:
+            if isinstance(item, otlp.SpanFault):
+                line.faults.append(Fault(line.source, line.line_no, item.reason, item.detail,
+                                         line.raw, "span"))
+                continue
+            line.items.append(item)
+            if isinstance(item, SourceSpan):
+                line.faults += [Fault(line.source, line.line_no, "oversized_attribute",
+                                      f"span {item.span_id} {o}", line.raw, "span")
+                                for o in item.oversized]
+
+    def feed(self, source: str, line_no: int, raw: bytes, cut: Cut | None = None
+             ) -> Iterator[Batch]:
         """Take one line; yields a settled batch when enough spans are buffered."""
-        yield from self.add(self.decode(source, line_no, raw))
+        yield from self.add(self.decode(source, line_no, raw, cut))
 
     def add(self, line: Line) -> Iterator[Batch]:
         """Take a decoded line (see `feed`)."""
@@ -149,6 +167,12 @@ class Pipeline:
             yield self.settle()
 
     # --- settling ---------------------------------------------------------------------
+    def _fault(self, batch: Batch, fault: Fault) -> None:
+        """A fault found while assembling: the lines were counted stored, so it is counted
+        beside them (`span_faults`) and its raw spans kept in quarantine."""
+        self.counts.span_faults[fault.reason] += 1
+        batch.faults.append(fault)
+
     def _stage(self, item: SourceSpan | LogRecord | jsonl.RunRecord) -> None:
         if isinstance(item, SourceSpan):
             self.staging.add_span(item)
@@ -204,17 +228,28 @@ class Pipeline:
                                           "in the line", ln.raw))
         for trace_id, staged in self.staging.ready():
             spans = list(staged.spans.values())
-            root = run_span(spans, self.mappings)
-            if root is None:  # only log records so far: keep waiting
-                self.staging.traces[trace_id] = staged
-                staged.has_root = False
-                continue
-            run = assemble(spans, list(staged.logs.values()), self.mappings, root)
-            batch.runs.append(run)
+            try:
+                root = run_span(spans, self.mappings)
+                if root is None:  # only log records so far: keep waiting
+                    self.staging.traces[trace_id] = staged
+                    staged.has_root = False
+                    continue
+                run = assemble(spans, list(staged.logs.values()), self.mappings, root)
+            except Exception as exc:  # noqa: BLE001 - the per-trace guard: this run only
+                self._fault(batch, Fault(f"trace {trace_id}", 0, "unassemblable",
+                                         f"{type(exc).__name__}: {exc}",
+                                         as_json([*staged.spans.values(),
+                                                  *staged.logs.values()]), "span"))
+            else:
+                batch.runs.append(run)
+                for span, why in run.invalid:
+                    self._fault(batch, Fault(f"trace {trace_id}", 0, "invalid_value",
+                                             f"span {span.span_id}: {why}",
+                                             as_json([span]), "span"))
+                for key, n in run.unmapped.items():
+                    batch.unmapped[(run.trace.workflow, key)] += n
             batch.settled_traces.append(trace_id)
             self.persisted -= {(trace_id, k) for k in [*staged.spans, *staged.logs]}
-            for key, n in run.unmapped.items():
-                batch.unmapped[(run.trace.workflow, key)] += n
         for record in self.runs.values():
             run = Run(jsonl.to_trace(record), record.model, [],
                       record=record.model_dump_json())

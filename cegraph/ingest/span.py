@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,3 +73,12 @@ class Reading:
     error_type: str | None = None
     evaluation: dict[str, Any] | None = None  # name, score, label, explanation
     consumed: set[str] = field(default_factory=set)  # attribute keys the reading used
+    invalid: list[str] = field(default_factory=list)  # fields it could not read, and why
+
+
+def as_json(items: Iterable[SourceSpan | LogRecord]) -> bytes:
+    """Spans and log records as one JSON list: the raw bytes a quarantine row keeps of
+    records that failed after decoding."""
+    import orjson
+
+    return orjson.dumps([i.to_dict() for i in items], default=str)
