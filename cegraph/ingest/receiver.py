@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import socket
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,6 +87,13 @@ class _Server(ThreadingHTTPServer):
             with contextlib.suppress(OSError):
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                # closing with the request unread resets the connection, and a client still
+                # sending its body sees a broken pipe instead of the 503: read a little first
+                request.shutdown(socket.SHUT_WR)
+                request.settimeout(0.1)
+                for _ in range(16):
+                    if not request.recv(65536):
+                        break
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
