@@ -282,8 +282,10 @@ TABLES: tuple[Table, ...] = (
         C("operation", "VARCHAR", "edit operation from the vocabulary"),
         C("payload", "VARCHAR", "the edit as JSON"),
         C("rationale", "VARCHAR", "why the proposer chose it"),
-        C("status", "VARCHAR", "proposed | invalid | verified | accepted | rejected | "
-                               "gated_out (failed its promotion gate, never promoted)"),
+        C("status", "VARCHAR", "proposed (never judged) | invalid | accepted | rejected | "
+                               "undecided (incomplete evidence) | verified (passed its "
+                               "gate) | gated_out (failed its promotion gate, never "
+                               "promoted)"),
         C("reject_reason", "VARCHAR", "why it was not applied (gated_out: the failing "
                                       "expectations)"),
         C("created_at", "TIMESTAMP", "when proposed"),

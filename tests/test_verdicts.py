@@ -235,6 +235,8 @@ def test_every_verification_row_records_the_verdict_in_full(scripted, embedder):
     assert row["p_adjusted"] >= row["p_value"] and row["ci_low"] > 0
     assert set(json.loads(row["cost_ratios"])) == {"calls", "tokens", "dollars", "latency_s"}
     assert row["planned"] == row["counterexamples"] + row["regression"] + row["others"]
+    [edit] = journal.edits.values()  # the edit row ends as its verdict
+    assert edit["status"] == "accepted" and edit["reject_reason"] is None
 
 
 # --- 6. cost --------------------------------------------------------------------------------
@@ -246,6 +248,8 @@ def test_a_candidate_over_the_cost_bound_is_not_verified(scripted, embedder):
     [row] = journal.verifications.values()
     assert row["decision"] == "rejected" and "cost bound" in row["reason"]
     assert row["planned"] == 0 and row["calls_made"] == 0
+    [edit] = journal.edits.values()
+    assert edit["status"] == "rejected" and "cost bound" in edit["reject_reason"]
     # the seed's evaluation (solve + format per input) is all that was paid for
     assert result.accepted == [] and result.llm_calls == len(scripted.calls) == 2 * len(TASKS)
 

@@ -195,6 +195,18 @@ def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None) -> int:
     return total
 
 
+def _edit_outcome(verdict: Verdict, picked: bool) -> dict[str, str | None]:
+    """An edit row's final status and reason after its round's decision."""
+    if picked:
+        return {"status": "accepted", "reject_reason": None}
+    if verdict.accepted:  # significant too, but another candidate dropped the mass more
+        return {"status": "rejected",
+                "reject_reason": f"not chosen: another accepted edit drops the mass more "
+                                 f"({verdict.reason})"}
+    return {"status": "undecided" if verdict.decision == "undecided" else "rejected",
+            "reject_reason": verdict.reason}
+
+
 def least_verification(s: Settings, inputs: int) -> int:
     """The fewest calls one verification of a one-node edit can take on `inputs` inputs (its
     sample of the verification role, plus one proposal), for budget checks before a run."""
@@ -539,14 +551,16 @@ class Refinement:
         # ties broken by version id, not by the order of verification
         judged.sort(key=lambda j: j.applied.version_id)
         pick = rule.choose([j.verdict for j in judged])
+        # every judged candidate's edit row ends as its verdict, not `proposed`
+        row_of = {r["edit_id"]: r for r in edit_rows}
+        self.journal.record_edits([{**row_of[j.edit_id], **_edit_outcome(j.verdict, i == pick)}
+                                   for i, j in enumerate(judged)])
         if pick is None:
             return False
         j = judged[pick]
         cand, applied, verdict, eid = j.cand, j.applied, j.verdict, j.edit_id
         self.journal.record_version(applied.workflow, parent=state.wf.version_id,
                                     created_by=eid)
-        self.journal.record_edits([{**next(r for r in edit_rows if r["edit_id"] == eid),
-                                    "status": "accepted"}])
         result.accepted.append(Accepted(self.round, eid, cand.edit.op, cand.source,
                                         target.target_id, applied.version_id, verdict,
                                         applied.diff))
