@@ -12,6 +12,9 @@ from cli import render
 from cli.options import SETTINGS, Home, Model
 from cli.refining import fail
 
+#: Decisions of a night that did not run its refinement: the exit code is 3.
+REFUSALS = ("refused", "busy", "stale")
+
 
 def nightly(workflow: Annotated[str | None, typer.Option(
                 "--workflow", "-w", help="one registered workflow (default: all)")] = None,
@@ -31,7 +34,8 @@ def nightly(workflow: Annotated[str | None, typer.Option(
             model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Refine each registered workflow from the failures logged since the last night: verify,
-    gate and promote (the `nightly-refinement` deployment's flow, run once here)."""
+    gate and promote (the `nightly-refinement` deployment's flow, run once here). Exit code
+    0 for any verdict, 3 when a night was refused (budget), busy (locked) or stale."""
     from cegraph.local_model import MODELS, fetch
     from flows.nightly import nightly_refinement
     from storage.registry import RegistryError
@@ -59,8 +63,14 @@ def nightly(workflow: Annotated[str | None, typer.Option(
         fail("no workflow is registered; add one with: cegraph register WORKFLOW_FILE")
     render.grid(["workflow", "night", "decision", "inputs", "failing", "calls", "summary"],
                 rows, title="nightly")
+    refused = [n for n in result["nights"] if n["decision"] in REFUSALS]
+    for n in refused:  # why, in words, not only in a Prefect log line
+        render.console.print(f"{n.get('workflow')}: {n['decision']}: {n.get('reason', '')}",
+                             soft_wrap=True)
     if as_json:
         print(json.dumps(result, default=str))
+    if refused:  # a script can tell "did not run" from any verdict the night reached
+        raise typer.Exit(3)
 
 
 def _check_registered(home: Path, workflow: str | None) -> None:

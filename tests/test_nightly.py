@@ -430,10 +430,11 @@ def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scr
     home = tmp_path / "home"
     production(home, scripted)
     base = ["nightly", "--model", MODEL, "--home", str(home)]
-    done = CliRunner().invoke(app, [*base, "--budget-calls", "40", "--json"])
-    assert done.exit_code == 0, done.output
-    assert json.loads(done.output.strip().splitlines()[-1])["nights"][0]["decision"] == \
+    refused = CliRunner().invoke(app, [*base, "--budget-calls", "40", "--json"])
+    assert refused.exit_code == 3, refused.output  # not a verdict: the night did not run
+    assert json.loads(refused.output.strip().splitlines()[-1])["nights"][0]["decision"] == \
         "refused"
+    assert "math-solver: refused: " in refused.output and "--budget-calls" in refused.output
     bad = CliRunner().invoke(app, [*base, "--workflow", "nope"])
     assert bad.exit_code == 2 and "not registered" in bad.output
     assert "Traceback" not in bad.output
