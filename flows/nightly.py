@@ -510,13 +510,6 @@ class WorkflowNight:
         return summary
 
 
-#: the report's word (`cegraph.report.summary.Decision`) for each decision of a night
-REPORT_DECISION = {"promoted": "promoted", "proposed": "propose_only",
-                   "gated_out": "gated_out", "undecided": "undecided", "stale": "stale",
-                   "no_edit": "rejected", "no_failures": "no_candidate",
-                   "refused": "budget_stopped"}
-
-
 def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | None]:
     """The night's JSON summary, and its HTML report (`cegraph.report.write_report`) when
     its workflow's failure modes have been mapped (`nights`, by ingest-logs)."""
@@ -534,7 +527,7 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
         report = summarize(
             wh, latest_night(wh, summary["workflow"]), workflow=summary["workflow"],
             refine_id=(summary.get("refine") or {}).get("refine_id"),
-            decision=REPORT_DECISION[summary["decision"]],
+            decision=summary["decision"],
             decision_reason=reason or summary["decision"],
             cost={"llm_calls": cost.get("calls", 0), "tokens": cost.get("tokens", 0),
                   "dollars": cost.get("dollars", 0.0), "budget_calls": budget.get("calls"),

@@ -172,15 +172,13 @@ def _outcome(wh: Warehouse, refine_id: str, edits: list[Edit], version: str,
         out.update(decision="gated_out",
                    decision_reason="the gate failed: " + ", ".join(failing))
     elif best is not None:
-        out.update(decision="propose_only", decision_reason=f"{best.operation} verified and "
+        out.update(decision="proposed", decision_reason=f"{best.operation} verified and "
                    "accepted, not promoted (propose-only)")
-    elif str(summary.get("stop_reason", "")).startswith("budget") and not edits:
-        out.update(decision="budget_stopped", decision_reason=summary["stop_reason"])
     elif edits:
-        out.update(decision="rejected", decision_reason=summary.get("stop_reason") or
+        out.update(decision="no_edit", decision_reason=summary.get("stop_reason") or
                    "no candidate fixed more than it broke")
     else:
-        out.update(decision="no_candidate", decision_reason=summary.get("stop_reason") or
+        out.update(decision="no_edit", decision_reason=summary.get("stop_reason") or
                    "no edit was proposed")
     out.setdefault("active_after", version)
     return out

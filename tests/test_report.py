@@ -87,7 +87,7 @@ def test_report_of_a_stored_night_from_the_warehouse_renders_in_a_browser(
     accepted = [e for e in summary.edits if e.status == "accepted"]
     assert accepted and accepted[0].operation == "replace_operator"
     assert accepted[0].diff and accepted[0].verification.fixed > 0
-    assert summary.decision == "propose_only"  # accepted, no deployment recorded
+    assert summary.decision == "proposed"  # accepted, no deployment recorded
     assert summary.mass_after is not None and summary.mass_after.mass < summary.mass_before.mass
     assert summary.cost.llm_calls > 0 and summary.cost.budget_calls == 400
 

@@ -9,8 +9,9 @@ Fields, by section of the report:
 - identity: `night_id` (the mode computation in `nights`), `workflow`, `model`, `dataset`,
   `refine_id` (the refinement whose edits are reported, `edits.night_id`), `generated_at`;
 - `active_before` / `active_after`: the active version before and after the night;
-- `decision`: `promoted` | `propose_only` | `gated_out` | `undecided` | `stale` | `rejected`
-  | `no_candidate` | `budget_stopped`, with `decision_reason` in words;
+- `decision`: the night's own word (`night_runs.decision`): `promoted` | `proposed` |
+  `gated_out` | `undecided` | `stale` | `no_edit` | `no_failures` | `refused`, with
+  `decision_reason` in words;
 - `mass_before` / `mass_after`: Expected Failure Mass of the active version before, and of
   the version the night ends with (or its best candidate), each with its 95% interval;
 - `modes`: this night's failure modes (+ the noise row, `mode_id = 'noise'`);
@@ -31,8 +32,9 @@ from pydantic import BaseModel, Field
 
 from cegraph.fss.mass import estimate
 
-Decision = Literal["promoted", "propose_only", "gated_out", "undecided", "stale", "rejected",
-                   "no_candidate", "budget_stopped"]
+#: One vocabulary with the night, the CLI and SQL (`night_runs.decision`).
+Decision = Literal["promoted", "proposed", "gated_out", "undecided", "stale", "no_edit",
+                   "no_failures", "refused"]
 
 
 class Mass(BaseModel):
@@ -145,7 +147,7 @@ class NightSummary(BaseModel):
     generated_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
     active_before: str = ""
     active_after: str = ""
-    decision: Decision = "no_candidate"
+    decision: Decision = "no_edit"
     decision_reason: str = ""
     mass_before: Mass
     mass_after: Mass | None = None
