@@ -95,12 +95,13 @@ class GateVerdict:
         return self.decision == "passed"
 
 
-def frame(e: GateEvidence) -> Any:
-    """The evidence as GX sees it (see the module docstring)."""
+def frame(e: GateEvidence, latency_floor_s: float = 0.0) -> Any:
+    """The evidence as GX sees it (see the module docstring); latency under the floor is
+    noise, as in the loop's cost rule (`cost.ratios`)."""
     import pandas as pd
 
     gain = (e.candidate_target_passed - e.active_target_passed) / e.target if e.target else 0.0
-    cost = ratios(e.candidate_cost, e.active_cost)
+    cost = ratios(e.candidate_cost, e.active_cost, latency_floor_s)
     summary = {"break_rate": e.broken / e.regression if e.regression else 0.0,
                "target_gain": gain, "calls_ratio": cost["calls"],
                "tokens_ratio": cost["tokens"], "dollars_ratio": cost["dollars"],
@@ -114,7 +115,8 @@ def frame(e: GateEvidence) -> Any:
 
 def check(evidence: GateEvidence, bounds: GateBounds | None = None) -> GateVerdict:
     bounds = bounds or GateBounds()
-    result = expectations.validate("cegraph.refine", SUITE, frame(evidence),
+    result = expectations.validate("cegraph.refine", SUITE,
+                                   frame(evidence, bounds.cost.latency_floor_s),
                                    bounds.parameters())
     results = result.results
     if evidence.missing_modes:  # name them: the count alone does not say which
