@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ app.command("refine")(refining.refine)
 app.command("eval")(refining.evaluate)
 app.command("nightly")(nightly.nightly)
 app.command("nights")(nights.nights)
-for _name in ("register", "promote", "rollback", "export", "workflows"):
+for _name in ("register", "promote", "rollback", "export", "workflows", "gate"):
     app.command(_name)(getattr(registry, _name))
 app.command("report")(report.report)
 app.command("answer")(service.answer)
@@ -78,15 +79,36 @@ def model_list() -> None:
 
 
 # --- workflows ------------------------------------------------------------------------------
-def _load_workflow(path: str) -> object:
+def _load_workflow(path: str, home: Path | None = None) -> object:
+    """A workflow file, a seed name, or (with `home`) a stored version id or a registered
+    workflow's name (its active version)."""
     from cegraph.graph import Workflow, WorkflowError
     from cegraph.seeds import SEEDS, seed
 
+    if home is not None and not Path(path).is_file() and path not in SEEDS:
+        from cli.registry import registry
+
+        with registry(home, read_only=True) as reg:
+            if path in {r.name for r in reg.registered()}:
+                return reg.active(path)[1]
+            return reg.workflow(path)
     try:
         return Workflow.load(path) if Path(path).is_file() or path not in SEEDS else seed(path)
     except (WorkflowError, FileNotFoundError) as exc:
         fail(str(exc))
     raise AssertionError
+
+
+StoredIn = Annotated[Path | None, typer.Option(
+    "--home", help="where stored versions are read from (a version id or a registered name)",
+    show_default=False)]
+
+
+def _home(home: Path | None) -> Path | None:
+    """The home to look stored versions up in: the one given, else the default if it
+    exists (a read never creates one)."""
+    default = Path(SETTINGS.home)
+    return home or (default if (default / "catalog.duckdb").exists() else None)
 
 
 @workflow_app.command("validate")
@@ -97,19 +119,37 @@ def workflow_validate(path: str) -> None:
 
 
 @workflow_app.command("show")
-def workflow_show(path: str) -> None:
-    """Print a workflow's nodes (a file, or a seed name: math, code, qa)."""
-    wf = _load_workflow(path)
+def workflow_show(path: str, home: StoredIn = None) -> None:
+    """Print a workflow's nodes (a file, a seed name, a stored version id or a registered
+    workflow); a stored version also says its parent, the edit that made it with its
+    status, its latest gate and whether it is active."""
+    wf = _load_workflow(path, _home(home))
     render.grid(["node", "op", "depth", "inputs", "when", "params"],
                 [[n.id, n.op, wf.depth[n.id], json.dumps(n.inputs), n.when or "",
                   json.dumps(n.params)] for n in (wf.by_id[i] for i in wf.order)],
                 title=f"{wf.name} {wf.version_id} -> output {wf.output}")
+    if _home(home) is None or Path(path).is_file():
+        return
+    from cli.registry import registry
+    from storage.registry import RegistryError
+
+    # a version no registered workflow owns has no more to say
+    with registry(_home(home), read_only=True) as reg, contextlib.suppress(RegistryError):
+        i = reg.info(wf.version_id)
+        gate = ("never gated" if i.gate is None else "gate passed" if i.gate.passed
+                else "gate failed: " + "; ".join(i.gate.failing))
+        render.console.print(
+            f"{i.workflow} {i.version_id}: {'active' if i.active else 'not active'}, "
+            f"parent {i.parent_version_id}, made by {i.created_by}"
+            + (f" (edit {i.edit_id}: {i.status})" if i.edit_id else "") + f"; {gate}",
+            soft_wrap=True)
 
 
 @workflow_app.command("diff")
-def workflow_diff(old: str, new: str) -> None:
-    """Node-level diff between two workflow versions."""
-    a, b = _load_workflow(old), _load_workflow(new)
+def workflow_diff(old: str, new: str, home: StoredIn = None) -> None:
+    """Node-level diff between two workflow versions (files, seed names, stored version ids
+    or registered workflows)."""
+    a, b = _load_workflow(old, _home(home)), _load_workflow(new, _home(home))
     lines = a.diff(b)
     print(f"{a.version_id} -> {b.version_id}")
     print("\n".join(lines) if lines else "(same graph)")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli import render
-from cli.options import SETTINGS, AsJson, Home
+from cli.options import SETTINGS, AsJson, Home, Model
 from cli.refining import fail, open_home, read_home
 
 if TYPE_CHECKING:
@@ -45,8 +45,15 @@ def register(workflow_file: Annotated[str, typer.Argument(
                  help="the judge's rubric (text, or @FILE)")] = None,
              judge_model: Annotated[str | None, typer.Option(
                  help="the judge's model (default: the night's model)")] = None,
+             version_of: Annotated[str | None, typer.Option(
+                 "--version-of", help="store the file as a new version of this registered "
+                 "workflow (an edit of its active version; not active until gated and "
+                 "promoted)")] = None,
+             reason: Reason = "edited by hand",
              home: Home = Path(SETTINGS.home)) -> None:
-    """Register a workflow for nightly refinement; its seed version becomes the active one."""
+    """Register a workflow for nightly refinement; its seed version becomes the active one.
+    A file whose name is registered already with another graph (or `--version-of NAME`) is
+    stored as a new version of it instead: gate it with `cegraph gate`, then promote it."""
     from pydantic import ValidationError
 
     from cegraph.evaluator_spec import EvaluatorSpec
@@ -63,7 +70,18 @@ def register(workflow_file: Annotated[str, typer.Argument(
         fail(f"--evaluator: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
     wf = resolve_workflow(workflow_file, None)
     source = str(Path(workflow_file).resolve()) if Path(workflow_file).is_file() else None
+    target = version_of or name or wf.name
     with registry(home) as reg:
+        if version_of is not None or reg.another_graph(target, wf):
+            version, parent, diff = reg.add_human_version(target, wf, reason=reason,
+                                                          source=source)
+            render.console.print(
+                f"{target} is registered already: stored {workflow_file} as version {version}"
+                f", an edit of the active version {parent} ({len(diff)} node change(s); the "
+                f"evaluator stays {reg.evaluator(target).kind}). It is not active: cegraph "
+                f"workflow diff {parent} {version}; cegraph gate {version}; cegraph promote "
+                f"{version}", soft_wrap=True)
+            return
         version = reg.register(wf, name=name, evaluator=spec, source=source)
         registered = name or wf.name
     render.console.print(f"registered {registered}: seed version {version} is active "
@@ -126,3 +144,63 @@ def workflows(home: Home = Path(SETTINGS.home), as_json: AsJson = False) -> None
     render.grid(["workflow", "evaluator", "active", "seed", "registered_at", "source"],
                 [[r.name, r.evaluator.kind, r.active_version_id, r.seed_version_id,
                   r.registered_at, r.source or ""] for r in rows])
+
+
+def gate(version: Annotated[str, typer.Argument(help="version id (or a 6+ char prefix)")],
+         budget_calls: Annotated[int | None, typer.Option(
+             help="the gate's hard budget in LLM calls")] = 300,
+         budget_tokens: Annotated[int | None, typer.Option()] = None,
+         budget_dollars: Annotated[float | None, typer.Option()] = None,
+         max_inputs: Annotated[int, typer.Option(
+             help="fresh logged inputs to gate on (half failing, half passing)")] = 60,
+         catalog_wait_s: Annotated[float, typer.Option(
+             help="how long to wait while another job holds the catalog")] = 600.0,
+         model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
+         as_json: AsJson = False) -> None:
+    """Gate a stored version (a human's edit, a night's candidate) against the active one,
+    as a night gates its candidate: both run on logged inputs no refinement ran, the version
+    with new calls only. Exit 0 when it passed (`cegraph promote` it then), 1 when it was
+    gated out or undecided; recorded in gate_results and night_runs."""
+    from cegraph.llm import resolve_model
+    from cegraph.local_model import MODELS, fetch
+    from cegraph.preflight import ModelUnavailable, check_model
+    from flows.gate import gate_version
+    from storage.registry import RegistryError
+    from storage.warehouse import CatalogLocked
+
+    with registry(home, read_only=True) as reg:  # an unknown version: one line, at once
+        info = reg.info(version)
+    if info.active:
+        fail(f"{info.version_id} is {info.workflow}'s active version: nothing to gate")
+    try:
+        check_model(resolve_model(model))
+    except ModelUnavailable as exc:
+        fail(str(exc))
+    if model in MODELS:
+        fetch(model, progress=render.console.print)
+    error = None
+    try:
+        result = gate_version(info.version_id, home=str(home.resolve()), model=model,
+                              budget_calls=budget_calls, budget_tokens=budget_tokens,
+                              budget_dollars=budget_dollars, max_inputs=max_inputs,
+                              catalog_wait_s=catalog_wait_s, concurrency=SETTINGS.concurrency)
+    except (RegistryError, CatalogLocked) as exc:
+        error = str(exc).splitlines()[0]
+    if error is not None:  # outside the handler: Prefect's exception chain stays out of it
+        fail(error)
+    r = result
+    render.console.print(
+        f"{r['workflow']}: gate {r['verdict']} for {r['version_id']} against the active "
+        f"version {r['active_version_id']} on {r['holdout']} fresh inputs "
+        f"({r['holdout_failing']} failing), {r['cost']['calls']} LLM calls; decision "
+        f"{r['decision']} ({r['gate_id']})", soft_wrap=True)
+    for f in r["failing"]:
+        render.console.print(f"  {'needs' if r['verdict'] == 'undecided' else 'failed'}: {f}",
+                             soft_wrap=True)
+    render.console.print(f"promote it: cegraph promote {r['version_id']}" if r["passed"] else
+                         "not promoted; only `cegraph promote --force` overrides a gate",
+                         soft_wrap=True)
+    if as_json:
+        print(json.dumps(r, default=str))
+    if not r["passed"]:
+        raise typer.Exit(1)

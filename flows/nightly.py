@@ -176,13 +176,14 @@ def recheck(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
     return failing, [m.calls, m.tokens_in + m.tokens_out, m.cost]
 
 
-def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
-           s: NightSettings) -> dict[str, Any]:
-    """The night's inputs and the gate's holdout (see the module docstring), as plain data."""
+def logged_runs(wh: Warehouse, workflow: str, *, since: Any,
+                include_marked: bool) -> list[LoggedRun]:
+    """The workflow's graded production runs logged after `since` (None: all), skipping
+    batches whose ingest gate failed unless `include_marked`; failing ones first. A passing
+    run's own output is its reference: it passed against the one its log carried."""
     from storage.ingest import IngestStore
 
-    since = store.last_started(night.workflow)
-    marked = [] if s.include_marked else sorted(IngestStore(wh).marked_batches())
+    marked = [] if include_marked else sorted(IngestStore(wh).marked_batches())
     rows = wh.rows(
         "SELECT r.run_id, r.task_id, r.passed, r.output, f.expected, src.wattrs, "
         "src.record, s.inputs FROM runs r JOIN batches b ON r.batch_id = b.batch_id "
@@ -195,19 +196,33 @@ def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
         "WHERE r.workflow = ? AND r.source = ? AND r.outcome NOT IN ('infrastructure', "
         "'unevaluated') AND (?::TIMESTAMP IS NULL OR b.committed_at > ?::TIMESTAMP) "
         "AND NOT list_contains(?::VARCHAR[], r.batch_id) ORDER BY r.passed, r.task_id",
-        [night.workflow, SOURCE, since, since, marked])
+        [workflow, SOURCE, since, since, marked])
+    return [LoggedRun(run_id, task_id, logged_input(wattrs, record, inputs),
+                      output if passed else expected, passed)
+            for run_id, task_id, passed, output, expected, wattrs, record, inputs in rows]
+
+
+def touched(wh: Warehouse, workflow: str) -> set[str]:
+    """The inputs any refinement of the workflow ran (shown to a proposer, or judging its
+    candidates): never held out for a gate."""
+    return {t for (t,) in wh.rows(
+        "SELECT DISTINCT task_id FROM runs WHERE night_id IN (SELECT refine_id FROM "
+        "refinements WHERE workflow = ?)", [workflow])}
+
+
+def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
+           s: NightSettings) -> dict[str, Any]:
+    """The night's inputs and the gate's holdout (see the module docstring), as plain data."""
+    since = store.last_started(night.workflow)
+    logged = logged_runs(wh, night.workflow, since=since, include_marked=s.include_marked)
     previous = store.previous_output(night.workflow, "gather", night.night_id) or {}
-    base = {"since": str(since) if since else None, "logged": len(rows), "excluded": {},
+    base = {"since": str(since) if since else None, "logged": len(logged), "excluded": {},
             "spent": [0, 0, 0.0], "checked_on": night.active_version_id}
-    if not rows and previous.get("checked_on") == night.active_version_id:
+    if not logged and previous.get("checked_on") == night.active_version_id:
         # the same version on the same counterexamples: the last night's verdict stands
         return {**base, "nothing_new": True, "carried": len(previous.get("carry", [])),
                 "tasks": [], "failing": [], "holdout": [], "retired": 0,
                 "carry": previous.get("carry", [])}
-    # a passing logged run's own output is a correct answer: it passed against the reference
-    logged = [LoggedRun(run_id, task_id, logged_input(wattrs, record, inputs),
-                        output if passed else expected, passed)
-              for run_id, task_id, passed, output, expected, wattrs, record, inputs in rows]
     carry = [task_from(t) for t in previous.get("carry", [])]
     retired = 0
     if carry and previous.get("checked_on") != night.active_version_id:
@@ -222,10 +237,8 @@ def gather(wh: Warehouse, store: NightStore, night: Night, active: Workflow,
     tasks = ([t for t in tasks if t.id in failing] + [t for t in tasks if t.id not in failing]
              )[:s.max_inputs]
     ids = [t.id for t in tasks]
-    touched = {t for (t,) in wh.rows(
-        "SELECT DISTINCT task_id FROM runs WHERE night_id IN (SELECT refine_id FROM "
-        "refinements WHERE workflow = ?)", [night.workflow])}
-    held = holdout.draw(ids, failing=failing, touched=touched, share=s.holdout, seed=s.seed)
+    held = holdout.draw(ids, failing=failing, touched=touched(wh, night.workflow),
+                        share=s.holdout, seed=s.seed)
     wh.insert("input_roles", [{"scope_id": night.night_id, "task_id": t, "role": "holdout",
                                "seed": s.seed, "recorded_at": _now()} for t in held])
     failing_ids = sorted(failing & set(ids))

@@ -8,7 +8,12 @@ active version is the one named by the workflow's latest `deployments` row (by `
 `register`, `promote` and `rollback` each append one row, so the table is the audit trail of
 every change, by whom (`run_id`, NULL for a human) and why. Only a version whose latest
 gate passed (`gate_results`, suite `cegraph_edit_gate`) is promoted, except by a human with
-`force`; a night's promotion is a compare-and-swap on the version it started from.
+`force`; a promotion is a compare-and-swap on the active version its gate compared against
+(a night's: the version it started from).
+
+A human's edit is a version like a night's candidate: `add_human_version` stores it with the
+active version as its parent and an `edits` row (source `human`, its node diff) that its gates
+(`cegraph gate`, `flows/gate.py`) are recorded against.
 """
 
 from __future__ import annotations
@@ -30,6 +35,32 @@ class RegistryError(ValueError):
 
 class Stale(RegistryError):
     """A compare-and-swap promotion whose expected active version is no longer active."""
+
+
+#: `edits.source` and `workflow_versions.created_by` of a version a human wrote
+HUMAN = "human"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A version's latest gate: whether it passed, its failing expectations, and the active
+    version it was compared against (None: not recorded)."""
+
+    passed: bool
+    failing: list[str]
+    against: str | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version_id: str
+    workflow: str
+    parent_version_id: str | None
+    created_by: str
+    edit_id: str | None
+    status: str | None  # the latest edit producing it: edits.status
+    gate: Gate | None
+    active: bool
 
 
 @dataclass(frozen=True)
@@ -175,6 +206,80 @@ class Registry:
         self.wh.record_version(wf, created_by=created_by, parent=parent)
         return wf.version_id
 
+    def another_graph(self, workflow_name: str, workflow: Workflow) -> bool:
+        """Whether `workflow_name` is registered already with a seed other than `workflow`
+        (registering it again is then a human's edit, `add_human_version`)."""
+        rows = self.wh.rows("SELECT seed_version_id FROM workflows WHERE name = ?",
+                            [workflow_name])
+        return bool(rows) and rows[0][0] != self._named(workflow, workflow_name).version_id
+
+    def add_human_version(self, workflow_name: str, workflow: Workflow, *,
+                          reason: str = "edited by hand", source: str | None = None
+                          ) -> tuple[str, str, list[str]]:
+        """Store a human's edit of a registered workflow: a version whose parent is the active
+        one, and an `edits` row (source `human`) its gates are recorded against. Not active
+        until it passes a gate and is promoted. The same graph again adds nothing. Returns
+        (version id, parent, node diff from the active version)."""
+        active_id, active = self.active(workflow_name)
+        wf = self._named(workflow, workflow_name)
+        if wf.version_id == active_id:
+            raise RegistryError(f"{source or 'this graph'} is {workflow_name}'s active version "
+                                f"{active_id} already: nothing to add")
+        diff = active.diff(wf)
+        with self.wh.transaction():
+            self.wh.record_version(wf, created_by=HUMAN, parent=active_id)
+            [(parent,)] = self.wh.rows("SELECT parent_version_id FROM workflow_versions WHERE "
+                                       "version_id = ?", [wf.version_id])
+            if self._edit_of(wf.version_id) is None:
+                self._human_edit(workflow_name, wf.version_id, parent or active_id, diff,
+                                 rationale=reason,
+                                 payload=json.dumps({"source": source}) if source else None)
+        return wf.version_id, parent or active_id, diff
+
+    def _edit_of(self, version_id: str) -> tuple[str, str] | None:
+        """The latest edit producing `version_id`: (edit id, status)."""
+        rows = self.wh.rows("SELECT edit_id, status FROM edits WHERE candidate_version_id = ? "
+                            "ORDER BY created_at DESC NULLS LAST, edit_id DESC LIMIT 1",
+                            [version_id])
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def _human_edit(self, name: str, version_id: str, base: str | None, diff: list[str], *,
+                    rationale: str, payload: str | None = None) -> str:
+        edit_id = f"{HUMAN}-{version_id[:12]}"
+        self.wh.insert("edits", [{
+            "edit_id": edit_id, "night_id": None, "workflow": name, "base_version_id": base,
+            "candidate_version_id": version_id, "target_mode_id": None,
+            "operation": "human_edit", "payload": payload, "rationale": rationale,
+            "status": "proposed", "reject_reason": None, "created_at": _now(), "round": None,
+            "source": HUMAN, "diff": "\n".join(diff)}])
+        return edit_id
+
+    def gate_edit(self, version_id: str) -> str:
+        """The edit a gate of `version_id` is recorded against: the latest producing it (a
+        night's candidate, a human's edit), else a new human edit from its parent."""
+        version_id = self.version_id(version_id)
+        found = self._edit_of(version_id)
+        if found is not None:
+            return found[0]
+        name = self.workflow_of(version_id)
+        [(parent,)] = self.wh.rows("SELECT parent_version_id FROM workflow_versions WHERE "
+                                   "version_id = ?", [version_id])
+        diff = self.workflow(parent).diff(self.workflow(version_id)) if parent else []
+        return self._human_edit(name, version_id, parent, diff, rationale="gated by hand")
+
+    def info(self, version_id: str) -> VersionInfo:
+        """A stored version: its workflow, parent, the edit producing it with that edit's
+        status, its latest gate, and whether it is active."""
+        version_id = self.version_id(version_id)
+        name = self.workflow_of(version_id)
+        [(parent, created_by)] = self.wh.rows(
+            "SELECT parent_version_id, created_by FROM workflow_versions WHERE version_id = ?",
+            [version_id])
+        edit = self._edit_of(version_id)
+        return VersionInfo(version_id, name, parent, created_by, edit and edit[0],
+                           edit and edit[1], self.latest_gate(version_id),
+                           self.active(name)[0] == version_id)
+
     def workflow_of(self, version_id: str) -> str:
         """The registered workflow a version descends from (its stored name may be another:
         a graph evaluated before it was registered under a new name)."""
@@ -193,45 +298,54 @@ class Registry:
                             f"under several names ({', '.join(names)}) and is stored under "
                             "none of them; promote it from the nightly run of one of them")
 
-    def latest_gate(self, version_id: str) -> tuple[bool, list[str]] | None:
-        """The latest gate verdict on an edit producing `version_id`: (passed, failing
-        expectations), or None when it was never gated."""
+    def latest_gate(self, version_id: str) -> Gate | None:
+        """The latest gate verdict on an edit producing `version_id`, or None when it was
+        never gated. The version it was compared against is its night's (`night_runs`: a
+        night's gate is `NIGHT-gate`, a gate by hand is a night_runs row of its own)."""
         rows = self.wh.rows(
             "WITH latest AS (SELECT g.verification_id FROM gate_results g JOIN edits e USING "
             "(edit_id) WHERE e.candidate_version_id = ? AND g.suite = ? ORDER BY g.created_at "
-            "DESC, g.gate_id LIMIT 1) SELECT expectation, success FROM gate_results WHERE "
-            "verification_id = (SELECT verification_id FROM latest) AND suite = ? "
-            "ORDER BY gate_id", [version_id, SUITE_NAME, SUITE_NAME])
+            "DESC, g.gate_id LIMIT 1) SELECT expectation, success, (SELECT any_value("
+            "active_version_id) FROM night_runs WHERE night_id || '-gate' = g.verification_id)"
+            " FROM gate_results g WHERE verification_id = (SELECT verification_id FROM latest) "
+            "AND suite = ? ORDER BY gate_id", [version_id, SUITE_NAME, SUITE_NAME])
         if not rows:
             return None
-        return all(s for _, s in rows), [e for e, s in rows if not s]
+        return Gate(all(s for _, s, _ in rows), [e for e, s, _ in rows if not s], rows[0][2])
 
     def promote(self, version_id: str, *, reason: str, run_id: str | None = None,
                 edit_id: str | None = None, force: bool = False,
                 expected_active: str | None = None) -> str:
         """Make a stored version of a registered workflow the active one, compare-and-swap:
-        with `expected_active` (a night: the version it started from), refused (`Stale`)
-        when another version became active meanwhile, so a night never clobbers a human's
-        promotion. Only a version whose latest gate passed promotes; one never gated (a
-        night's intermediate versions) or gated out needs `force` (a human's override,
-        recorded). Promoting the active version changes nothing. Returns the version id."""
+        refused (`Stale`) when the active version is not `expected_active` (a night: the
+        version it started from) or, without it, not the version the passing gate compared
+        it against, so neither a night nor a human promotes over a promotion made since.
+        Only a version whose latest gate passed promotes; one never gated (a night's
+        intermediate versions) or gated out needs `force` (a human's override, recorded).
+        Promoting the active version changes nothing. Returns the version id."""
         version_id = self.version_id(version_id)
         name = self.workflow_of(version_id)
         with self.wh.transaction():  # the check and the swap in one transaction
             current, _ = self.active(name)
+            gate = self.latest_gate(version_id)
+            passed = gate is not None and gate.passed
+            if expected_active is None and passed and not force:
+                expected_active = gate.against
             if expected_active is not None and current != expected_active:
                 raise Stale(f"{name}: the active version is {current}, not {expected_active} "
-                            f"that {version_id} was gated against; it is not promoted")
+                            f"that {version_id} was gated against; it is not promoted (gate "
+                            f"it again: cegraph gate {version_id})")
             if current == version_id:
                 return version_id
-            gate = self.latest_gate(version_id)
-            if (gate is None or not gate[0]) and not force:
+            if not passed and not force:
                 why = ("was never gated" if gate is None
-                       else f"did not pass its gate ({'; '.join(gate[1])})")
-                raise RegistryError(f"version {version_id} {why}; it is not promoted (a human "
-                                    f"may: cegraph promote {version_id} --force --reason WHY)")
+                       else f"did not pass its gate ({'; '.join(gate.failing)})")
+                raise RegistryError(f"version {version_id} {why}; it is not promoted (gate it: "
+                                    f"cegraph gate {version_id}; or a human may: cegraph "
+                                    f"promote {version_id} --force --reason WHY)")
+            edit_id = edit_id or (self._edit_of(version_id) or (None,))[0]
             self._deploy(name, version_id, action="promote", reason=reason, previous=current,
-                         run_id=run_id, edit_id=edit_id, forced=not (gate and gate[0]))
+                         run_id=run_id, edit_id=edit_id, forced=not passed)
         return version_id
 
     def rollback(self, workflow_name: str, *, to: str | None = None, reason: str,
@@ -262,7 +376,8 @@ class Registry:
         """Store a gate verdict (one `gate_results` row per expectation, its GX result in
         `details`); an edit that failed it becomes `gated_out` with the failing
         expectations; an undecided one keeps its status, with the reason (it is not
-        promoted either: its latest gate did not pass)."""
+        promoted either: its latest gate did not pass); one that passes it becomes
+        `verified`, unless the refinement accepted it (a night's: its verdict stays)."""
         now = _now()
         with self.wh.transaction():
             self.wh.insert("gate_results", [{
@@ -275,6 +390,11 @@ class Registry:
                 self.wh.con.execute(
                     "UPDATE edits SET status = 'gated_out', reject_reason = ? WHERE "
                     "edit_id = ?", ["gate failed: " + "; ".join(verdict.failing), edit_id])
+            elif verdict.decision == "passed":
+                self.wh.con.execute(
+                    "UPDATE edits SET status = 'verified', reject_reason = NULL WHERE "
+                    "edit_id = ? AND status IN ('proposed', 'rejected', 'undecided', "
+                    "'gated_out')", [edit_id])
             elif verdict.decision == "undecided":
                 self.wh.con.execute(
                     "UPDATE edits SET reject_reason = ? WHERE edit_id = ?",

@@ -268,13 +268,14 @@ TABLES: tuple[Table, ...] = (
         C("workflow", "VARCHAR", "workflow name"),
         C("parent_version_id", "VARCHAR", "version it was edited from"),
         C("spec", "VARCHAR", "the graph as JSON"),
-        C("created_by", "VARCHAR", "'seed', 'user', the edit id, or who added it to the "
-                                   "registry (`Registry.add_version`)"),
+        C("created_by", "VARCHAR", "'seed', 'user', 'human' (`cegraph register` of a new "
+                                   "version), the edit id (every candidate a night tried), "
+                                   "or who added it to the registry (`Registry.add_version`)"),
         C("created_at", "TIMESTAMP", "first seen"),
     ), key=("version_id",)),
     Table("edits", "Proposed graph edits (filled by the refinement loop).", (
         C("edit_id", "VARCHAR", "unique edit id"),
-        C("night_id", "VARCHAR", "refinement job"),
+        C("night_id", "VARCHAR", "refinement job (NULL: a human's edit)"),
         C("workflow", "VARCHAR", "workflow name"),
         C("base_version_id", "VARCHAR", "version edited"),
         C("candidate_version_id", "VARCHAR", "version the edit produces"),
@@ -290,7 +291,7 @@ TABLES: tuple[Table, ...] = (
                                       "expectations)"),
         C("created_at", "TIMESTAMP", "when proposed"),
         C("round", "INTEGER", "refinement round that proposed it", 4),
-        C("source", "VARCHAR", "prior | llm | random: who proposed it", 4),
+        C("source", "VARCHAR", "prior | llm | random | human: who proposed it", 4),
         C("diff", "VARCHAR", "node-level diff from the base version", 4),
     ), key=("edit_id",), key_since=3),
     Table("verifications", "Re-runs of a candidate on counterexamples and regressions.", (
@@ -347,7 +348,8 @@ TABLES: tuple[Table, ...] = (
     Table("gate_results", "Data-quality checks (Great Expectations) on verification results "
           "and on every ingest batch.", (
         C("gate_id", "VARCHAR", "unique id"),
-        C("verification_id", "VARCHAR", "the verification checked"),
+        C("verification_id", "VARCHAR", "the verification checked (a gate's: "
+                                        "`night_runs.night_id` || '-gate')"),
         C("edit_id", "VARCHAR", "the edit"),
         C("expectation", "VARCHAR", "the check"),
         C("success", "BOOLEAN", "passed"),

@@ -15,7 +15,7 @@ from cegraph.refine.cost import CostPerRun
 from cegraph.refine.gate import GateEvidence, check
 from cegraph.seeds import seed
 from storage import Warehouse
-from storage.registry import Registry, RegistryError, Stale
+from storage.registry import Gate, Registry, RegistryError, Stale
 
 NUMERIC = EvaluatorSpec(kind="numeric")
 
@@ -181,7 +181,7 @@ def test_the_latest_gate_decides(reg: Registry) -> None:
     _, v1, _ = chain(reg)
     _gate(reg, v1, passed=False)
     _gate(reg, v1, passed=True, edit_id="e2", verification_id="ver2")
-    assert reg.latest_gate(v1) == (True, [])
+    assert reg.latest_gate(v1) == Gate(True, [], None)
     assert reg.promote(v1, reason="re-verified") == v1
 
 

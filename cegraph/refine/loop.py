@@ -473,6 +473,9 @@ class Refinement:
         for (cand, edit_id) in zip(proposals.candidates, ids, strict=True):
             raw = cand.edit.model_dump_json()
             applied = next((a for c, a in cands if c is cand), None)
+            if applied is not None:  # every candidate is a stored version a human may gate
+                self.journal.record_version(applied.workflow, parent=state.wf.version_id,
+                                            created_by=edit_id)
             edit_rows.append(self._edit_row(edit_id, state, target, cand.edit.op, raw,
                                             cand.rationale, cand.source, applied,
                                             invalid_at.get(raw)))
