@@ -54,7 +54,7 @@ from prefect import flow, get_run_logger
 from cegraph.evaluator_spec import LoggedRun, gradeable, grader
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
-from cegraph.llm import LLM, Completion
+from cegraph.llm import LLM, Completion, resolve_model
 from cegraph.refine import gate, holdout
 from cegraph.refine.cost import CostBounds, CostPerRun
 from cegraph.refine.journal import Journal
@@ -573,8 +573,12 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
     budget per night (calls, tokens, dollars), gated on a holdout of `holdout_share` of the
     night's fresh inputs; the cost bounds (per run, as ratios to the active version's) are
     the ones refinement and gate share. Returns the nights' summaries."""
+    from cegraph.preflight import check_model
     from storage.nights import NightBusy
 
+    # a model that cannot be called fails the flow here, before any night is started (a
+    # night started on it would stay `running` until its lease ended)
+    check_model(resolve_model(model))
     bounds = gate.GateBounds(max_break_rate, min_failing, min_passing, CostBounds(
         max_calls_ratio, max_tokens_ratio, max_dollars_ratio, max_latency_ratio))
     s = NightSettings(model=model, budget=Budget(budget_calls, budget_tokens, budget_dollars),

@@ -518,3 +518,30 @@ def test_a_gate_chunk_is_bounded_in_tokens_and_replays_only_what_it_is_given(scr
     spent = sum(c["tokens_in"] + c["tokens_out"] for c in short["calls"])
     assert short["exhausted"] and spent <= 1200
     assert any(r["infrastructure"] for r in short["runs"])
+
+
+@pytest.mark.parametrize("model, says", [
+    ("not-a-provider-model", "cannot tell which provider"),
+    ("openai/gpt-4o-mini", "needs OPENAI_API_KEY"),
+    ("qwen-nope", "cannot tell which provider")])
+def test_a_wrong_model_is_one_line_and_starts_no_night(harness, scripted, tmp_path,
+                                                       monkeypatch, model, says):
+    from typer.testing import CliRunner
+
+    from cegraph.preflight import ModelUnavailable
+    from cli.main import app
+    from flows.nightly import nightly_refinement
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    home = tmp_path / "home"
+    production(home, scripted)  # logged inputs: a night would have work to do
+    scripted.calls.clear()
+    out = CliRunner().invoke(app, ["nightly", "--model", model, "--home", str(home)])
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith("error:") and out.output.count("\n") == 1, out.output
+    assert says in out.output
+    with pytest.raises(ModelUnavailable):  # a deployment's run: the flow fails before any
+        nightly_refinement(home=str(home), model=model)  # night
+    with Warehouse(home, read_only=True) as wh:
+        assert wh.rows("SELECT count(*) FROM night_runs") == [(0,)]
+    assert scripted.calls == []
