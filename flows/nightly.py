@@ -276,9 +276,14 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
                                          p.target[:50], p.candidate, p.message, p.calls,
                                          p.budget_calls)
     result = asyncio.run(run.run())
+    from storage.night_summary import to_mode_table
+
+    # the refinement names its modes among its own failures: one id everywhere, the table's
+    renamed = to_mode_table(wh, result.refine_id, night.workflow)
     return {"refine_id": result.refine_id, "summary": result.summary(),
             "accepted": [{"edit_id": a.edit_id, "op": a.op, "source": a.source,
-                          "target": a.target, "version_id": a.version_id,
+                          "target": renamed.get(a.target, a.target),
+                          "version_id": a.version_id,
                           "reason": a.verdict.reason, "diff": a.diff} for a in result.accepted],
             "candidate": result.workflow.model_dump_json() if result.accepted else None,
             "calls": result.llm_calls, "tokens": result.tokens, "cost": result.cost}

@@ -23,6 +23,7 @@ from cegraph.report.summary import (
     Point,
     TrendPoint,
     Verification,
+    describe,
 )
 from storage.vectors import VectorIndex
 from storage.warehouse import Warehouse
@@ -39,6 +40,42 @@ def latest_night(wh: Warehouse, workflow: str | None = None) -> str:
         raise NightNotFound("no night stored yet: run `cegraph demo` or `cegraph nightly` "
                             "first (or check --home)")
     return rows[0][0]
+
+
+def mode_table_ids(wh: Warehouse, refine_id: str, night_id: str) -> dict[str, str]:
+    """The mode of a night's mode table (`failure_modes.mode_id`) each mode a refinement aimed
+    at stands for. A refinement finds modes among its own shown failures and names each after
+    its seed, the smallest member failure id (`cegraph.fss.modes._mode_id`); it stands for
+    the night's mode that most production failures of the seed's input belong to. Targets
+    that stand for none (noise groups, an input the mapping never saw) are left out."""
+    rows = wh.rows(
+        "WITH targets AS (SELECT DISTINCT target_mode_id AS target FROM edits WHERE "
+        "night_id = ? AND target_mode_id LIKE 'm-%'), seeds AS (SELECT t.target, f.task_id "
+        "FROM failures f JOIN runs r USING (run_id) JOIN targets t ON "
+        "'m-' || left(sha256(f.failure_id), 10) = t.target WHERE r.night_id = ?) "
+        "SELECT s.target, mm.mode_id, count(*) AS n FROM seeds s JOIN failures f ON "
+        "f.task_id = s.task_id JOIN failure_mode_members mm ON mm.failure_id = f.failure_id "
+        "WHERE mm.night_id = ? AND mm.mode_id <> 'noise' GROUP BY ALL "
+        "ORDER BY s.target, n DESC, mm.mode_id", [refine_id, refine_id, night_id])
+    out: dict[str, str] = {}
+    for target, mode, _ in rows:
+        out.setdefault(target, mode)
+    return out
+
+
+def to_mode_table(wh: Warehouse, refine_id: str, workflow: str) -> dict[str, str]:
+    """Rename the refinement's targets in `edits` to the mode table's ids of the workflow's
+    latest mapping (`mode_table_ids`), so SQL, the report and the night's summary name a mode
+    one way; returns the renaming."""
+    try:
+        night_id = latest_night(wh, workflow)
+    except NightNotFound:
+        return {}
+    ids = mode_table_ids(wh, refine_id, night_id)
+    for old, new in ids.items():
+        wh.rows("UPDATE edits SET target_mode_id = ? WHERE night_id = ? AND "
+                "target_mode_id = ?", [new, refine_id, old])
+    return ids
 
 
 def summarize(wh: Warehouse, night_id: str | None = None, *, workflow: str | None = None,
@@ -61,7 +98,8 @@ def summarize(wh: Warehouse, night_id: str | None = None, *, workflow: str | Non
         "mass_before": Mass.of(failures, runs),
         "modes": _modes(wh, night_id, wf, runs, noise),
         "trend": _trend(wh, wf, model, dataset, computed_at),
-        "edits": _edits(wh, refine_id)}
+        "edits": _in_mode_table(_edits(wh, refine_id),
+                                mode_table_ids(wh, refine_id, night_id))}
     fields["projection"], fields["points"] = _points(wh, night_id)
     fields.update(_outcome(wh, refine_id, fields["edits"], version, runs))
     fields.update(overrides)
@@ -129,16 +167,33 @@ def _edits(wh: Warehouse, refine_id: str) -> list[Edit]:
             "ORDER BY created_at, expectation", [refine_id]):
         gates.setdefault(edit_id, []).append(
             GateCheck(expectation=expectation, success=bool(success), observed=observed or ""))
-    return [Edit(edit_id=e, operation=op, target_mode_id=target or "", status=status or "",
+    return [Edit(edit_id=e, operation=op, edit=describe(op or "", _payload(payload)),
+                 target_mode_id=target or "", status=status or "",
                  source=source or "", rationale=rationale or "", reject_reason=reason or "",
                  candidate_version_id=cand or "", diff=(diff or "").splitlines(),
                  verification=verifications.get(e),
                  gate=Gate(passed=all(c.success for c in gates[e]), checks=gates[e])
                  if e in gates else None)
-            for e, op, target, status, source, rationale, reason, cand, diff in wh.rows(
+            for e, op, target, status, source, rationale, reason, cand, diff, payload
+            in wh.rows(
                 "SELECT edit_id, operation, target_mode_id, status, source, rationale, "
-                "reject_reason, candidate_version_id, diff FROM edits WHERE night_id = ? "
+                "reject_reason, candidate_version_id, diff, payload FROM edits WHERE "
+                "night_id = ? "
                 "ORDER BY round NULLS FIRST, created_at, edit_id", [refine_id])]
+
+
+def _in_mode_table(edits: list[Edit], ids: dict[str, str]) -> list[Edit]:
+    return [e.model_copy(update={"target_mode_id": ids.get(e.target_mode_id,
+                                                           e.target_mode_id)})
+            for e in edits]
+
+
+def _payload(text: str | None) -> dict[str, Any]:
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:  # an invalid proposal's raw text
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _outcome(wh: Warehouse, refine_id: str, edits: list[Edit], version: str,

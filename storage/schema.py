@@ -279,7 +279,8 @@ TABLES: tuple[Table, ...] = (
         C("workflow", "VARCHAR", "workflow name"),
         C("base_version_id", "VARCHAR", "version edited"),
         C("candidate_version_id", "VARCHAR", "version the edit produces"),
-        C("target_mode_id", "VARCHAR", "failure mode aimed at"),
+        C("target_mode_id", "VARCHAR", "failure mode aimed at (a night's: the mode table's "
+                                       "failure_modes.mode_id it stands for)"),
         C("operation", "VARCHAR", "edit operation from the vocabulary"),
         C("payload", "VARCHAR", "the edit as JSON"),
         C("rationale", "VARCHAR", "why the proposer chose it"),

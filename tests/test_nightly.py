@@ -142,6 +142,11 @@ def test_night_refines_gates_and_promotes(harness, scripted, tmp_path):
         assert calls == night["cost"]["calls"] and budget == "400"
         lineage = wh.rows("SELECT version_id, depth FROM active_lineage")
         assert lineage[0] == (active, 0) and lineage[-1][0] == seed_version
+        # one mode id everywhere: the edits aim at modes of the mode table, in SQL and in
+        # the night's summary
+        table = {m for (m,) in wh.rows("SELECT mode_id FROM failure_modes")}
+        aimed = {m for (m,) in wh.rows("SELECT DISTINCT target_mode_id FROM edits")}
+        assert aimed and aimed <= table and {e["target"] for e in night["edits"]} <= table
         mode = wh.rows("SELECT mode_id FROM failure_modes LIMIT 1")[0][0]
         traced = wh.rows("SELECT trace FROM mode_failures WHERE mode_id = ?", [mode])
         assert traced and all(t[0][0]["node"] == "solve" for t in traced)

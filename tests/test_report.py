@@ -90,10 +90,18 @@ def test_report_of_a_stored_night_from_the_warehouse_renders_in_a_browser(
     assert summary.decision == "proposed"  # accepted, no deployment recorded
     assert summary.mass_after is not None and summary.mass_after.mass < summary.mass_before.mass
     assert summary.cost.llm_calls > 0 and summary.cost.budget_calls == 400
+    # one mode id everywhere: an edit's target is a mode of the mode table, and an edit row
+    # says the edit (operation and target) and its final status, not the refinement's id
+    assert {e.target_mode_id for e in summary.edits} <= {m.mode_id for m in summary.modes}
+    assert accepted[0].edit == "replace_operator solve -> Programmer"
 
     page = html_path.read_text()
     assert not re.search(r"<script[^>]+src=", page), "the report must not load scripts"
     assert "replace_operator" in page and html.escape(accepted[0].diff[0]) in page
+    edits = page.split("<h2>Candidate edits</h2>")[1].split("<h2>")[0]
+    assert refine_id[:12] not in edits
+    assert "<td>replace_operator solve -&gt; Programmer</td>" in edits
+    assert re.search(r"<td>accepted</td>|<td>accepted: ", edits)
     errors, drawn = render_in_browser(html_path)
     assert errors == [] and drawn == 4
 

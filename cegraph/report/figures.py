@@ -77,7 +77,9 @@ def signature_map(s: NightSummary) -> go.Figure:
 def verification_counts(s: NightSummary) -> go.Figure:
     """Per verified candidate: counterexamples fixed, regressions broken, inputs re-run."""
     verified = [e for e in s.edits if e.verification is not None]
-    names = [f"{e.operation} {e.edit_id[:8]}" for e in verified]
+    # the edit in words, and its round-index within the refinement (names must differ)
+    names = [f"{e.edit or e.operation} #{e.edit_id.removeprefix(f'{s.refine_id}-')}"
+             for e in verified]
     fig = go.Figure()
     for field, colour in (("fixed", "#27ae60"), ("broken", "#c0392b")):
         fig.add_trace(go.Bar(name=field, x=names, marker_color=colour,

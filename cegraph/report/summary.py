@@ -19,14 +19,15 @@ Fields, by section of the report:
   per (night, mode)), so a mode's rise or fall is a line;
 - `points`: the 2-D map of the Failure Signature Space (a projection of the signature
   vectors, `projection` names it), one point per failure, coloured by mode;
-- `edits`: every candidate edit with its diff, verification counts and gate verdict;
+- `edits`: every candidate edit in words (operation and target), its final status, diff,
+  verification counts and gate verdict; its `target_mode_id` is the mode table's id;
 - `cost`: LLM calls, tokens, dollars and wall seconds the night spent, and its budget.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -116,15 +117,30 @@ class Gate(BaseModel):
 class Edit(BaseModel):
     edit_id: str
     operation: str
+    edit: str = ""  # the edit in words: operation and what it acts on (`describe`)
     target_mode_id: str = ""
-    status: str  # proposed | invalid | verified | accepted | rejected | gated_out | promoted
-    source: str = ""  # prior | llm | random
+    status: str  # its final `edits.status`: invalid | accepted | rejected | undecided |
+    # gated_out | verified (proposed: never judged)
+    source: str = ""  # prior | llm | random | human
     rationale: str = ""
     reject_reason: str = ""
     candidate_version_id: str = ""
     diff: list[str] = Field(default_factory=list)
     verification: Verification | None = None
     gate: Gate | None = None
+
+
+def describe(operation: str, payload: dict[str, Any]) -> str:
+    """An edit in a few words: `replace_operator solve -> Programmer`, `edit_prompt solve
+    instruction`, `insert_node after solve: Review`."""
+    if "anchor" in payload:
+        where = f"{payload.get('position', 'after')} {payload['anchor']}"
+    else:
+        where = str(payload.get("node") or "")
+    what = (f"-> {payload['operator']}" if operation == "replace_operator" and
+            payload.get("operator") else f": {payload['operator']}" if payload.get("operator")
+            else str(payload.get("param") or ""))
+    return " ".join(x for x in (operation, where, what) if x).replace(" :", ":")
 
 
 class Cost(BaseModel):

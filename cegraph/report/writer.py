@@ -45,7 +45,7 @@ def _edit_rows(edits: list[Edit]) -> list[list[object]]:
             gate = '<span class="ok">passed</span>'
         else:
             gate = ('<span class="bad">failed: ' + _e(", ".join(e.gate.failing)) + "</span>")
-        rows.append([_e(e.edit_id[:12]), _e(e.operation), _e(e.target_mode_id),
+        rows.append([_e(e.edit or e.operation), _e(e.target_mode_id),
                      _e(e.source), _e(e.status + (f": {e.reject_reason}" if e.reject_reason
                                                   else "")),
                      "<pre>" + _e("\n".join(e.diff) or "(no diff)") + "</pre>",
@@ -65,7 +65,7 @@ def render_html(s: NightSummary) -> str:
     budget = ", ".join(f"{k} {v}" for k, v in (("calls", c.budget_calls),
                                                ("tokens", c.budget_tokens),
                                                ("dollars", c.budget_dollars)) if v is not None)
-    gates = [[_e(e.edit_id[:12]), _e(ch.expectation),
+    gates = [[_e(e.edit or e.operation), _e(ch.expectation),
               '<span class="ok">yes</span>' if ch.success else '<span class="bad">no</span>',
               _e(ch.observed)] for e in s.edits if e.gate for ch in e.gate.checks]
     parts = [
@@ -92,8 +92,8 @@ def render_html(s: NightSummary) -> str:
         f"<p>{totals['candidates']} candidates, {totals['verified']} verified, "
         f"{totals['reruns']} inputs re-run, {totals['fixed']} fixed, "
         f"{totals['broken']} broken.</p>",
-        _table(["edit", "operation", "target mode", "source", "status", "diff",
-                "verification", "gate"], _edit_rows(s.edits), raw=True),
+        _table(["edit", "target mode", "source", "final status", "diff", "verification",
+                "gate"], _edit_rows(s.edits), raw=True),
         figures[3],
         "<h2>Gate (Great Expectations)</h2>",
         _table(["edit", "expectation", "passed", "observed"], gates, raw=True)
