@@ -84,7 +84,7 @@ def test_a_human_version_is_registered_diffed_gated_and_promoted(harness, script
         [(status, source, diff)] = wh.rows("SELECT status, source, diff FROM edits WHERE "
                                            "candidate_version_id = ?", [v2])
         assert (status, source) == ("proposed", "human") and "Programmer" in diff
-    r = cli(home, "workflow", "diff", seed_id, v2)
+    r = cli(home, "workflow", "diff", NAME, v2)  # a registered name: its active version
     assert r.exit_code == 0 and f"{seed_id} -> {v2}" in r.output and "Programmer" in r.output
     r = cli(home, "workflow", "show", v2)
     assert r.exit_code == 0 and "not active" in r.output and "never gated" in r.output
