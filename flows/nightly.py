@@ -131,6 +131,10 @@ class SnapshotJournal:
     def finish(self, refine_id: str, row: dict[str, Any]) -> None:
         self.inner.finish(refine_id, row)
 
+    def rejected_edits(self, workflow: str, mode_id: str, mode_key: str, *, exclude: str
+                       ) -> set[str]:
+        return self.inner.rejected_edits(workflow, mode_id, mode_key, exclude=exclude)
+
 
 def logged_input(workflow_attrs: str | None, record: str | None,
                  first_inputs: str | None) -> str | None:

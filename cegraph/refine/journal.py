@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from cegraph.graph import Workflow
 from cegraph.llm import CallStore, Completion, Meter
+from cegraph.refine.memory import rejected_on_evidence
 from cegraph.trace import Trace
 
 
@@ -41,6 +42,11 @@ class Journal(Protocol):
     def record_traces(self, traces: Sequence[Trace], *, source: str) -> None: ...
 
     def finish(self, refine_id: str, row: dict[str, Any]) -> None: ...
+
+    def rejected_edits(self, workflow: str, mode_id: str, mode_key: str, *, exclude: str
+                       ) -> set[str]:
+        """Keys of the edits rejected on evidence for this mode (unchanged: same `mode_key`)
+        by refinements other than `exclude` (see `memory.py`)."""
 
 
 @dataclass
@@ -79,6 +85,13 @@ class MemoryJournal:
 
     def finish(self, refine_id: str, row: dict[str, Any]) -> None:
         self.finished[refine_id] = row
+
+    def rejected_edits(self, workflow: str, mode_id: str, mode_key: str, *, exclude: str
+                       ) -> set[str]:
+        return {r["edit_key"] for r in self.edits.values()
+                if r.get("edit_key") and r["workflow"] == workflow
+                and r["target_mode_id"] == mode_id and r.get("mode_key") == mode_key
+                and r["night_id"] != exclude and rejected_on_evidence(r)}
 
 
 class ChargingStore:
