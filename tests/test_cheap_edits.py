@@ -336,3 +336,26 @@ def test_the_default_cegraph_proposers_include_the_rule_writer():
                      embedder=TextEmbedder())
     kinds = [type(p) for p in run.proposers()]
     assert kinds[:2] == [PriorProposer, RuleProposer]
+
+
+# --- the real small model, end to end --------------------------------------------------------
+@pytest.mark.slow
+def test_check_then_escalate_and_a_rule_with_the_real_small_model():
+    from cegraph.benchmarks import load
+    from cegraph.local_model import fetch
+
+    fetch("smollm2-135m")  # cached by `make test`
+    llm = LLM("smollm2-135m", concurrency=1)
+    tasks = load("gsm8k", n=2, seed=0)
+    wf = apply_edits(seed("math"), [AddRule(node="solve", text=RULE),
+                                    CheckThenEscalate(node="solve", n=2)]).workflow
+    traces = asyncio.run(Executor(llm, concurrency=2).run_many(wf, tasks, evaluate=evaluate))
+    for trace in traces:
+        assert trace.outcome is not None and trace.output is not None
+        spans = {s.node_id: s for s in trace.spans}
+        assert f"Rule: {RULE}" in spans["solve"].calls[0].messages[-1]["content"]
+        check = spans["crosscheck"]
+        assert check.error is None and isinstance(check.outputs["agreed"], bool)
+        # measured, not assumed: the check's one call, plus n more only on a disagreement
+        assert len(check.calls) == (1 if check.outputs["agreed"] else 3)
+        assert CostPerRun.of([trace]).calls == 2 + len(check.calls)
