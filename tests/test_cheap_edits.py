@@ -281,6 +281,7 @@ def test_the_loop_picks_the_cheaper_of_two_accepted_edits(scripted):
     rule, demos = v["add_rule"], v["add_demonstrations"]
     assert rule.accepted and demos.accepted and rule.drop > demos.drop
     assert demos.cost_ratios["tokens"] < rule.cost_ratios["tokens"]
+    assert f"x{demos.cost_ratios['tokens']:.2f} tokens of the base's" in demos.reason
     # main picked the largest drop (the rule); per extra token the demonstration wins
     assert [a.op for a in result.accepted] == ["add_demonstrations"]
     row = next(r for r in run.journal.edits.values() if r["operation"] == "add_rule")

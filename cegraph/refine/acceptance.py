@@ -216,7 +216,9 @@ class PairedRule:
                 ok = adj <= self.alpha
                 words = (f"{d.fixed} fixed vs {d.broken} broken, p={d.p_value:.4f} "
                          f"(adjusted {adj:.4f} {'<=' if ok else '>'} {self.alpha}), estimated "
-                         f"mass drop {d.drop:.3f} [{d.ci_low:.3f}, {d.ci_high:.3f}]")
+                         f"mass drop {d.drop:.3f} [{d.ci_low:.3f}, {d.ci_high:.3f}], per run "
+                         f"x{d.cost_ratios.get('calls', 1.0):.2f} calls, "
+                         f"x{d.cost_ratios.get('tokens', 1.0):.2f} tokens of the base's")
                 d = replace(d, decision="accepted" if ok else "rejected", pending=False,
                             reason=words if ok else f"not significant after correction: "
                                                     f"{words}")
