@@ -131,9 +131,8 @@ class SnapshotJournal:
     def finish(self, refine_id: str, row: dict[str, Any]) -> None:
         self.inner.finish(refine_id, row)
 
-    def rejected_edits(self, workflow: str, mode_id: str, mode_key: str, *, exclude: str
-                       ) -> set[str]:
-        return self.inner.rejected_edits(workflow, mode_id, mode_key, exclude=exclude)
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
+        return self.inner.rejected_edits(workflow, exclude=exclude)
 
 
 def logged_input(workflow_attrs: str | None, record: str | None,

@@ -66,14 +66,12 @@ class RefinementJournal:
             "WHERE refine_id = ?", [row["version"], row["status"], json.dumps(row, default=str),
                                     _now(), refine_id])
 
-    def rejected_edits(self, workflow: str, mode_id: str, mode_key: str, *, exclude: str
-                       ) -> set[str]:
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
         rows = self.wh.rows(
-            "SELECT DISTINCT edit_key FROM edits WHERE workflow = ? AND target_mode_id = ? "
-            "AND mode_key = ? AND night_id <> ? AND status = 'rejected' AND edit_key IS NOT "
-            "NULL AND coalesce(reject_reason, '') NOT LIKE ?",
-            [workflow, mode_id, mode_key, exclude, NOT_CHOSEN + "%"])
-        return {r[0] for r in rows}
+            "SELECT edit_key, target_mode_id, mode_state FROM edits WHERE workflow = ? AND "
+            "night_id <> ? AND status = 'rejected' AND edit_key IS NOT NULL AND "
+            "coalesce(reject_reason, '') NOT LIKE ?", [workflow, exclude, NOT_CHOSEN + "%"])
+        return [{"edit_key": k, "target_mode_id": m, "mode_state": st} for k, m, st in rows]
 
     def version(self, version_id: str) -> Workflow | None:
         """A stored workflow version by id (a prefix of 6+ characters is enough)."""

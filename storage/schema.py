@@ -295,8 +295,9 @@ TABLES: tuple[Table, ...] = (
         C("edit_key", "VARCHAR", "hash of the edit's operation, target and parameters: an "
                                  "edit rejected for an unchanged mode is not proposed again "
                                  "(cegraph.refine.memory)", 7),
-        C("mode_key", "VARCHAR", "hash of the target mode's shown members when proposed (a "
-                                 "changed mode has another)", 7),
+        C("mode_state", "VARCHAR", "JSON: the target mode when proposed (centroid, failures, "
+                                   "shown runs), to tell the same mode, unchanged, in a later "
+                                   "night", 7),
     ), key=("edit_id",), key_since=3),
     Table("verifications", "Re-runs of a candidate on counterexamples and regressions.", (
         C("verification_id", "VARCHAR", "unique id"),

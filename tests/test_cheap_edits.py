@@ -29,7 +29,7 @@ from cegraph.refine.edits import (
 )
 from cegraph.refine.journal import MemoryJournal
 from cegraph.refine.loop import Budget, Refinement, Settings, llm_calls_per_run
-from cegraph.refine.memory import edit_key
+from cegraph.refine.memory import edit_key, mode_state, rejected_keys
 from cegraph.refine.proposer import (
     Candidate,
     Counterexample,
@@ -298,16 +298,38 @@ def test_a_rejected_edit_is_not_proposed_again_for_the_same_mode(scripted):
     first, _ = _run([Fixed(USELESS)], journal=journal, max_rounds=1)
     [row] = [r for r in journal.edits.values() if r["night_id"] == first.refine_id]
     assert row["status"] == "rejected" and row["edit_key"] == edit_key(USELESS)
+    assert json.loads(row["mode_state"])["centroid"]  # the mode's identity, kept
     second, result = _run([Fixed(USELESS)], budget=601, journal=journal, max_rounds=1)
     assert second.refine_id != first.refine_id
     [again] = [r for r in journal.edits.values() if r["night_id"] == second.refine_id]
     assert again["status"] == "invalid" and "rejected before" in again["reject_reason"]
     assert not result.verdicts  # never verified again
-    # the same mode, changed (other members): the edit may be tried anew
-    assert journal.rejected_edits(row["workflow"], row["target_mode_id"], "other",
-                                  exclude="") == set()
-    assert journal.rejected_edits(row["workflow"], row["target_mode_id"], row["mode_key"],
-                                  exclude="") == {edit_key(USELESS)}
+
+
+def _mode(centroid, failures: int, runs: int, mode_id: str = "m-new") -> Target:
+    return Target(mode_id, "label", "solve", "ChainOfThought", "wrong_answer",
+                  tuple(f"t{i}" for i in range(failures)), failures / runs,
+                  centroid=tuple(centroid), runs=runs)
+
+
+def test_the_same_mode_is_matched_by_centroid_and_a_changed_one_is_tried_anew():
+    v = np.zeros(8)
+    v[0] = 1.0
+    then = _mode(v, 16, 48, "m-old")
+    rows = [{"edit_key": "k", "target_mode_id": "m-old", "mode_state": mode_state(then)}]
+    near = v.copy()
+    near[1] = 0.2  # another night's id for the same mode (within MATCH_DISTANCE)
+    assert rejected_keys(_mode(near, 18, 48), rows) == {"k"}
+    far = np.zeros(8)
+    far[2] = 1.0
+    assert rejected_keys(_mode(far, 16, 48), rows) == set()  # another mode
+    assert rejected_keys(_mode(v, 1, 48), rows) == set()  # shrank: it changed
+    assert rejected_keys(_mode(v, 40, 48), rows) == set()  # grew: it changed
+    noise = _mode((), 4, 24, "noise:solve:wrong_answer")
+    rows = [{"edit_key": "n", "target_mode_id": noise.target_id, "mode_state":
+             mode_state(noise)}]
+    assert rejected_keys(noise, rows) == {"n"}
+    assert rejected_keys(_mode((), 4, 24, "noise:format:no_answer"), rows) == set()
 
 
 def test_the_warehouse_remembers_rejections_but_not_a_beaten_accepted_edit(tmp_path):
@@ -318,7 +340,8 @@ def test_the_warehouse_remembers_rejections_but_not_a_beaten_accepted_edit(tmp_p
         j = RefinementJournal(wh, dataset="gsm8k", model="m")
         base = {"workflow": "w", "base_version_id": "v", "candidate_version_id": "c",
                 "target_mode_id": "m-1", "operation": "add_rule", "payload": "{}",
-                "rationale": "", "round": 1, "source": "prior", "diff": "", "mode_key": "k"}
+                "rationale": "", "round": 1, "source": "prior", "diff": "",
+                "mode_state": '{"centroid": [1.0, 0.0], "failures": 3, "runs": 10}'}
         j.record_edits([
             {**base, "edit_id": "e1", "night_id": "n1", "status": "rejected",
              "reject_reason": "the mass drop is not surely positive", "edit_key": "a"},
@@ -327,9 +350,11 @@ def test_the_warehouse_remembers_rejections_but_not_a_beaten_accepted_edit(tmp_p
                               "extra token", "edit_key": "b"},
             {**base, "edit_id": "e3", "night_id": "n1", "status": "undecided",
              "reject_reason": "incomplete evidence", "edit_key": "c"}])
-        assert j.rejected_edits("w", "m-1", "k", exclude="n2") == {"a"}
-        assert j.rejected_edits("w", "m-1", "k", exclude="n1") == set()  # its own night
-        assert j.rejected_edits("w", "m-1", "changed", exclude="n2") == set()
+        rows = j.rejected_edits("w", exclude="n2")
+        assert [r["edit_key"] for r in rows] == ["a"]
+        assert rejected_keys(_mode((1.0, 0.0), 3, 10, "m-9"), rows) == {"a"}
+        assert j.rejected_edits("w", exclude="n1") == []  # its own night
+        assert j.rejected_edits("other", exclude="n2") == []
 
 
 def test_the_default_cegraph_proposers_include_the_rule_writer():

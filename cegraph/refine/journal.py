@@ -43,10 +43,9 @@ class Journal(Protocol):
 
     def finish(self, refine_id: str, row: dict[str, Any]) -> None: ...
 
-    def rejected_edits(self, workflow: str, mode_id: str, mode_key: str, *, exclude: str
-                       ) -> set[str]:
-        """Keys of the edits rejected on evidence for this mode (unchanged: same `mode_key`)
-        by refinements other than `exclude` (see `memory.py`)."""
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
+        """The edits of `workflow` rejected on evidence by refinements other than `exclude`:
+        rows with edit_key, target_mode_id and mode_state (see `memory.py`)."""
 
 
 @dataclass
@@ -86,12 +85,10 @@ class MemoryJournal:
     def finish(self, refine_id: str, row: dict[str, Any]) -> None:
         self.finished[refine_id] = row
 
-    def rejected_edits(self, workflow: str, mode_id: str, mode_key: str, *, exclude: str
-                       ) -> set[str]:
-        return {r["edit_key"] for r in self.edits.values()
-                if r.get("edit_key") and r["workflow"] == workflow
-                and r["target_mode_id"] == mode_id and r.get("mode_key") == mode_key
-                and r["night_id"] != exclude and rejected_on_evidence(r)}
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
+        return [r for r in self.edits.values() if r.get("edit_key")
+                and r["workflow"] == workflow and r["night_id"] != exclude
+                and rejected_on_evidence(r)]
 
 
 class ChargingStore:

@@ -53,7 +53,13 @@ from cegraph.refine.cost import CostBounds
 from cegraph.refine.demonstrations import materialize
 from cegraph.refine.edits import Applied
 from cegraph.refine.journal import ChargingStore, Journal, MemoryJournal
-from cegraph.refine.memory import NOT_CHOSEN, edit_key, forget_rejected, mode_key
+from cegraph.refine.memory import (
+    NOT_CHOSEN,
+    edit_key,
+    forget_rejected,
+    mode_state,
+    rejected_keys,
+)
 from cegraph.refine.proposer import (
     Candidate,
     LLMProposer,
@@ -433,8 +439,8 @@ class Refinement:
                              traces=state.traces,
                              embedder=lambda: self._builder().embedder)
         if self.settings.method == "cegraph":  # what was rejected for this mode before
-            merged = forget_rejected(merged, self.journal.rejected_edits(
-                state.wf.name, target.target_id, mode_key(target), exclude=self.refine_id))
+            merged = forget_rejected(merged, rejected_keys(target, self.journal.rejected_edits(
+                state.wf.name, exclude=self.refine_id)))
         # the screen sees only what the proposer saw: the shown role's inputs and answers
         examples = [text for e in target.examples for text in (e.input, e.expected)]
         examples += [self.tasks[i].reference for i in target.task_ids
@@ -628,7 +634,7 @@ class Refinement:
                 "reject_reason": reason, "round": self.round, "source": source,
                 "diff": "\n".join(applied.diff) if applied else None,
                 "edit_key": edit_key(applied.edits[0]) if applied else None,
-                "mode_key": mode_key(target)}
+                "mode_state": mode_state(target)}
 
     def _verification_row(self, j: _Judged, plan: Plan, mass: float) -> dict[str, Any]:
         v, d, c = j.v, j.verdict, j.v.counts

@@ -76,6 +76,8 @@ class Target:
     mass: float
     examples: tuple[Counterexample, ...] = ()
     kind: str = ""  # the kind of error its members' diagnoses name (cegraph.fss.diagnosis)
+    centroid: tuple[float, ...] = ()  # a mode's, in signature space (its identity by night)
+    runs: int = 0  # shown runs its mass is counted over
 
 
 @dataclass(frozen=True)

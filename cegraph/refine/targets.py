@@ -59,7 +59,7 @@ def _target(target_id: str, label: str, members: Sequence[Failure], runs: int,
     cls = Counter(f.failure_class for f in members).most_common(1)[0][0]
     return Target(target_id, label, locus[0], locus[1], cls,
                   tuple(sorted({f.task_id for f in members})), len(members) / max(1, runs),
-                  tuple(_example(f, traces, tasks) for f in shown[:EXAMPLES]))
+                  tuple(_example(f, traces, tasks) for f in shown[:EXAMPLES]), runs=runs)
 
 
 class ModeTargets:
@@ -90,7 +90,8 @@ class ModeTargets:
             # the kind of error its diagnoses name ranks the edits of the operator prior
             kind = next((k for k, v in KINDS.items() if (mode.kind_label or "").startswith(v)),
                         "")
-            out.append(replace(target, kind=kind))
+            out.append(replace(target, kind=kind,
+                               centroid=tuple(float(x) for x in mode.centroid)))
         noise = [by_id[i] for i in analysis.noise_ids] if analysis else list(failures)
         groups: dict[tuple[str, str], list[Failure]] = {}
         for f in noise:
