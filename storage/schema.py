@@ -290,7 +290,7 @@ TABLES: tuple[Table, ...] = (
                                       "expectations)"),
         C("created_at", "TIMESTAMP", "when proposed"),
         C("round", "INTEGER", "refinement round that proposed it", 4),
-        C("source", "VARCHAR", "prior | llm | random: who proposed it", 4),
+        C("source", "VARCHAR", "prior | rule | llm | random: who proposed it", 4),
         C("diff", "VARCHAR", "node-level diff from the base version", 4),
         C("edit_key", "VARCHAR", "hash of the edit's operation, target and parameters: an "
                                  "edit rejected for an unchanged mode is not proposed again "

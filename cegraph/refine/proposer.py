@@ -6,9 +6,11 @@ only the aggregate score), a few counterexamples with what the locus node produc
 graph and the operator library, and asked for K candidate edits as JSON in the edit schema
 (`response_format` constrains decoding where the provider can). Every candidate is parsed
 by pydantic on its own: one that does not parse or validate is recorded as `Invalid` with
-the reason and never applied. The operator prior maps (failure class, locus operator) to a
-ranked list of edits known to help, so the loop progresses with a weak proposer model.
-Every candidate records its source (`prior`, `llm`, `random`).
+the reason and never applied. The operator prior maps (failure class, the mode's kind of
+error, locus operator) to a ranked list of edits known to help, the cheap edits aimed at a
+mode first, so the loop progresses with a weak proposer model. The rule proposer asks the
+LLM for one short rule against the mode (`add_rule`). Every candidate records its source
+(`prior`, `rule`, `llm`, `random`).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Target:
 @dataclass(frozen=True)
 class Candidate:
     edit: Edit
-    source: str  # prior | llm | random
+    source: str  # prior | rule | llm | random
     rationale: str = ""
 
 

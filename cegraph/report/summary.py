@@ -118,7 +118,7 @@ class Edit(BaseModel):
     operation: str
     target_mode_id: str = ""
     status: str  # proposed | invalid | verified | accepted | rejected | gated_out | promoted
-    source: str = ""  # prior | llm | random
+    source: str = ""  # prior | rule | llm | random
     rationale: str = ""
     reject_reason: str = ""
     candidate_version_id: str = ""
