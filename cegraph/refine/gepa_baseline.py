@@ -54,9 +54,11 @@ def with_components(wf: Workflow, candidate: Mapping[str, str]) -> Workflow:
     """`wf` with a candidate's texts in place; raises `WorkflowError` when one cannot run (a
     template placeholder it may not use)."""
     texts: dict[str, dict[str, str]] = {}
+    current = components(wf)
     for key, text in candidate.items():
-        node, _, param = key.partition(".")
-        texts.setdefault(node, {})[param] = text
+        if current.get(key) != text:  # an unchanged text stays a default (no diff line)
+            node, _, param = key.partition(".")
+            texts.setdefault(node, {})[param] = text
     nodes = [n.model_copy(update={"params": {**n.params, **texts.get(n.id, {})}})
              .model_dump(exclude_defaults=True) for n in wf.nodes]
     return Workflow.from_dict({"name": wf.name, "description": wf.description, "nodes": nodes,
