@@ -162,11 +162,13 @@ def test_check_then_escalate_pays_for_the_ensemble_only_on_disagreement(scripted
     traces = asyncio.run(Executor(LLM("scripted/m")).run_many(wf, [agree, disagree],
                                                               evaluate=evaluate))
     calls = [CostPerRun.of([t]).calls for t in traces]
-    assert calls == [3, 6]  # CoT + program + Format; and 3 samples more on a disagreement
+    assert calls == [2, 5]  # CoT + program (Format by rule); 3 samples more on a disagreement
+    assert [t.outcome.passed for t in traces] == [True, False]  # CoT samples agree, wrongly
     [check] = [s for s in traces[0].spans if s.node_id == "crosscheck"]
     assert check.outputs["agreed"] is True
+    assert wf.by_id["format"].params["llm"] is False
     # the loop's projection counts the fewest calls; its budget check the most
-    assert llm_calls_per_run(wf, least=True) == 3 and llm_calls_per_run(wf) == 6
+    assert llm_calls_per_run(wf, least=True) == 2 and llm_calls_per_run(wf) == 5
 
 
 def test_repair_extraction_keeps_the_solutions_answer_when_format_loses_it(scripted):
@@ -384,4 +386,4 @@ def test_check_then_escalate_and_a_rule_with_the_real_small_model():
         assert check.error is None and isinstance(check.outputs["agreed"], bool)
         # measured, not assumed: the check's one call, plus n more only on a disagreement
         assert len(check.calls) == (1 if check.outputs["agreed"] else 3)
-        assert CostPerRun.of([trace]).calls == 2 + len(check.calls)
+        assert CostPerRun.of([trace]).calls == 1 + len(check.calls)  # Format by rule

@@ -451,7 +451,9 @@ class AddRule(_Edit):
 class CheckThenEscalate(_Edit):
     """Check a reasoning node by an independent second path (`CrossCheck`) and sample an
     ensemble of `n` only when the two disagree: the cost is one call per run plus `n` on
-    disagreements, measured by verification."""
+    disagreements, measured by verification. A Format step reading the check extracts by rule
+    from then on: the answer the check returns is already the one it agreed on (or the
+    majority's), so a Format call could only lose it, and its call pays for the check."""
 
     op: Literal["check_then_escalate"] = "check_then_escalate"
     node: NodeId
@@ -464,8 +466,11 @@ class CheckThenEscalate(_Edit):
                                "ChainOfThought, Generate or Programmer node")
         if any(n.op == "CrossCheck" and self.node in n.upstream() for n in wf.nodes):
             raise EditRejected(f"check_then_escalate: {self.node!r} is checked already")
-        return InsertNode(operator="CrossCheck", anchor=self.node,
-                          params={"n": self.n})._edit(wf)
+        nodes, output = InsertNode(operator="CrossCheck", anchor=self.node,
+                                   params={"n": self.n})._edit(wf)
+        check = next(n.id for n in nodes if n.op == "CrossCheck" and n.id not in wf.by_id)
+        return [n.model_copy(update={"params": {**n.params, "llm": False}})
+                if n.op == "Format" and check in n.upstream() else n for n in nodes], output
 
 
 class RepairExtraction(_Edit):
