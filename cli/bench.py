@@ -540,8 +540,9 @@ def bench_ingest(spans: Annotated[int, typer.Option("--spans")] = 200_000,
 # --- refinement against its baselines -------------------------------------------------------
 @app.command("refine")
 def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
-                 methods: Annotated[str, typer.Option(help="comma-separated: cegraph, scalar, "
-                                                           "random")] = "cegraph,scalar,random",
+                 methods: Annotated[str, typer.Option(
+                     help="comma-separated: cegraph, scalar, random, gepa")
+                 ] = "cegraph,scalar,random",
                  budget: Annotated[int, typer.Option(help="LLM calls per method (seed "
                                                           "evaluation included)")] = 300,
                  dev: Annotated[int, typer.Option()] = 30,
@@ -582,9 +583,9 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
     from storage.refinement import RefinementJournal
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    if bad := [m for m in chosen if m not in ("cegraph", "scalar", "random")]:
+    if bad := [m for m in chosen if m not in ("cegraph", "scalar", "random", "gepa")]:
         raise typer.BadParameter(f"unknown method(s) {', '.join(bad)}; use cegraph, scalar, "
-                                 "random")
+                                 "random, gepa")
     split = dev_test(load(dataset, path=data_dir), dev=dev, test=test, seed=seed)
     for name in {model, proposer_model} & set(MODELS):
         fetch(name, progress=render.console.print)
@@ -623,6 +624,26 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
         seed_test, seed_traces = score(wf)
         for method in chosen:
             render.console.print(f"refining with {method} (budget {budget} calls)")
+            if method == "gepa":  # the peer: GEPA's prompt evolution, same dev roles and calls
+                from cegraph.refine.gepa_baseline import optimize_workflow
+
+                got = optimize_workflow(wf, list(split.dev), llm=llm, reflection_llm=proposer,
+                                        budget_calls=budget, seed=seed,
+                                        concurrency=concurrency, charge_since=0.0)
+                refined, traces = score(got.workflow)
+                rows.append({"method": method, "seed_test_acc": seed_test["accuracy"],
+                             "refined_test_acc": refined["accuracy"], **against_seed(traces),
+                             "mass_before": round(1 - got.val_score_before, 3),
+                             "mass_after": round(1 - got.val_score_after, 3),
+                             "llm_calls": got.llm_calls, "tokens": got.tokens,
+                             "wall_s": round(got.wall_s, 1),
+                             "accepted_edits": f"{len(got.diff)} prompt(s)" if got.diff
+                             else "-", "verification_saving": None,
+                             "version": got.workflow.version_id, "stop_reason": got.stop_reason,
+                             "decisions": f"{got.candidates} candidates, "
+                                          f"{got.reflection_calls} reflections",
+                             "verdicts": []})
+                continue
             run = Refinement(wf, list(split.dev), llm=llm, proposer_llm=proposer,
                              budget=Budget(calls=budget),
                              settings=RefineSettings(method=method, alpha=alpha,

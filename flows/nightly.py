@@ -131,6 +131,9 @@ class SnapshotJournal:
     def finish(self, refine_id: str, row: dict[str, Any]) -> None:
         self.inner.finish(refine_id, row)
 
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
+        return self.inner.rejected_edits(workflow, exclude=exclude)
+
 
 def logged_input(workflow_attrs: str | None, record: str | None,
                  first_inputs: str | None) -> str | None:

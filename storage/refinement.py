@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cegraph.graph import Workflow
+from cegraph.refine.memory import NOT_CHOSEN
 from cegraph.trace import Trace
 from storage.warehouse import Warehouse, _now
 
@@ -64,6 +65,13 @@ class RefinementJournal:
             "UPDATE refinements SET version_id = ?, status = ?, summary = ?, ended_at = ? "
             "WHERE refine_id = ?", [row["version"], row["status"], json.dumps(row, default=str),
                                     _now(), refine_id])
+
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
+        rows = self.wh.rows(
+            "SELECT edit_key, target_mode_id, mode_state FROM edits WHERE workflow = ? AND "
+            "night_id <> ? AND status = 'rejected' AND edit_key IS NOT NULL AND "
+            "coalesce(reject_reason, '') NOT LIKE ?", [workflow, exclude, NOT_CHOSEN + "%"])
+        return [{"edit_key": k, "target_mode_id": m, "mode_state": st} for k, m, st in rows]
 
     def version(self, version_id: str) -> Workflow | None:
         """A stored workflow version by id (a prefix of 6+ characters is enough)."""

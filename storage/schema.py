@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -292,8 +292,14 @@ TABLES: tuple[Table, ...] = (
                                       "expectations)"),
         C("created_at", "TIMESTAMP", "when proposed"),
         C("round", "INTEGER", "refinement round that proposed it", 4),
-        C("source", "VARCHAR", "prior | llm | random | human: who proposed it", 4),
+        C("source", "VARCHAR", "prior | rule | llm | random | human: who proposed it", 4),
         C("diff", "VARCHAR", "node-level diff from the base version", 4),
+        C("edit_key", "VARCHAR", "hash of the edit's operation, target and parameters: an "
+                                 "edit rejected for an unchanged mode is not proposed again "
+                                 "(cegraph.refine.memory)", 7),
+        C("mode_state", "VARCHAR", "JSON: the target mode when proposed (centroid, failures, "
+                                   "shown runs), to tell the same mode, unchanged, in a later "
+                                   "night", 7),
     ), key=("edit_id",), key_since=3),
     Table("verifications", "Re-runs of a candidate on counterexamples and regressions.", (
         C("verification_id", "VARCHAR", "unique id"),

@@ -7,6 +7,7 @@ import sys
 from functools import cache
 
 from cegraph.operators import (  # noqa: F401  (importing registers each operator)
+    cross_check,
     format,
     generate,
     programmer,

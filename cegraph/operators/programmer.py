@@ -18,10 +18,12 @@ class Programmer(Operator):
                    "the sandbox, and returns what it printed.")
     inputs = {"input": "text"}
     outputs = {"solution": "text", "code": "code"}
-    params = {**LLM_PARAMS, "instruction": prompts.PROGRAM}
+    params = {**LLM_PARAMS, "instruction": prompts.PROGRAM, "demos": [], "rules": []}
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
-        done = await ctx.ask(f"Problem:\n{inputs['input']}\n\n{ctx.params['instruction']}")
+        done = await ctx.ask(f"{prompts.demonstrations(ctx.params['demos'])}Problem:\n"
+                             f"{inputs['input']}\n\n{ctx.params['instruction']}"
+                             f"{prompts.rules(ctx.params['rules'])}")
         code = extract_code(done.text)
         # the answer is what the program printed, read by the host: nothing it writes or
         # claims elsewhere counts

@@ -36,6 +36,18 @@ PROGRAM = ("Write a short Python program that computes the answer to the problem
            "prints only the final answer. Reply with one ```python code block.")
 
 
+def demonstrations(demos: list[dict[str, str]]) -> str:
+    """Worked examples a node's prompt opens with (empty for none): the same text for every
+    input, so the engine keeps it as a shared prefix."""
+    return "".join(f"Worked example:\nProblem:\n{d['input']}\n\nSolution:\n{d['output']}"
+                   "\n\n---\n\n" for d in demos)
+
+
+def rules(items: list[str]) -> str:
+    """Rules added after a node's instruction (empty for none)."""
+    return "".join(f"\nRule: {r}" for r in items)
+
+
 def task_prompt(kind: Kind, text: str, *, entry_point: str | None = None) -> str:
     if kind == "code" and entry_point:
         return f"{text}\n\nImplement the Python function `{entry_point}`."

@@ -17,7 +17,10 @@ step-down splits that among the round's candidates (uniformly more powerful than
 valid under any dependence, and independent of the order candidates were verified in). The
 recorded adjusted p is Holm's adjusted p scaled to the whole budget, so it is compared with
 alpha itself. A candidate whose evidence is incomplete (a budget stop, an outage) is
-`undecided`, never accepted. Among accepted candidates the largest estimated drop wins.
+`undecided`, never accepted. Among accepted candidates (all within the cost bounds) the
+best estimated drop per extra token wins (`cost.per_extra_token`): cost is part of the
+objective, so a cheap edit that fixes most of a mode beats an ensemble that fixes a little
+more at twice the tokens.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 from cegraph.fss.failure import Failure
 from cegraph.fss.modes import MATCH_DISTANCE, find_modes
 from cegraph.fss.signature import SignatureBuilder
-from cegraph.refine.cost import CostBounds, CostPerRun, breach, ratios
+from cegraph.refine.cost import CostBounds, CostPerRun, breach, per_extra_token, ratios
 from cegraph.refine.estimator import stratified_drop
 from cegraph.refine.verify import Plan, Verification
 from cegraph.trace import INFRASTRUCTURE, Trace
@@ -145,8 +148,8 @@ class AcceptanceRule(Protocol):
     condition comes back `pending`). `decide` settles a round's verdicts together (the family
     correction), returning them in the same order; `certain` says whether a pending verdict is
     accepted whatever the round's other candidates give (so early stop may compare against
-    it); `choose` returns the index of the accepted verdict with the largest estimated drop,
-    or None. None of them makes an LLM call."""
+    it); `choose` returns the index of the accepted verdict with the best estimated drop per
+    extra token, or None. None of them makes an LLM call."""
 
     def judge(self, v: Verification, plan: Plan, base: Sequence[Trace], new_failures:
               Sequence[Failure] = ()) -> Verdict: ...
@@ -213,7 +216,9 @@ class PairedRule:
                 ok = adj <= self.alpha
                 words = (f"{d.fixed} fixed vs {d.broken} broken, p={d.p_value:.4f} "
                          f"(adjusted {adj:.4f} {'<=' if ok else '>'} {self.alpha}), estimated "
-                         f"mass drop {d.drop:.3f} [{d.ci_low:.3f}, {d.ci_high:.3f}]")
+                         f"mass drop {d.drop:.3f} [{d.ci_low:.3f}, {d.ci_high:.3f}], per run "
+                         f"x{d.cost_ratios.get('calls', 1.0):.2f} calls, "
+                         f"x{d.cost_ratios.get('tokens', 1.0):.2f} tokens of the base's")
                 d = replace(d, decision="accepted" if ok else "rejected", pending=False,
                             reason=words if ok else f"not significant after correction: "
                                                     f"{words}")
@@ -227,4 +232,10 @@ class PairedRule:
 
     def choose(self, verdicts: Sequence[Verdict]) -> int | None:
         ok = [i for i, d in enumerate(verdicts) if d.accepted]
-        return max(ok, key=lambda i: (verdicts[i].drop, -i)) if ok else None
+
+        def worth(i: int) -> tuple[float, float, int]:
+            d = verdicts[i]
+            return (per_extra_token(d.drop, d.cost_ratios.get("tokens", 1.0),
+                                    self.cost.free_tokens_ratio), d.drop, -i)
+
+        return max(ok, key=worth) if ok else None

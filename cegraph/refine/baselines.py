@@ -18,13 +18,17 @@ from pathlib import Path
 from cegraph.graph import Workflow
 from cegraph.operators import REGISTRY
 from cegraph.refine.edits import (
+    AddDemonstrations,
     AddReviewRevise,
+    AddRule,
     AddTestRevise,
+    CheckThenEscalate,
     Edit,
     EditPrompt,
     EditRejected,
     InsertNode,
     RemoveNode,
+    RepairExtraction,
     ReplaceOperator,
     SetParam,
     WrapEnsemble,
@@ -33,6 +37,9 @@ from cegraph.refine.proposer import Candidate, Proposals, Target
 from cegraph.task import Kind
 
 REFERENCES = {"io": "io.yaml", "cot": "cot.yaml", "cot-sc": "cot_sc.yaml", "pot": "pot.yaml"}
+_RULES = ("Check each step of the computation before giving the answer.",
+          "Answer exactly what the question asks, not an intermediate quantity.",
+          "Read every number and condition of the problem before solving it.")
 _INSTRUCTIONS = ("Solve the problem carefully. Think step by step.",
                  "Work through the problem one step at a time and check each step.",
                  "Solve the problem. Be concise.")
@@ -60,6 +67,11 @@ def random_edit(wf: Workflow, kind: Kind, rng: random.Random) -> Edit:
         lambda: SetParam(node=node.id, param="max_tokens", value=rng.choice([256, 768, 1024])),
         lambda: SetParam(node=node.id, param="temperature", value=rng.choice([0.0, 0.3, 0.7])),
         lambda: SetParam(node=node.id, param="llm", value=rng.choice([True, False])),
+        # the cheap edits too (the loop picks a demonstration's examples, whoever proposes it)
+        lambda: AddDemonstrations(node=node.id, k=rng.choice([1, 2, 3])),
+        lambda: AddRule(node=node.id, text=rng.choice(_RULES)),
+        lambda: CheckThenEscalate(node=node.id, n=rng.choice([2, 3])),
+        lambda: RepairExtraction(node=node.id),
     ]
     if kind == "code":
         choices.append(lambda: AddTestRevise(node=node.id, rounds=rng.choice([1, 2])))

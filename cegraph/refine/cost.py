@@ -31,6 +31,9 @@ class CostBounds:
     # model latency per run below this is scheduling noise (a replayed or scripted call), not
     # a cost: both sides count at least this much before their ratio is taken
     latency_floor_s: float = 0.05
+    # the loop picks the accepted edit with the best mass drop per extra token; extra tokens
+    # below this share of the base's count as this share (noise, not a saving to rank by)
+    free_tokens_ratio: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ def ratios(candidate: CostPerRun, base: CostPerRun, latency_floor_s: float = 0.0
     out["latency_s"] = ratio(max(candidate.latency_s, latency_floor_s),
                              max(base.latency_s, latency_floor_s))
     return out
+
+
+def per_extra_token(drop: float, tokens_ratio: float, free: float = 0.05) -> float:
+    """A candidate's mass drop per extra token, as a share of the base's tokens per run: an
+    edit within `free` extra tokens (or cheaper than the base) counts as `free` extra."""
+    return drop / max(tokens_ratio - 1.0, free)
 
 
 _BOUND = {"calls": "max_calls_ratio", "tokens": "max_tokens_ratio",

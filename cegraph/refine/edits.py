@@ -378,6 +378,125 @@ class SetParam(_Edit):
         return [new if n.id == old.id else n for n in wf.nodes], wf.output
 
 
+class Demo(BaseModel):
+    """A worked example: a shown input the current version solves, and what the node wrote
+    for it then."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: str = Field(min_length=1, max_length=200)
+    input: str = Field(min_length=1, max_length=4000)
+    output: str = Field(min_length=1, max_length=4000)
+
+
+MAX_DEMOS = 6
+MAX_RULES = 4
+
+
+class AddDemonstrations(_Edit):
+    """Open a node's prompt with `k` worked examples. The loop picks them (`demonstrations.py`):
+    shown inputs nearest the mode's members that the current version solves, never an input
+    of the verification or holdout role; a proposer names only the node and k."""
+
+    op: Literal["add_demonstrations"] = "add_demonstrations"
+    node: NodeId
+    k: int = Field(2, ge=1, le=4)
+    demos: tuple[Demo, ...] = Field(default=(), max_length=4)
+
+    def _edit(self, wf: Workflow) -> tuple[list[Node], str]:
+        old = self._node(wf, self.node)
+        if "demos" not in REGISTRY[old.op].params:
+            raise EditRejected(f"add_demonstrations: {old.op} at {self.node!r} takes no "
+                               "demonstrations")
+        if not self.demos:
+            raise EditRejected("add_demonstrations: no demonstration chosen (no solved shown "
+                               "input to show)")
+        have = list(old.params.get("demos", []))
+        ids = {d["task_id"] for d in have}
+        added = [d.model_dump() for d in self.demos if d.task_id not in ids]
+        if not added:
+            raise EditRejected(f"add_demonstrations: {self.node!r} shows those already")
+        if len(have) + len(added) > MAX_DEMOS:
+            raise EditRejected(f"add_demonstrations: {self.node!r} would show more than "
+                               f"{MAX_DEMOS} examples")
+        new = old.model_copy(update={"params": {**old.params, "demos": have + added}})
+        return [new if n.id == old.id else n for n in wf.nodes], wf.output
+
+
+class AddRule(_Edit):
+    """Add a short instruction for a failure mode to the node that fails (screened like any
+    text: it may not paste a shown input or answer)."""
+
+    op: Literal["add_rule"] = "add_rule"
+    node: NodeId
+    text: str = Field(min_length=8, max_length=300)
+
+    def texts(self) -> list[str]:
+        return [self.text]
+
+    def _edit(self, wf: Workflow) -> tuple[list[Node], str]:
+        old = self._node(wf, self.node)
+        if "rules" not in REGISTRY[old.op].params:
+            raise EditRejected(f"add_rule: {old.op} at {self.node!r} takes no rules")
+        have = list(old.params.get("rules", []))
+        text = " ".join(self.text.split())
+        if text in have:
+            raise EditRejected(f"add_rule: {self.node!r} has that rule already")
+        if len(have) >= MAX_RULES:
+            raise EditRejected(f"add_rule: {self.node!r} has {MAX_RULES} rules already")
+        new = old.model_copy(update={"params": {**old.params, "rules": [*have, text]}})
+        return [new if n.id == old.id else n for n in wf.nodes], wf.output
+
+
+class CheckThenEscalate(_Edit):
+    """Check a reasoning node by an independent second path (`CrossCheck`) and sample an
+    ensemble of `n` only when the two disagree: the cost is one call per run plus `n` on
+    disagreements, measured by verification. A Format step reading the check extracts by rule
+    from then on: the answer the check returns is already the one it agreed on (or the
+    majority's), so a Format call could only lose it, and its call pays for the check."""
+
+    op: Literal["check_then_escalate"] = "check_then_escalate"
+    node: NodeId
+    n: int = Field(3, ge=2, le=8)
+
+    def _edit(self, wf: Workflow) -> tuple[list[Node], str]:
+        old = self._node(wf, self.node)
+        if old.op not in ("ChainOfThought", "Generate", "Programmer"):
+            raise EditRejected(f"check_then_escalate: {self.node!r} runs {old.op}; it checks a "
+                               "ChainOfThought, Generate or Programmer node")
+        if any(n.op == "CrossCheck" and self.node in n.upstream() for n in wf.nodes):
+            raise EditRejected(f"check_then_escalate: {self.node!r} is checked already")
+        nodes, output = InsertNode(operator="CrossCheck", anchor=self.node,
+                                   params={"n": self.n})._edit(wf)
+        check = next(n.id for n in nodes if n.op == "CrossCheck" and n.id not in wf.by_id)
+        return [n.model_copy(update={"params": {**n.params, "llm": False}})
+                if n.op == "Format" and check in n.upstream() else n for n in nodes], output
+
+
+class RepairExtraction(_Edit):
+    """Repair answer extraction where a mode is about format: a Format call whose reply gives
+    no answer falls back to the solution's own (no extra call); a node without a Format
+    step gets one that extracts by rule."""
+
+    op: Literal["repair_extraction"] = "repair_extraction"
+    node: NodeId
+
+    def _edit(self, wf: Workflow) -> tuple[list[Node], str]:
+        old = self._node(wf, self.node)
+        if old.op == "Format":
+            params = {**REGISTRY["Format"].params, **old.params}
+            if not params["llm"]:
+                raise EditRejected(f"repair_extraction: {self.node!r} extracts by rule already")
+            if params["fallback"]:
+                raise EditRejected(f"repair_extraction: {self.node!r} falls back already")
+            new = old.model_copy(update={"params": {**old.params, "fallback": True}})
+            return [new if n.id == old.id else n for n in wf.nodes], wf.output
+        if any(n.op == "Format" and self.node in n.upstream() for n in wf.nodes):
+            raise EditRejected(f"repair_extraction: {self.node!r} feeds a Format step; repair "
+                               "that one")
+        return InsertNode(operator="Format", anchor=self.node, params={"llm": False})._edit(wf)
+
+
 _RANGES: dict[str, tuple[type, float, float]] = {
     "temperature": (float, 0.0, 2.0), "n": (int, 2, 16), "max_tokens": (int, 16, 8192)}
 
@@ -400,11 +519,13 @@ def _checked(param: str, value: Any) -> Any:
 
 
 Edit = Annotated[InsertNode | ReplaceOperator | WrapEnsemble | AddTestRevise | AddReviewRevise
-                 | EditPrompt | Rewire | RemoveNode | SetParam, Field(discriminator="op")]
+                 | EditPrompt | Rewire | RemoveNode | SetParam | AddDemonstrations | AddRule
+                 | CheckThenEscalate | RepairExtraction, Field(discriminator="op")]
 EDIT = TypeAdapter(Edit)
 EDIT_OPS: tuple[str, ...] = ("insert_node", "replace_operator", "wrap_ensemble",
                              "add_test_revise", "add_review_revise", "edit_prompt", "rewire",
-                             "remove_node", "set_param")
+                             "remove_node", "set_param", "add_demonstrations", "add_rule",
+                             "check_then_escalate", "repair_extraction")
 
 
 def require_tag(schema: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from cegraph.graph import Workflow
 from cegraph.llm import CallStore, Completion, Meter
+from cegraph.refine.memory import rejected_on_evidence
 from cegraph.trace import Trace
 
 
@@ -41,6 +42,10 @@ class Journal(Protocol):
     def record_traces(self, traces: Sequence[Trace], *, source: str) -> None: ...
 
     def finish(self, refine_id: str, row: dict[str, Any]) -> None: ...
+
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
+        """The edits of `workflow` rejected on evidence by refinements other than `exclude`:
+        rows with edit_key, target_mode_id and mode_state (see `memory.py`)."""
 
 
 @dataclass
@@ -79,6 +84,11 @@ class MemoryJournal:
 
     def finish(self, refine_id: str, row: dict[str, Any]) -> None:
         self.finished[refine_id] = row
+
+    def rejected_edits(self, workflow: str, *, exclude: str) -> list[dict[str, Any]]:
+        return [r for r in self.edits.values() if r.get("edit_key")
+                and r["workflow"] == workflow and r["night_id"] != exclude
+                and rejected_on_evidence(r)]
 
 
 class ChargingStore:

@@ -11,7 +11,7 @@ proposer; `scalar` and `random` swap these, see `baselines.py`), verifies each o
 sample of the verification role (`verify.py`) and judges it (`acceptance.py`): accepted only
 on complete evidence, a positive lower bound of the mass drop, breaks within the limit, cost
 within the bounds shared with the gate (`cost.py`), and a family-wise corrected sign test;
-the accepted candidate with the largest drop wins. The mass the loop tracks is the
+the accepted candidate with the best drop per extra token wins. The mass the loop tracks is the
 verification role's. It stops when the mass has not fallen for `patience` rounds, the target
 mass is reached, or the next step cannot be paid for: every step's calls and worst-case
 tokens (judge calls included) are projected before it starts, from the nodes it re-runs, and
@@ -50,14 +50,23 @@ from cegraph.refine.acceptance import (
     decision_counts,
 )
 from cegraph.refine.cost import CostBounds
+from cegraph.refine.demonstrations import materialize
 from cegraph.refine.edits import Applied
 from cegraph.refine.journal import ChargingStore, Journal, MemoryJournal
+from cegraph.refine.memory import (
+    NOT_CHOSEN,
+    edit_key,
+    forget_rejected,
+    mode_state,
+    rejected_keys,
+)
 from cegraph.refine.proposer import (
     Candidate,
     LLMProposer,
     PriorProposer,
     Proposals,
     Proposer,
+    RuleProposer,
     Target,
     screen,
 )
@@ -180,15 +189,20 @@ class RefineResult:
                 "verdicts": decision_counts([d for _, _, d in self.verdicts])}
 
 
-def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None) -> int:
-    """The most LLM calls one run of `nodes` (default: all) can make."""
+def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None, *,
+                      least: bool = False) -> int:
+    """The most LLM calls one run of `nodes` (default: all) can make; with `least`, the
+    fewest (nodes that run on a condition and escalations left out)."""
     total = 0
     for nid in nodes if nodes is not None else wf.order:
         n = wf.by_id[nid]
         params = {**REGISTRY[n.op].params, **n.params}
-        if n.op == "Test" or (n.op == "Format" and not params.get("llm", True)):
+        if n.op == "Test" or (n.op == "Format" and not params.get("llm", True)) or (
+                least and n.when):
             continue
-        if n.op == "SelfConsistency":
+        if n.op == "CrossCheck":  # one check, n more samples on a disagreement
+            total += 1 if least else 1 + int(params["n"])
+        elif n.op == "SelfConsistency":
             total += int(params["n"]) + (1 if params["vote"] == "llm" else 0)
         else:
             total += 1
@@ -199,10 +213,10 @@ def _edit_outcome(verdict: Verdict, picked: bool) -> dict[str, str | None]:
     """An edit row's final status and reason after its round's decision."""
     if picked:
         return {"status": "accepted", "reject_reason": None}
-    if verdict.accepted:  # significant too, but another candidate dropped the mass more
+    if verdict.accepted:  # significant too, but another candidate did more per extra token
         return {"status": "rejected",
-                "reject_reason": f"not chosen: another accepted edit drops the mass more "
-                                 f"({verdict.reason})"}
+                "reject_reason": f"{NOT_CHOSEN} another accepted edit drops the mass more per "
+                                 f"extra token ({verdict.reason})"}
     return {"status": "undecided" if verdict.decision == "undecided" else "rejected",
             "reject_reason": verdict.reason}
 
@@ -399,7 +413,8 @@ class Refinement:
 
             return [RandomProposer(seed=s.seed)]
         llm = LLMProposer(self.proposer_llm, max_tokens=s.proposer_tokens)
-        return [llm] if s.method == "scalar" else [PriorProposer(), llm]
+        return [llm] if s.method == "scalar" else [PriorProposer(),
+                                                   RuleProposer(self.proposer_llm), llm]
 
     async def _propose(self, state: _State, target: Target) -> tuple[
             list[tuple[Candidate, Applied]], Proposals]:
@@ -419,6 +434,13 @@ class Refinement:
             got = await proposer.propose(state.wf, target, kind, k)
             merged.candidates += got.candidates
             merged.invalid += got.invalid
+        # demonstrations are picked here, from solved shown inputs only
+        merged = materialize(merged, target.task_ids, tasks=self.tasks, roles=self.roles,
+                             traces=state.traces,
+                             embedder=lambda: self._builder().embedder)
+        if self.settings.method == "cegraph":  # what was rejected for this mode before
+            merged = forget_rejected(merged, rejected_keys(target, self.journal.rejected_edits(
+                state.wf.name, exclude=self.refine_id)))
         # the screen sees only what the proposer saw: the shown role's inputs and answers
         examples = [text for e in target.examples for text in (e.input, e.expected)]
         examples += [self.tasks[i].reference for i in target.task_ids
@@ -540,8 +562,10 @@ class Refinement:
             result.verification_replayed += v.calls_replayed
             result.verification_full += v.calls_full
             # early stop may only compare against a candidate certain to be accepted, so the
-            # order candidates are verified in never changes the pick
-            if rule.certain(verdict, len(cands), self.round) and (
+            # order candidates are verified in never changes the pick; and only against one
+            # with no extra tokens to speak of: then a smaller drop never wins per token
+            free = verdict.cost_ratios.get("tokens", 1.0) - 1 <= s.cost.free_tokens_ratio
+            if rule.certain(verdict, len(cands), self.round) and free and (
                     best is None or v.drop > best.drop):
                 best = v
         family = [j for j in judged if j.verified]  # every candidate tested is a test
@@ -583,10 +607,11 @@ class Refinement:
         return True
 
     def _projected_cost(self, base: Workflow, cand: Workflow) -> Verdict | None:
-        """A rejection, before any verification, of a candidate whose calls per run already
-        break the cost bound (tokens, dollars and latency are measured once it has run)."""
+        """A rejection, before any verification, of a candidate whose calls per run surely
+        break the cost bound (its fewest calls; what conditional calls cost, and tokens,
+        dollars and latency, are measured once it has run)."""
         bound = self.settings.cost.max_calls_ratio
-        ratio = llm_calls_per_run(cand) / max(1, llm_calls_per_run(base))
+        ratio = llm_calls_per_run(cand, least=True) / max(1, llm_calls_per_run(base))
         if bound is None or ratio <= bound:
             return None
         return Verdict("rejected", 1.0, 0, 0, 0.0, 0.0,
@@ -610,7 +635,9 @@ class Refinement:
                 "target_mode_id": target.target_id, "operation": op, "payload": payload,
                 "rationale": rationale, "status": "proposed" if applied else "invalid",
                 "reject_reason": reason, "round": self.round, "source": source,
-                "diff": "\n".join(applied.diff) if applied else None}
+                "diff": "\n".join(applied.diff) if applied else None,
+                "edit_key": edit_key(applied.edits[0]) if applied else None,
+                "mode_state": mode_state(target)}
 
     def _verification_row(self, j: _Judged, plan: Plan, mass: float) -> dict[str, Any]:
         v, d, c = j.v, j.verdict, j.v.counts

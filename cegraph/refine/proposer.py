@@ -6,9 +6,11 @@ only the aggregate score), a few counterexamples with what the locus node produc
 graph and the operator library, and asked for K candidate edits as JSON in the edit schema
 (`response_format` constrains decoding where the provider can). Every candidate is parsed
 by pydantic on its own: one that does not parse or validate is recorded as `Invalid` with
-the reason and never applied. The operator prior maps (failure class, locus operator) to a
-ranked list of edits known to help, so the loop progresses with a weak proposer model.
-Every candidate records its source (`prior`, `llm`, `random`).
+the reason and never applied. The operator prior maps (failure class, the mode's kind of
+error, locus operator) to a ranked list of edits known to help, the cheap edits aimed at a
+mode first, so the loop progresses with a weak proposer model. The rule proposer asks the
+LLM for one short rule against the mode (`add_rule`). Every candidate records its source
+(`prior`, `rule`, `llm`, `random`).
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ from cegraph.llm import LLM, BudgetExceeded
 from cegraph.operators import REGISTRY, library_description
 from cegraph.refine.edits import (
     EDIT_OPS,
+    AddDemonstrations,
     AddReviewRevise,
+    AddRule,
     AddTestRevise,
     Applied,
+    CheckThenEscalate,
     Edit,
     EditPrompt,
     EditRejected,
     InsertNode,
     RemoveNode,
+    RepairExtraction,
     ReplaceOperator,
     SetParam,
     WrapEnsemble,
@@ -71,12 +77,15 @@ class Target:
     task_ids: tuple[str, ...]  # its counterexamples on the dev set
     mass: float
     examples: tuple[Counterexample, ...] = ()
+    kind: str = ""  # the kind of error its members' diagnoses name (cegraph.fss.diagnosis)
+    centroid: tuple[float, ...] = ()  # a mode's, in signature space (its identity by night)
+    runs: int = 0  # shown runs its mass is counted over
 
 
 @dataclass(frozen=True)
 class Candidate:
     edit: Edit
-    source: str  # prior | llm | random
+    source: str  # prior | rule | llm | random
     rationale: str = ""
 
 
@@ -159,6 +168,14 @@ _EXAMPLES = {
     "rewire": '{"op": "rewire", "node": "format", "port": "solution", "sources": ["solve"]}',
     "remove_node": '{"op": "remove_node", "node": "format"}',
     "set_param": '{"op": "set_param", "node": "solve", "param": "max_tokens", "value": 1024}',
+    "add_demonstrations": '{"op": "add_demonstrations", "node": "solve", "k": 2} (worked '
+                          'examples of solved inputs, picked for you)',
+    "add_rule": '{"op": "add_rule", "node": "solve", "text": "When ..., ..."} (one short '
+                'general rule against the failure, no numbers from the examples)',
+    "check_then_escalate": '{"op": "check_then_escalate", "node": "solve", "n": 3} (a cheap '
+                           'second path; an ensemble only when they disagree)',
+    "repair_extraction": '{"op": "repair_extraction", "node": "format"} (answers lost by '
+                         'formatting)',
 }
 
 
@@ -312,6 +329,22 @@ def prior_edits(wf: Workflow, target: Target, kind: Kind) -> list[tuple[Edit, st
         return []
     edits: list[tuple[Edit, str]] = []
     params = REGISTRY[wf.by_id[node].op].params
+    # edits aimed at the mode's kind of error, cheap at run time, come first
+    fmt = node if op == "Format" else _downstream_format(wf, node)
+    if (cls == "no_answer" or target.kind == "extraction_format") and fmt is not None \
+            and _param(wf, fmt, "llm") and not _param(wf, fmt, "fallback"):
+        edits.append((RepairExtraction(node=fmt),
+                      "answers lost in formatting: fall back to the solution's own answer"))
+    reasoning = op in ("ChainOfThought", "Generate", "Programmer")
+    if reasoning and kind == "math" and cls == "wrong_answer" and target.kind in (
+            "", "arithmetic_slip", "other"):
+        edits.append((CheckThenEscalate(node=node, n=3),
+                      "unstable answers: check by a program, sample more only on a "
+                      "disagreement"))
+    if reasoning and cls in ("wrong_answer", "test_failure") and target.kind not in (
+            "arithmetic_slip", "extraction_format"):
+        edits.append((AddDemonstrations(node=node, k=2),
+                      "show solved inputs like the failing ones"))
     if cls == "truncated":
         if "max_tokens" in params:
             cur = int(_param(wf, node, "max_tokens") or 512)
@@ -334,6 +367,10 @@ def prior_edits(wf: Workflow, target: Target, kind: Kind) -> list[tuple[Edit, st
         edits.append((SetParam(node=node, param="llm", value=False),
                       "the Format call changes the answer: extract it by rule"))
     if kind == "math" and cls in ("wrong_answer", "truncated", "no_answer"):
+        if op in ("ChainOfThought", "Generate") and target.kind == "arithmetic_slip":
+            edits.append((CheckThenEscalate(node=node, n=3),
+                          "arithmetic slips: check by a program, sample more only on a "
+                          "disagreement"))
         if op in ("ChainOfThought", "Generate"):
             edits.append((ReplaceOperator(node=node, operator="Programmer"),
                           "arithmetic slips: compute with a program"))
@@ -369,6 +406,66 @@ class PriorProposer:
     async def propose(self, wf: Workflow, target: Target, kind: Kind, k: int) -> Proposals:
         return Proposals([Candidate(e, "prior", why)
                           for e, why in prior_edits(wf, target, kind)[:k]])
+
+
+# --- a rule for the mode ------------------------------------------------------------------
+class RuleReply(BaseModel):
+    rule: str = Field(min_length=8, max_length=300)
+
+
+def rule_prompt(target: Target, kind: Kind) -> str:
+    from cegraph.fss.diagnosis import KINDS
+
+    how = KINDS.get(target.kind, "") if target.kind else ""
+    shown = "\n\n".join(f"Input: {_clip(c.input, 300)}\nExpected: {_clip(c.expected, 80)}\n"
+                         f"Got: {_clip(c.observed, 80)}" for c in target.examples[:3])
+    return (f"A {kind} solver fails in one recurring way.\nFailure mode: {target.label}\n"
+            f"Failure class: {target.failure_class}"
+            + (f"\nDiagnosis: the solver {how}" if how else "")
+            + f"\n\nSome failures:\n{shown}\n\nWrite ONE short general rule (at most 30 "
+            "words) that the solver should follow to avoid this kind of mistake on any input. "
+            "Do not mention the numbers, names or answers of these examples.\n"
+            'Reply with JSON only: {"rule": "..."}')
+
+
+def rule_format() -> dict[str, Any]:
+    return {"type": "json_object", "schema": _lighten(RuleReply.model_json_schema())}
+
+
+@dataclass
+class RuleProposer:
+    """One `add_rule` edit per mode, the rule written by `llm` from the mode's label, kind and
+    diagnosis; a reply that does not parse into `RuleReply` is `Invalid`, and the rule text
+    passes the anti-overfit screen like any proposed text."""
+
+    llm: LLM
+    max_tokens: int = 128
+    temperature: float = 0.7
+    projected_calls: int = 1
+    round: int = 0
+
+    async def propose(self, wf: Workflow, target: Target, kind: Kind, k: int) -> Proposals:
+        node = target.locus_node
+        if target.target_id == "aggregate" or node not in wf.by_id \
+                or "rules" not in REGISTRY[wf.by_id[node].op].params:
+            return Proposals()
+        try:
+            done = await self.llm.complete(
+                [{"role": "user", "content": rule_prompt(target, kind)}],
+                temperature=self.temperature, max_tokens=self.max_tokens, sample=self.round,
+                response_format=rule_format())
+        except BudgetExceeded:
+            raise
+        except Exception as exc:  # a provider that rejects the schema, or an outage
+            return Proposals(invalid=[Invalid("rule", "", f"rule call failed: "
+                                                          f"{_first_line(exc)}")])
+        try:
+            reply = RuleReply.model_validate(_json_object(done.text))
+            edit = AddRule(node=node, text=reply.rule)
+        except (ValueError, ValidationError) as exc:
+            return Proposals(invalid=[Invalid("rule", _clip(done.text, 2000),
+                                              f"not a rule: {_first_line(exc)}")])
+        return Proposals([Candidate(edit, "rule", f"a rule for: {target.label}")])
 
 
 def screen(wf: Workflow, proposals: Proposals, examples: Sequence[str], *,

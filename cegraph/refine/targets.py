@@ -12,10 +12,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
 
+from cegraph.fss.diagnosis import KINDS
 from cegraph.fss.failure import Failure
 from cegraph.fss.failure_space import Analysis
 from cegraph.fss.modes import DEFAULT_EPS
@@ -57,7 +59,7 @@ def _target(target_id: str, label: str, members: Sequence[Failure], runs: int,
     cls = Counter(f.failure_class for f in members).most_common(1)[0][0]
     return Target(target_id, label, locus[0], locus[1], cls,
                   tuple(sorted({f.task_id for f in members})), len(members) / max(1, runs),
-                  tuple(_example(f, traces, tasks) for f in shown[:EXAMPLES]))
+                  tuple(_example(f, traces, tasks) for f in shown[:EXAMPLES]), runs=runs)
 
 
 class ModeTargets:
@@ -83,8 +85,13 @@ class ModeTargets:
             reps = [by_id[i] for i in mode.representative_ids]
             # the nearest to the centroid first, then the most distant others (diversity)
             rest = [f for f in members if f.failure_id not in mode.representative_ids]
-            out.append(_target(mode.mode_id, mode.label, members, runs, traces, tasks,
-                               reps[:3] + rest[::-1][:2]))
+            target = _target(mode.mode_id, mode.label, members, runs, traces, tasks,
+                             reps[:3] + rest[::-1][:2])
+            # the kind of error its diagnoses name ranks the edits of the operator prior
+            kind = next((k for k, v in KINDS.items() if (mode.kind_label or "").startswith(v)),
+                        "")
+            out.append(replace(target, kind=kind,
+                               centroid=tuple(float(x) for x in mode.centroid)))
         noise = [by_id[i] for i in analysis.noise_ids] if analysis else list(failures)
         groups: dict[tuple[str, str], list[Failure]] = {}
         for f in noise:
