@@ -64,7 +64,11 @@ def source_rows(run: Run) -> list[dict[str, Any]]:
              else r.kind, "node_id": node, "started_at": _ts(s.start_ns),
              "ended_at": _ts(s.end_ns), "status": s.status,
              "attributes": _json(s.attributes), "events": _json([e.__dict__ for e in s.events]),
-             "oversized": s.oversized} for s, r, node in run.spans]
+             "oversized": s.oversized, "conversation_id": r.conversation_id or None,
+             "input_tokens": r.tokens_in, "output_tokens": r.tokens_out,
+             "cache_read_input_tokens": r.cache_read_tokens,
+             "cache_creation_input_tokens": r.cache_creation_tokens,
+             "reasoning_output_tokens": r.reasoning_tokens} for s, r, node in run.spans]
     from cegraph.ingest.staging import log_key
 
     rows += [{"run_id": rid, "trace_id": g.trace_id, "span_key": log_key(g),
