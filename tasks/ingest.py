@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.ingest import gate, lines, otlp, values
-from cegraph.ingest.accounting import Fault
+from cegraph.ingest.accounting import Counts, Fault
 from cegraph.ingest.assemble import Run
 from cegraph.ingest.lines import Cut
 from cegraph.ingest.mapping import Mappings
@@ -263,35 +263,87 @@ class SpoolDrainer:
     """The single writer of a receiver's runs: stores the spool's pending requests as one
     ingest, holding the catalog only for that (so `cegraph sql`, ingests and nights share
     the home), then commits the spool's cursor; maps the failures of the pools it touched
-    every `modes_s` (embedding is not free) and at the end."""
+    every `modes_s` (embedding is not free) and at the end.
+
+    A poison request must not hold the spool: when storing the pending requests together
+    fails (not an I/O error, which is the machine's and retried whole), they are stored one
+    by one, committing each; one that fails by itself `max_attempts` drains in a row is
+    quarantined whole (`unstorable_request`) and the drain goes on past it. Fewer failures
+    raise (the drain is retried), so a store step that fails for everyone quarantines
+    nothing at once."""
 
     def __init__(self, home: Path, spool: Spool, *, mappings: Mappings | None = None,
                  modes: bool = True, modes_s: float = 600.0,
-                 locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> None:
+                 locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_attempts: int = 3) -> None:
         self.home, self.spool, self.mappings = home, spool, mappings or Mappings()
         self.modes, self.modes_s, self.locus_weight = modes, modes_s, locus_weight
+        self.max_attempts = max_attempts
+        self.failures: Counter[int] = Counter()  # request number -> failed stores alone
         self.totals: Counter[str] = Counter()
         self.quarantined: Counter[str] = Counter()
         self.pools: set[tuple[str, str, str]] = set()
         self._mapped_at = time.monotonic()
 
+    def _store(self, requests: Sequence[tuple[int, bytes, Any]]) -> Ingested:
+        with Warehouse(self.home) as wh:
+            ingestor = Ingestor(wh, fmt="otlp", mappings=self.mappings, inputs=["otlp-http"])
+            for seq, raw, _ in requests:
+                ingestor.feed("otlp-http", seq, raw)
+            result = ingestor.finish()
+        self.spool.commit(requests[-1][2])
+        self._account(result.summary)
+        self.pools |= set(result.pools)
+        return result
+
+    def _account(self, summary: dict[str, Any]) -> None:
+        self.totals.update({k: v for k, v in summary.items() if isinstance(v, int)})
+        self.quarantined.update(summary["quarantined"])
+
     def drain(self) -> Ingested | None:
         pending = list(self.spool.pending())
         if not pending:
             return None
-        with Warehouse(self.home) as wh:
-            ingestor = Ingestor(wh, fmt="otlp", mappings=self.mappings, inputs=["otlp-http"])
-            for seq, raw, _ in pending:
-                ingestor.feed("otlp-http", seq, raw)
-            result = ingestor.finish()
-        self.spool.commit(pending[-1][2])
-        s = result.summary
-        self.totals.update({k: v for k, v in s.items() if isinstance(v, int)})
-        self.quarantined.update(s["quarantined"])
-        self.pools |= set(result.pools)
+        try:
+            result = self._store(pending)
+        except _INFRASTRUCTURE:
+            raise
+        except Exception:  # noqa: BLE001 - one request may be the cause: store them alone
+            result = self._store_each(pending)
         if time.monotonic() - self._mapped_at >= self.modes_s:
             self.map_modes()
         return result
+
+    def _store_each(self, pending: Sequence[tuple[int, bytes, Any]]) -> Ingested:
+        results: list[Ingested] = []
+        for request in pending:
+            seq, raw, cursor = request
+            try:
+                results.append(self._store([request]))
+                self.failures.pop(seq, None)
+            except _INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                self.failures[seq] += 1
+                if self.failures[seq] < self.max_attempts:
+                    raise  # stored so far is committed; the drain resumes at this request
+                results.append(self._quarantine(seq, raw, exc))
+                self.spool.commit(cursor)
+                del self.failures[seq]
+        return _merged(results)
+
+    def _quarantine(self, seq: int, raw: bytes, exc: Exception) -> Ingested:
+        counts = Counts()
+        counts.line("quarantined", "unstorable_request")
+        ingest_id = f"collect-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        with Warehouse(self.home) as wh:
+            store = IngestStore(wh)
+            store.begin(ingest_id, ["otlp-http"])
+            store.quarantine([Fault("otlp-http", seq, "unstorable_request",
+                                    f"{type(exc).__name__}: {exc} (its store failed "
+                                    f"{self.failures[seq]} times by itself)", raw)], ingest_id)
+            store.finish(ingest_id, counts.summary())
+        self._account(counts.summary())
+        return Ingested(ingest_id, counts.summary())
 
     def map_modes(self) -> None:
         if self.modes and self.pools:
@@ -303,6 +355,22 @@ class SpoolDrainer:
 
     def summary(self) -> dict[str, Any]:
         return {**self.totals, "quarantined": dict(self.quarantined)}
+
+
+def _merged(results: Sequence[Ingested]) -> Ingested:
+    """Several ingests' accounting as one (the drain that stored its requests one by one)."""
+    totals: Counter[str] = Counter()
+    quarantined: Counter[str] = Counter()
+    span_faults: Counter[str] = Counter()
+    for r in results:
+        totals.update({k: v for k, v in r.summary.items() if isinstance(v, int)})
+        quarantined.update(r.summary.get("quarantined", {}))
+        span_faults.update(r.summary.get("span_faults", {}))
+    summary = {**totals, "quarantined": dict(quarantined), "span_faults": dict(span_faults)}
+    return Ingested(results[-1].ingest_id, summary,
+                    sorted({p for r in results for p in r.pools}),
+                    sorted({u for r in results for u in r.unmapped}),
+                    [b for r in results for b in r.marked_batches])
 
 
 def collect(home: Path, *, host: str = "127.0.0.1", port: int = 4318, token: str | None = None,
