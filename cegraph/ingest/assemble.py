@@ -83,7 +83,7 @@ def workflow_of(span: SourceSpan, spans: Sequence[SourceSpan] = ()) -> str:
 
 def run_span(spans: Sequence[SourceSpan], mappings: Mappings) -> SourceSpan | None:
     ids = {s.span_id for s in spans}
-    marked = [s for s in spans if is_run_span(s, mappings.of(workflow_of(s)))]
+    marked = [s for s in spans if is_run_span(s, mappings.of_span(s))]
     if marked:
         return marked[0]
     roots = [s for s in spans if s.parent_id is None or s.parent_id not in ids]

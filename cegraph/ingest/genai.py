@@ -37,11 +37,16 @@ def evaluation(attrs: dict, invalid: list[str]) -> dict:
 
 def count(attrs: dict, key: str, invalid: list[str]) -> int:
     """A token count attribute (0 when absent or unreadable, the latter reported)."""
-    return values.lenient(values.integer, attrs.get(key), key, invalid, 0)
+    value = attrs.get(key)
+    if value is None:
+        return 0
+    if type(value) is int:  # as OTLP's intValue decodes: already checked for int64
+        return value
+    return values.lenient(values.integer, value, key, invalid, 0)
 
 
 def read(span: SourceSpan, logs: Sequence[LogRecord] = ()) -> Reading:
-    attrs = dict(span.attributes)
+    attrs = dict(span.attributes) if logs else span.attributes  # copied only to be filled
     invalid: list[str] = []
     evaluations = [evaluation(e.attributes, invalid) for e in span.events
                    if e.name == EVALUATION]

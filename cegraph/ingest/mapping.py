@@ -75,6 +75,15 @@ class Mappings:
     def of(self, workflow: str) -> Mapping:
         return self.workflows.get(workflow, self.default)
 
+    def of_span(self, span: Any) -> Mapping:
+        """The mapping of the workflow a span names (no need to name it when every workflow
+        maps alike)."""
+        if not self.workflows:
+            return self.default
+        from cegraph.ingest.assemble import workflow_of
+
+        return self.of(workflow_of(span))
+
     @property
     def max_attribute_chars(self) -> int:
         return self.default.max_attribute_chars
