@@ -152,6 +152,22 @@ TABLES: tuple[Table, ...] = (
         C("events", "VARCHAR", "JSON of the span events"),
         C("oversized", "VARCHAR[]", "'key:original_length' of values cut to the size limit"),
         C("batch_id", "VARCHAR", "the write batch (joins batches.batch_id)"),
+        C("conversation_id", "VARCHAR", "gen_ai.conversation.id, else OpenInference's "
+                                        "session.id (NULL when absent)", 7),
+        C("input_tokens", "BIGINT", "gen_ai.usage.input_tokens / llm.token_count.prompt, "
+                                    "cached ones included (0 when absent)", 7),
+        C("output_tokens", "BIGINT", "gen_ai.usage.output_tokens / "
+                                     "llm.token_count.completion, reasoning included", 7),
+        C("cache_read_input_tokens", "BIGINT", "input tokens served from the provider's "
+                                               "cache: gen_ai.usage.cache_read.input_tokens / "
+                                               "llm.token_count.prompt_details.cache_read", 7),
+        C("cache_creation_input_tokens", "BIGINT", "input tokens written to the provider's "
+                                                   "cache: gen_ai.usage.cache_creation."
+                                                   "input_tokens / llm.token_count."
+                                                   "prompt_details.cache_write", 7),
+        C("reasoning_output_tokens", "BIGINT", "output tokens spent reasoning: gen_ai.usage."
+                                               "reasoning.output_tokens / llm.token_count."
+                                               "completion_details.reasoning", 7),
     ), history=True, since=4),
     Table("batches", "Commit markers of history writes: a batch's Parquet files are visible "
           "only once its row exists (written after all of them).", (

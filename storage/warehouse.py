@@ -37,6 +37,16 @@ def default_home() -> Path:
     return Path(os.environ.get("CEGRAPH_HOME") or ".cegraph")
 
 
+
+def _of_runs(rows: list[dict[str, Any]] | pa.Table, kept: set[str]
+             ) -> list[dict[str, Any]] | pa.Table:
+    """The rows (or Arrow table) of the runs in `kept`."""
+    if isinstance(rows, pa.Table):
+        import pyarrow.compute as pc
+
+        return rows.filter(pc.is_in(rows["run_id"], pa.array(sorted(kept), pa.string())))
+    return [r for r in rows if r["run_id"] in kept]
+
 def _ts(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).replace(tzinfo=None)
 
@@ -238,14 +248,16 @@ class Warehouse:
 
     def record_traces(self, traces: Sequence[Trace], *, night_id: str, source: str,
                       dataset: str, model: str, batch_id: str | None = None,
-                      extra: dict[str, list[dict[str, Any]]] | None = None) -> list[Failure]:
+                      extra: dict[str, list[dict[str, Any]] | pa.Table] | None = None
+                      ) -> list[Failure]:
         """Store runs with their spans and failures as one batch; returns the new failures.
 
         A run id already stored is stored again only to re-grade it: when its stored verdict
         was `infrastructure` (a healthy rerun replaces it) or came from another evaluator
         version. Otherwise replays and retries are not double-counted. Infrastructure
         outcomes are stored but yield no failure. `extra` history rows (by table, each with a
-        run_id) go into the same batch, those of runs not stored again left out."""
+        run_id; rows or an Arrow table) go into the same batch, those of runs not stored
+        again left out."""
         from cegraph.fss.failure import failure_from_trace
         from cegraph.fss.features import digest_from_trace, trace_features
 
@@ -288,7 +300,7 @@ class Warehouse:
                     **trace_features(digest_from_trace(t)).row()))
         kept = {t.run_id for t in traces}
         self.write_batch({"runs": runs, "spans": spans, "failures": failure_rows,
-                          **{table: [r for r in rows if r["run_id"] in kept]
+                          **{table: _of_runs(rows, kept)
                              for table, rows in (extra or {}).items()}},
                          night_id=night_id, batch_id=batch_id)
         return failures

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.ingest import gate, lines, otlp, values
-from cegraph.ingest.accounting import Fault
+from cegraph.ingest.accounting import Counts, Fault
 from cegraph.ingest.assemble import Run
 from cegraph.ingest.lines import Cut
 from cegraph.ingest.mapping import Mappings
@@ -41,10 +41,6 @@ SOURCE = DATASET = "production"
 _INFRASTRUCTURE = (OSError, MemoryError, duckdb.IOException, CatalogLocked)
 
 
-def _ts(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).replace(tzinfo=None)
-
-
 def outcome_label(t: Trace) -> str:
     """`runs.outcome` of a trace (as the warehouse stores it)."""
     o = t.outcome
@@ -55,31 +51,60 @@ def _json(value: object) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def source_rows(run: Run) -> list[dict[str, Any]]:
-    """The `source_spans` rows of a run: every span and log record as read."""
-    rid = run.trace.run_id
-    rows = [{"run_id": rid, "trace_id": s.trace_id, "span_key": s.span_id,
-             "parent_span_id": s.parent_id, "name": s.name,
-             "kind": "workflow" if s.span_id == run.spans[0][0].span_id and s.parent_id is None
-             else r.kind, "node_id": node, "started_at": _ts(s.start_ns),
-             "ended_at": _ts(s.end_ns), "status": s.status,
-             "attributes": _json(s.attributes), "events": _json([e.__dict__ for e in s.events]),
-             "oversized": s.oversized} for s, r, node in run.spans]
-    from cegraph.ingest.staging import log_key
+def source_table(runs: Sequence[Run]) -> Any:
+    """The `source_spans` rows of runs, every span and log record as read, built column by
+    column (a dict per row costs more than parsing the span did)."""
+    import pyarrow as pa
 
-    rows += [{"run_id": rid, "trace_id": g.trace_id, "span_key": log_key(g),
-              "parent_span_id": g.span_id, "name": g.event_name, "kind": "log",
-              "node_id": None, "started_at": _ts(g.time_ns), "ended_at": _ts(g.time_ns),
-              "status": None, "attributes": _json(g.attributes),
-              "events": "[]", "oversized": []} for g in run.logs]
-    if run.record:
-        t = run.trace
-        rows.append({"run_id": rid, "trace_id": rid, "span_key": "run", "parent_span_id": None,
-                     "name": t.workflow, "kind": "run", "node_id": None,
-                     "started_at": _ts(int(t.started * 1e9)),
-                     "ended_at": _ts(int(t.ended * 1e9)), "status": None,
-                     "attributes": run.record, "events": "[]", "oversized": []})
-    return rows
+    from cegraph.ingest.staging import log_key
+    from storage.schema import arrow_schema
+
+    spans = [(run.trace.run_id, s, r, node, s.span_id == run.spans[0][0].span_id
+              and s.parent_id is None) for run in runs for s, r, node in run.spans]
+    logs = [(run.trace.run_id, g) for run in runs for g in run.logs]
+    records = [run for run in runs if run.record]
+    n = len(spans) + len(logs) + len(records)
+    none = [None] * (len(logs) + len(records))
+    zeros = [0] * (len(logs) + len(records))
+    ns = ([s.start_ns for _, s, _, _, _ in spans] + [g.time_ns for _, g in logs]
+          + [int(r.trace.started * 1e9) for r in records])
+    end_ns = ([s.end_ns for _, s, _, _, _ in spans] + [g.time_ns for _, g in logs]
+              + [int(r.trace.ended * 1e9) for r in records])
+    columns = {
+        "run_id": [x[0] for x in spans] + [x[0] for x in logs]
+        + [r.trace.run_id for r in records],
+        "trace_id": [s.trace_id for _, s, _, _, _ in spans] + [g.trace_id for _, g in logs]
+        + [r.trace.run_id for r in records],
+        "span_key": [s.span_id for _, s, _, _, _ in spans] + [log_key(g) for _, g in logs]
+        + ["run"] * len(records),
+        "parent_span_id": [s.parent_id for _, s, _, _, _ in spans]
+        + [g.span_id for _, g in logs] + [None] * len(records),
+        "name": [s.name for _, s, _, _, _ in spans] + [g.event_name for _, g in logs]
+        + [r.trace.workflow for r in records],
+        "kind": ["workflow" if root else r.kind for _, _, r, _, root in spans]
+        + ["log"] * len(logs) + ["run"] * len(records),
+        "node_id": [node for _, _, _, node, _ in spans] + none,
+        "started_at": pa.array([t // 1000 for t in ns], pa.int64()).cast(pa.timestamp("us")),
+        "ended_at": pa.array([t // 1000 for t in end_ns], pa.int64()).cast(
+            pa.timestamp("us")),
+        "status": [s.status for _, s, _, _, _ in spans] + none,
+        "attributes": [_json(s.attributes) for _, s, _, _, _ in spans]
+        + [_json(g.attributes) for _, g in logs] + [r.record for r in records],
+        "events": [_json([e.__dict__ for e in s.events]) if s.events else "[]"
+                   for _, s, _, _, _ in spans] + ["[]"] * (len(logs) + len(records)),
+        "oversized": [s.oversized for _, s, _, _, _ in spans] + [[]] * (len(logs)
+                                                                         + len(records)),
+        "batch_id": [None] * n,
+        "conversation_id": [r.conversation_id or None for _, _, r, _, _ in spans] + none,
+        "input_tokens": [r.tokens_in for _, _, r, _, _ in spans] + zeros,
+        "output_tokens": [r.tokens_out for _, _, r, _, _ in spans] + zeros,
+        "cache_read_input_tokens": [r.cache_read_tokens for _, _, r, _, _ in spans] + zeros,
+        "cache_creation_input_tokens": [r.cache_creation_tokens for _, _, r, _, _ in spans]
+        + zeros,
+        "reasoning_output_tokens": [r.reasoning_tokens for _, _, r, _, _ in spans] + zeros,
+    }
+    schema = arrow_schema("source_spans")
+    return pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
 
 
 @dataclass
@@ -164,16 +189,16 @@ class Ingestor:
         verdict = gate.check(traces, [outcome_label(t) for t in traces])
         # a fresh id per attempt: files a killed attempt left under its id stay unread
         batch_id = uuid.uuid4().hex
-        rows = [row for r in runs for row in source_rows(r)]
+        rows = source_table(runs)
         self.store.record_gate(batch_id=batch_id, ingest_id=self.ingest_id,
                                workflow=workflow, model=model, runs=len(runs),
-                               spans=len(rows), passed=verdict.passed, suite=verdict.suite,
-                               results=verdict.results)
+                               spans=rows.num_rows, passed=verdict.passed,
+                               suite=verdict.suite, results=verdict.results)
         self.wh.record_traces(traces, night_id=self.ingest_id, source=SOURCE,
                               dataset=DATASET, model=model, batch_id=batch_id,
                               extra={"source_spans": rows})
         counts.runs_stored += len(runs)
-        counts.spans_stored += len(rows)
+        counts.spans_stored += rows.num_rows
         if not verdict.passed:
             self.marked.append(batch_id)
         self.pools |= {(t.workflow, t.version_id, model) for t in traces
@@ -259,35 +284,87 @@ class SpoolDrainer:
     """The single writer of a receiver's runs: stores the spool's pending requests as one
     ingest, holding the catalog only for that (so `cegraph sql`, ingests and nights share
     the home), then commits the spool's cursor; maps the failures of the pools it touched
-    every `modes_s` (embedding is not free) and at the end."""
+    every `modes_s` (embedding is not free) and at the end.
+
+    A poison request must not hold the spool: when storing the pending requests together
+    fails (not an I/O error, which is the machine's and retried whole), they are stored one
+    by one, committing each; one that fails by itself `max_attempts` drains in a row is
+    quarantined whole (`unstorable_request`) and the drain goes on past it. Fewer failures
+    raise (the drain is retried), so a store step that fails for everyone quarantines
+    nothing at once."""
 
     def __init__(self, home: Path, spool: Spool, *, mappings: Mappings | None = None,
                  modes: bool = True, modes_s: float = 600.0,
-                 locus_weight: float = DEFAULT_LOCUS_WEIGHT) -> None:
+                 locus_weight: float = DEFAULT_LOCUS_WEIGHT, max_attempts: int = 3) -> None:
         self.home, self.spool, self.mappings = home, spool, mappings or Mappings()
         self.modes, self.modes_s, self.locus_weight = modes, modes_s, locus_weight
+        self.max_attempts = max_attempts
+        self.failures: Counter[int] = Counter()  # request number -> failed stores alone
         self.totals: Counter[str] = Counter()
         self.quarantined: Counter[str] = Counter()
         self.pools: set[tuple[str, str, str]] = set()
         self._mapped_at = time.monotonic()
 
+    def _store(self, requests: Sequence[tuple[int, bytes, Any]]) -> Ingested:
+        with Warehouse(self.home) as wh:
+            ingestor = Ingestor(wh, fmt="otlp", mappings=self.mappings, inputs=["otlp-http"])
+            for seq, raw, _ in requests:
+                ingestor.feed("otlp-http", seq, raw)
+            result = ingestor.finish()
+        self.spool.commit(requests[-1][2])
+        self._account(result.summary)
+        self.pools |= set(result.pools)
+        return result
+
+    def _account(self, summary: dict[str, Any]) -> None:
+        self.totals.update({k: v for k, v in summary.items() if isinstance(v, int)})
+        self.quarantined.update(summary["quarantined"])
+
     def drain(self) -> Ingested | None:
         pending = list(self.spool.pending())
         if not pending:
             return None
-        with Warehouse(self.home) as wh:
-            ingestor = Ingestor(wh, fmt="otlp", mappings=self.mappings, inputs=["otlp-http"])
-            for seq, raw, _ in pending:
-                ingestor.feed("otlp-http", seq, raw)
-            result = ingestor.finish()
-        self.spool.commit(pending[-1][2])
-        s = result.summary
-        self.totals.update({k: v for k, v in s.items() if isinstance(v, int)})
-        self.quarantined.update(s["quarantined"])
-        self.pools |= set(result.pools)
+        try:
+            result = self._store(pending)
+        except _INFRASTRUCTURE:
+            raise
+        except Exception:  # noqa: BLE001 - one request may be the cause: store them alone
+            result = self._store_each(pending)
         if time.monotonic() - self._mapped_at >= self.modes_s:
             self.map_modes()
         return result
+
+    def _store_each(self, pending: Sequence[tuple[int, bytes, Any]]) -> Ingested:
+        results: list[Ingested] = []
+        for request in pending:
+            seq, raw, cursor = request
+            try:
+                results.append(self._store([request]))
+                self.failures.pop(seq, None)
+            except _INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                self.failures[seq] += 1
+                if self.failures[seq] < self.max_attempts:
+                    raise  # stored so far is committed; the drain resumes at this request
+                results.append(self._quarantine(seq, raw, exc))
+                self.spool.commit(cursor)
+                del self.failures[seq]
+        return _merged(results)
+
+    def _quarantine(self, seq: int, raw: bytes, exc: Exception) -> Ingested:
+        counts = Counts()
+        counts.line("quarantined", "unstorable_request")
+        ingest_id = f"collect-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        with Warehouse(self.home) as wh:
+            store = IngestStore(wh)
+            store.begin(ingest_id, ["otlp-http"])
+            store.quarantine([Fault("otlp-http", seq, "unstorable_request",
+                                    f"{type(exc).__name__}: {exc} (its store failed "
+                                    f"{self.failures[seq]} times by itself)", raw)], ingest_id)
+            store.finish(ingest_id, counts.summary())
+        self._account(counts.summary())
+        return Ingested(ingest_id, counts.summary())
 
     def map_modes(self) -> None:
         if self.modes and self.pools:
@@ -299,6 +376,22 @@ class SpoolDrainer:
 
     def summary(self) -> dict[str, Any]:
         return {**self.totals, "quarantined": dict(self.quarantined)}
+
+
+def _merged(results: Sequence[Ingested]) -> Ingested:
+    """Several ingests' accounting as one (the drain that stored its requests one by one)."""
+    totals: Counter[str] = Counter()
+    quarantined: Counter[str] = Counter()
+    span_faults: Counter[str] = Counter()
+    for r in results:
+        totals.update({k: v for k, v in r.summary.items() if isinstance(v, int)})
+        quarantined.update(r.summary.get("quarantined", {}))
+        span_faults.update(r.summary.get("span_faults", {}))
+    summary = {**totals, "quarantined": dict(quarantined), "span_faults": dict(span_faults)}
+    return Ingested(results[-1].ingest_id, summary,
+                    sorted({p for r in results for p in r.pools}),
+                    sorted({u for r in results for u in r.unmapped}),
+                    [b for r in results for b in r.marked_batches])
 
 
 def collect(home: Path, *, host: str = "127.0.0.1", port: int = 4318, token: str | None = None,

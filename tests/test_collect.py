@@ -194,6 +194,41 @@ def test_a_failing_store_never_stops_the_receiver(tmp_path: Path, receiver: Rece
     assert rows(tmp_path, "SELECT reason FROM quarantine") == [("invalid_value",)]
 
 
+def test_a_poison_request_is_quarantined_and_the_spool_goes_on(tmp_path: Path,
+                                                                receiver: Receiver,
+                                                                monkeypatch) -> None:
+    """A request whose store step raises every time is retried, then quarantined whole;
+    the requests before and after it are stored and the receiver keeps answering."""
+    from tasks.ingest import Ingestor
+
+    real = Ingestor.feed
+
+    def feed(self, source, line_no, raw, cut=None):  # the store step fails for this one
+        if b"poison" in raw:
+            raise RuntimeError("the store refused it")
+        return real(self, source, line_no, raw, cut)
+
+    monkeypatch.setattr(Ingestor, "feed", feed)
+    url = receiver.address + "/v1/traces"
+    poison = trace(1, name="wf.poison")
+    for body in (trace(2), poison, trace(3), trace(4)):
+        assert post(url, body.encode())[0] == 200
+    drainer = SpoolDrainer(tmp_path, receiver.spool, modes=False, max_attempts=2)
+    with pytest.raises(RuntimeError):
+        drainer.drain()  # stored alone up to the poison, which failed once
+    assert rows(tmp_path, "SELECT count(*) FROM runs") == [(1,)]
+    assert post(url, trace(5).encode())[0] == 200  # the receiver still answers
+    drainer.drain()  # the poison fails again: quarantined, the rest stored
+    assert rows(tmp_path, "SELECT count(*), count(DISTINCT run_id) FROM runs") == [(4, 4)]
+    [(reason, raw, line_no)] = rows(tmp_path, "SELECT reason, raw, line_no FROM quarantine")
+    assert reason == "unstorable_request" and json.loads(raw) == json.loads(poison)
+    assert line_no == 2  # the spool's request number
+    s = drainer.summary()
+    assert s["quarantined"] == {"unstorable_request": 1}
+    assert s["lines_read"] == s["lines_stored"] + s["duplicates"] + 1
+    assert receiver.spool.backlog() == 0 and drainer.drain() is None
+
+
 def test_the_receiver_shares_its_home(tmp_path: Path, receiver: Receiver) -> None:
     """Between stores nothing holds the catalog: SQL readers and an ingest work while the
     receiver listens, and the runs it stores get their failures mapped."""

@@ -25,6 +25,8 @@ LINE_REASONS = {
                       "lines after it are lost (one row says so)",
     "gzip_corrupt": "a gzip file corrupt from this point on (as gzip_truncated)",
     "unreadable": "an unforeseen error decoding the line (a cegraph bug: the line is kept)",
+    "unstorable_request": "a receiver's request whose store step kept failing by itself "
+                          "(kept whole; the spool goes on past it)",
 }
 SPAN_REASONS = {
     "missing_id": "a span or log record without its trace or span id (dropped, the rest of "

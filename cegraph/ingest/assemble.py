@@ -8,7 +8,12 @@ LLM calls, the output and the outcome.
   one step, itself.
 - A step's node id is the mapping's `node_attribute`, else the last dotted part of its name;
   its operator the mapping's `operator_attribute`, else its span kind.
-- The outcome: a `gen_ai.evaluation.result` (or the mapping's `outcome_attribute`), whose
+- The workflow: `gen_ai.workflow.name` of the run span, else of the trace's `invoke_workflow`
+  span (or that span's name, `invoke_workflow <name>`), else `service.name`, else its name.
+- The outcome: a grade of the run (a `gen_ai.evaluation.result` event or an OpenInference
+  `annotations.*` / `evaluations.*` attribute set on the run span, else a trace-scoped
+  `trace.annotations.*` / `trace.evaluations.*` one on any span; the last, or the mapping's
+  `evaluation_name`), else the mapping's `outcome_attribute`. A grade's
   label, when it is a cegraph failure class (`truncated`, ...), is the failure's class; a step
   with error status or an `exception` event makes it an `exception` failure at that step;
   an error status on the run span alone, a failure with that message; neither: unevaluated.
@@ -54,14 +59,31 @@ def is_run_span(span: SourceSpan, mapping: Mapping) -> bool:
     return span.attributes.get("gen_ai.operation.name") == mapping.run_operation
 
 
-def workflow_of(span: SourceSpan) -> str:
-    return str(span.attributes.get("gen_ai.workflow.name")
-               or span.resource.get("service.name") or span.name or "production")
+WORKFLOW_SPAN = "invoke_workflow"
+
+
+def _workflow_name(span: SourceSpan) -> str:
+    """The GenAI workflow name a span carries: `gen_ai.workflow.name`, else an
+    `invoke_workflow` span's name (`invoke_workflow <gen_ai.workflow.name>`)."""
+    attrs = span.attributes
+    name = attrs.get("gen_ai.workflow.name")
+    if not name and attrs.get("gen_ai.operation.name") == WORKFLOW_SPAN:
+        name = span.name.removeprefix(WORKFLOW_SPAN).strip()
+    return str(name or "")
+
+
+def workflow_of(span: SourceSpan, spans: Sequence[SourceSpan] = ()) -> str:
+    """The workflow a run belongs to: its span's workflow name, else that of the trace's
+    `invoke_workflow` span (a run whose root is, say, an HTTP server span), else the service."""
+    named = _workflow_name(span) or next(
+        (n for s in spans if s.attributes.get("gen_ai.operation.name") == WORKFLOW_SPAN
+         for n in [_workflow_name(s)] if n), "")
+    return named or str(span.resource.get("service.name") or span.name or "production")
 
 
 def run_span(spans: Sequence[SourceSpan], mappings: Mappings) -> SourceSpan | None:
     ids = {s.span_id for s in spans}
-    marked = [s for s in spans if is_run_span(s, mappings.of(workflow_of(s)))]
+    marked = [s for s in spans if is_run_span(s, mappings.of_span(s))]
     if marked:
         return marked[0]
     roots = [s for s in spans if s.parent_id is None or s.parent_id not in ids]
@@ -74,7 +96,7 @@ def _ns(ns: int) -> float:
 
 def assemble(spans: Sequence[SourceSpan], logs: Sequence[LogRecord], mappings: Mappings,
              root: SourceSpan) -> Run:
-    workflow = workflow_of(root)
+    workflow = workflow_of(root, spans)
     mapping = mappings.of(workflow)
     by_span: dict[str, list[LogRecord]] = {}
     for record in logs:
@@ -134,7 +156,10 @@ def assemble(spans: Sequence[SourceSpan], logs: Sequence[LogRecord], mappings: M
                   ended=_ns(root.end_ns), outcome=None)
     if cegraph_spans and input_text:
         cegraph_spans[0].inputs.setdefault("input", input_text)
-    trace.outcome = _outcome(trace, root, rr, mapping)
+    trace_grades = [g for s in sorted(spans, key=lambda s: s.start_ns)
+                    for g in readings[s.span_id].trace_evaluations]
+    trace.outcome = _outcome(trace, root, rr, mapping, _grade(rr.evaluations, trace_grades,
+                                                              mapping))
     model = next((readings[s.span_id].model for s in spans
                   if readings[s.span_id].kind == "llm" and readings[s.span_id].model), "")
     unmapped = unmapped_keys(((s, readings[s.span_id]) for s in spans), mapping.attributes())
@@ -171,10 +196,21 @@ def _span(step: SourceSpan, readings: dict[str, Reading], inner: list[SourceSpan
                 error_type=failed.error_type if failed else None)
 
 
-def _outcome(trace: Trace, root: SourceSpan, rr: Reading, mapping: Mapping) -> Outcome | None:
-    ev = rr.evaluation
-    if ev is not None and ev.get("label") is None and ev.get("score") is None:
-        ev = None  # an evaluation without a readable verdict (its score reported invalid)
+def _grade(own: list[dict], trace_grades: list[dict], mapping: Mapping) -> dict | None:
+    """The grade that is the run's verdict: the run span's own, else a trace-scoped one; the
+    last of them, or the last named `mapping.evaluation_name`; one without a readable label or
+    score (its score reported invalid) is no verdict."""
+    for grades in (own, trace_grades):
+        graded = [g for g in grades if g.get("label") is not None or g.get("score") is not None]
+        if mapping.evaluation_name:
+            graded = [g for g in graded if g.get("name") == mapping.evaluation_name]
+        if graded:
+            return graded[-1]
+    return None
+
+
+def _outcome(trace: Trace, root: SourceSpan, rr: Reading, mapping: Mapping,
+             ev: dict | None) -> Outcome | None:
     attrs = root.attributes
     reference = (str(attrs.get(mapping.reference_attribute, "")) if mapping.reference_attribute
                  else "")

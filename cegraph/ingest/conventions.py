@@ -21,8 +21,20 @@ def read(span: SourceSpan, logs: Sequence[LogRecord] = ()) -> Reading:
         reading = openinference.read(span)
     else:
         reading = Reading(kind="step")
+    add_feedback(span, reading)
     add_error(span, reading)
     return reading
+
+
+def add_feedback(span: SourceSpan, reading: Reading) -> None:
+    """OpenInference's annotation / evaluation attributes, whatever convention the span
+    otherwise follows (a GenAI run span may carry them too)."""
+    from cegraph.ingest.openinference import feedback
+
+    grades, trace_grades, keys = feedback(span.attributes, reading.invalid)
+    reading.evaluations += grades
+    reading.trace_evaluations += trace_grades
+    reading.consumed |= keys
 
 
 def add_error(span: SourceSpan, reading: Reading) -> None:

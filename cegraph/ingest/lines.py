@@ -111,11 +111,15 @@ class _Splitter:
         if room > 0:
             self.head += piece[:room]
 
-    def _emit(self) -> Iterator[tuple[int, bytes, Cut | None]]:
+    def _emit(self, whole: bytes | None = None) -> Iterator[tuple[int, bytes, Cut | None]]:
+        """The line read so far, or `whole`, a line that came in one piece (not copied)."""
         self.n += 1
-        line, size = bytes(self.head), self.size
-        self.head.clear()
-        self.size = 0
+        if whole is not None:
+            line, size = whole, len(whole)
+        else:
+            line, size = bytes(self.head), self.size
+            self.head.clear()
+            self.size = 0
         if self.n == 1 and line.startswith(BOM):  # a UTF-8 BOM (Windows tools) is no JSON
             line, size = line[len(BOM):], size - len(BOM)
         if size > self.max_line:
@@ -123,12 +127,15 @@ class _Splitter:
                                     f"{self.max_line}-byte line cap (--max-line-bytes)")
             return
         line = line.rstrip(b"\r")
-        if line.strip():
+        if line and not line.isspace():  # (strip() would copy the line to say so)
             yield self.n, line, None
 
     def feed(self, chunk: bytes) -> Iterator[tuple[int, bytes, Cut | None]]:
         *whole, rest = chunk.split(b"\n")
         for part in whole:
+            if not self.size and len(part) <= self.max_line:  # the common case
+                yield from self._emit(part)
+                continue
             self._add(part)
             yield from self._emit()
         self._add(rest)

@@ -15,6 +15,8 @@ version_attribute = "app.version"   # workflow version (default: service.version
 reference_attribute = "app.expected"  # the reference answer (default: cegraph.reference)
 reference_pattern = 'expected (?P<expected>.+?), got (?P<observed>.*)'  # from explanations
 outcome_attribute = "app.passed"    # a pass/fail attribute on the run span
+evaluation_name = "correctness"     # of several grades, the one that is the verdict
+                                    # (default: the last)
 ```
 """
 
@@ -43,6 +45,7 @@ class Mapping:
     reference_attribute: str | None = "cegraph.reference"
     reference_pattern: str = r"expected (?P<expected>.+?), got (?P<observed>.*)"
     outcome_attribute: str | None = None
+    evaluation_name: str | None = None
     pass_labels: tuple[str, ...] = ("pass", "passed", "correct", "true", "ok", "good", "1")
     max_attribute_chars: int = 16384
 
@@ -71,6 +74,15 @@ class Mappings:
 
     def of(self, workflow: str) -> Mapping:
         return self.workflows.get(workflow, self.default)
+
+    def of_span(self, span: Any) -> Mapping:
+        """The mapping of the workflow a span names (no need to name it when every workflow
+        maps alike)."""
+        if not self.workflows:
+            return self.default
+        from cegraph.ingest.assemble import workflow_of
+
+        return self.of(workflow_of(span))
 
     @property
     def max_attribute_chars(self) -> int:

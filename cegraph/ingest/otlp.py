@@ -49,7 +49,7 @@ def kind(obj: object) -> str | None:
 def decode_id(value: object, size: int) -> str | None:
     """A trace (16 bytes) or span (8 bytes) id as lower-case hex, from hex or base64; None
     when absent or all zero (OTLP's "no id")."""
-    if value in (None, ""):
+    if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise NotOtlp(f"id {value!r} is not a string")
@@ -74,6 +74,8 @@ def any_value(value: dict[str, Any]) -> Any:
     """An OTLP AnyValue as a Python value (64-bit integers may come as strings)."""
     if not isinstance(value, dict) or not value:
         return None
+    if "stringValue" in value:  # most attributes: no list built
+        return value["stringValue"]
     ((key, v),) = list(value.items())[:1]
     if key in ("stringValue", "string_value", "doubleValue", "double_value", "boolValue",
                "bool_value", "bytesValue", "bytes_value"):
@@ -94,7 +96,9 @@ def attributes(items: list[dict[str, Any]] | None, limit: int = 0,
     reported in `oversized` as `key:original_length`."""
     out: dict[str, Any] = {}
     for kv in items or []:
-        key = values.text(kv["key"], "attribute key")
+        key = kv["key"]
+        if type(key) is not str:
+            key = values.text(key, "attribute key")
         value = any_value(kv.get("value", {}))
         if limit and isinstance(value, str) and len(value) > limit:
             if oversized is not None:
@@ -105,7 +109,8 @@ def attributes(items: list[dict[str, Any]] | None, limit: int = 0,
 
 
 def _get(obj: dict[str, Any], camel: str, snake: str) -> Any:
-    return obj.get(camel, obj.get(snake))
+    value = obj.get(camel)
+    return obj.get(snake) if value is None else value
 
 
 def spans(request: dict[str, Any], *, limit: int = 0) -> Iterator[SourceSpan | SpanFault]:
@@ -139,7 +144,7 @@ def _span(s: dict[str, Any], resource: dict[str, Any], scope: str,
                             values.unix_ns(_get(e, "timeUnixNano", "time_unix_nano"),
                                            "event timeUnixNano"),
                             attributes(e.get("attributes"), limit, oversized))
-                  for e in s.get("events") or []]
+                  for e in s.get("events") or ()] if "events" in s else []
         return SourceSpan(
             trace_id, span_id, parent, values.text(s.get("name"), "name"),
             values.unix_ns(_get(s, "startTimeUnixNano", "start_time_unix_nano"),

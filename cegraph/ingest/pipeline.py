@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
@@ -109,17 +109,30 @@ class Pipeline:
         line.items.clear()
         line.faults[:] = [Fault(line.source, line.line_no, reason, detail, line.raw)]
 
-    def _decode(self, line: Line) -> None:
+    def _parse(self, line: Line) -> Any:
+        """The line's JSON, else None with the line rejected: not UTF-8, cut short, or not
+        JSON. orjson checks the UTF-8 itself: a good line is not decoded to a copy first."""
+        try:
+            return orjson.loads(line.raw)
+        except orjson.JSONDecodeError:
+            pass
         try:
             text = line.raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return self._reject(line, "not_utf8", str(exc))
+            self._reject(line, "not_utf8", str(exc))
+            return None
         try:
-            obj = orjson.loads(text)
+            return orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             near_end = getattr(exc, "pos", 0) >= len(text.rstrip()) - 1
-            return self._reject(line, "truncated" if near_end and text.lstrip()[:1] in "{["
-                                else "invalid_json", str(exc).splitlines()[0])
+            self._reject(line, "truncated" if near_end and text.lstrip()[:1] in "{["
+                         else "invalid_json", str(exc).splitlines()[0])
+            return None
+
+    def _decode(self, line: Line) -> None:
+        obj = self._parse(line)
+        if obj is None and line.faults:
+            return None
         signal = otlp.kind(obj)
         if self.fmt == "otlp" and signal is None:
             return self._reject(line, "not_otlp", "no resourceSpans or resourceLogs")

@@ -66,12 +66,20 @@ class Reading:
     model: str = ""
     tokens_in: int = 0
     tokens_out: int = 0
+    # parts of tokens_in / tokens_out the conventions break out (0 when not reported)
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    conversation_id: str = ""  # gen_ai.conversation.id, else OpenInference's session.id
     input: str = ""
     output: str = ""
     finish_reason: str = ""
     error: str | None = None
     error_type: str | None = None
-    evaluation: dict[str, Any] | None = None  # name, score, label, explanation
+    # grades: each {name, score, label, explanation}; span-scoped grade this span, trace-scoped
+    # (OpenInference's `trace.annotations.*`) the whole trace, whichever span carries them
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    trace_evaluations: list[dict[str, Any]] = field(default_factory=list)
     consumed: set[str] = field(default_factory=set)  # attribute keys the reading used
     invalid: list[str] = field(default_factory=list)  # fields it could not read, and why
 

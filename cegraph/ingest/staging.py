@@ -34,11 +34,11 @@ class Staging:
         return staged is not None and (key in staged.spans or key in staged.logs)
 
     def add_span(self, span: SourceSpan) -> None:
-        from cegraph.ingest.assemble import is_run_span, workflow_of
+        from cegraph.ingest.assemble import is_run_span
 
         staged = self.traces.setdefault(span.trace_id, Staged())
         staged.spans[span.span_id] = span
-        if span.parent_id is None or is_run_span(span, self.mappings.of(workflow_of(span))):
+        if span.parent_id is None or is_run_span(span, self.mappings.of_span(span)):
             staged.has_root = True
 
     def add_log(self, record: LogRecord) -> None:
