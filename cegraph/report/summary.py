@@ -119,14 +119,9 @@ class Edit(BaseModel):
     operation: str
     edit: str = ""  # the edit in words: operation and what it acts on (`describe`)
     target_mode_id: str = ""
-<<<<<<< HEAD
     status: str  # its final `edits.status`: invalid | accepted | rejected | undecided |
     # gated_out | verified (proposed: never judged)
-    source: str = ""  # prior | llm | random | human
-=======
-    status: str  # proposed | invalid | verified | accepted | rejected | gated_out | promoted
-    source: str = ""  # prior | rule | llm | random
->>>>>>> cheap-edits
+    source: str = ""  # prior | rule | llm | random | human
     rationale: str = ""
     reject_reason: str = ""
     candidate_version_id: str = ""
