@@ -18,6 +18,7 @@ replaying what it already paid for, until it completes or no chunk can go furthe
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,8 +67,11 @@ class ModelSpec:
     fingerprint: str | None = None
 
     def llm(self, *, store: CallStore, meter: Meter, concurrency: int | None) -> LLM:
+        extra = dict(self.extra)
+        if "api_base" in extra:  # the key is the worker's own, never shipped with a chunk
+            extra.setdefault("api_key", os.environ.get("OPENAI_API_KEY", "none"))
         return LLM(self.model, store=store, meter=meter, concurrency=concurrency,
-                   fingerprint=self.fingerprint, **self.extra)
+                   fingerprint=self.fingerprint, **extra)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def nightly(workflow: Annotated[str | None, typer.Option(
     gate and promote (the `nightly-refinement` deployment's flow, run once here). Exit code
     0 for any verdict, 3 when a night was refused (budget), busy (locked) or stale."""
     from cegraph.local_model import MODELS, fetch
-    from flows.nightly import nightly_refinement
+    from flows.nightly import night_flow
     from storage.registry import RegistryError
     from storage.warehouse import CatalogLocked
 
@@ -46,7 +46,8 @@ def nightly(workflow: Annotated[str | None, typer.Option(
         fetch(model, progress=render.console.print)
     error = None
     try:
-        result = nightly_refinement(home=str(home.resolve()), workflow=workflow, model=model,
+        # the task runner `[night]` of the settings names (cegraph.config.NightConfig)
+        result = night_flow()(home=str(home.resolve()), workflow=workflow, model=model,
                                     budget_calls=budget_calls, budget_tokens=budget_tokens,
                                     budget_dollars=budget_dollars, propose_only=propose_only,
                                     max_inputs=max_inputs, holdout_share=holdout_share,
