@@ -67,6 +67,7 @@ class _DaskLog:
 
 
 LOCAL = _LocalLog()
+SUBMITTED = 0  # run-chunk tasks this process submitted (`cegraph bench night` counts them)
 
 
 def call_log() -> _LocalLog | _DaskLog:
@@ -92,5 +93,7 @@ def run_chunk_task(chunk: Chunk) -> ChunkResult:
 
 def prefect_batch(chunks: Sequence[Chunk]) -> list[ChunkResult]:
     """`RunBatch` on the current flow's task runner: every chunk submitted at once."""
+    global SUBMITTED
+    SUBMITTED += len(chunks)
     futures = [run_chunk_task.submit(c) for c in chunks]
     return [f.result() for f in futures]

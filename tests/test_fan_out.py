@@ -103,3 +103,57 @@ def test_a_fanned_out_refinement_stays_within_its_budget(scripted, embedder):
         in_process, ModelSpec("scripted/x"), chunk=4)).run())
     assert result.llm_calls <= 80 and len(scripted.calls) <= 80
     assert result.stop_reason.startswith("budget")
+
+
+def test_the_night_runner_is_configuration_not_code(tmp_path, monkeypatch):
+    import yaml
+
+    from flows.nightly import night_flow
+
+    monkeypatch.chdir(tmp_path)
+    assert type(night_flow().task_runner).__name__ == "ThreadPoolTaskRunner"  # the default
+    (tmp_path / "cegraph.toml").write_text(
+        '[night]\nrunner = "dask"\ndask_address = "tcp://10.0.0.5:8786"\n')
+    assert night_flow().task_runner.address == "tcp://10.0.0.5:8786"
+    monkeypatch.setenv("CEGRAPH_NIGHT_DASK_ADDRESS", "tcp://127.0.0.1:8786")
+    assert night_flow().task_runner.address == "tcp://127.0.0.1:8786"
+    # the deployment variant for a Dask cluster sets only environment variables
+    root = __import__("pathlib").Path(__file__).parents[1]
+    [dask] = [d for d in yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+              if d["name"] == "nightly-refinement-dask"]
+    env = dask["work_pool"]["job_variables"]["env"]
+    assert env["CEGRAPH_NIGHT_RUNNER"] == "dask" and "CEGRAPH_NIGHT_DASK_ADDRESS" in env
+    path, name = dask["entrypoint"].split(":")
+    assert (root / path).is_file() and f"\n{name} = night_flow()" in (root / path).read_text()
+
+
+def test_the_readme_night_settings_move_a_night_to_a_cluster(tmp_path, monkeypatch):
+    import re
+
+    from cegraph.config import Settings
+    from flows.nightly import night_flow
+
+    readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()
+    [toml] = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    (tmp_path / "cegraph.toml").write_text(toml)
+    monkeypatch.chdir(tmp_path)
+    night = Settings.load().night
+    assert (night.runner, night.api_base) == ("dask", "http://model-server:8080/v1")
+    assert night_flow().task_runner.address == "tcp://scheduler:8786"
+
+
+def test_bench_night_runs_the_same_night_in_process_and_fanned_out(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["bench", "night", "--runner", "threads", "--inputs", "16",
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    figures = json.loads(out.output.strip().splitlines()[-1])
+    local, fanned = figures["nights"]
+    assert local["decision"] == fanned["decision"] and local["runs"] == fanned["runs"] > 0
+    assert local["calls"] == fanned["calls"] and fanned["tasks"] > 0 == local["tasks"]
