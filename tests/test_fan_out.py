@@ -150,7 +150,7 @@ def test_bench_night_runs_the_same_night_in_process_and_fanned_out(tmp_path, mon
     from cli.main import app
 
     monkeypatch.chdir(tmp_path)
-    out = CliRunner().invoke(app, ["bench", "night", "--runner", "threads", "--inputs", "16",
+    out = CliRunner().invoke(app, ["bench", "night", "--runner", "threads", "--inputs", "12",
                                    "--json"])
     assert out.exit_code == 0, out.output
     figures = json.loads(out.output.strip().splitlines()[-1])
