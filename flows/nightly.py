@@ -170,6 +170,18 @@ def _epoch(at: Any) -> float:
     return at.replace(tzinfo=dt.UTC).timestamp()
 
 
+def _fan_out(wh: Warehouse, night: Night, s: NightSettings, llm: LLM, judge: LLM,
+             spec: Any) -> FanOut | None:
+    """Where a batch of this night's runs goes: None (here) or run-chunk tasks."""
+    if s.runner == "local":
+        return None
+    return FanOut(prefect_batch, s.served or ModelSpec(s.model), chunk=s.chunk,
+                  evaluator_json=spec.model_dump_json(),
+                  judge=ModelSpec(spec.judge_model) if spec.judge_model else None,
+                  known=known_calls(wh, night.workflow, {llm.model, judge.model},
+                                    _epoch(night.started_at)))
+
+
 def recheck(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
             s: NightSettings) -> tuple[set[str], list[float]]:
     """Run the active version on carried counterexamples (replaying stored calls); returns
@@ -177,7 +189,10 @@ def recheck(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
     llm = s.llm(store=wh, concurrency=s.concurrency, meter=s.budget.meter())
     spec = Registry(wh).evaluator(night.workflow)
     judge = LLM(spec.judge_model, store=wh, meter=llm.meter) if spec.judge_model else llm
-    traces = asyncio.run(Executor(llm, concurrency=s.concurrency).run_many(
+    fan_out = _fan_out(wh, night, s, llm, judge, spec)
+    executor = (Executor(llm, concurrency=s.concurrency) if fan_out is None
+                else fan_out.executor(llm, concurrency=s.concurrency))
+    traces = asyncio.run(executor.run_many(
         active, tasks, evaluate=grader(spec, judge),
         run_id=lambda t: stable_run_id(active.version_id, llm.identity, t.id)))
     wh.record_traces(traces, night_id=night.night_id, source="verification", dataset=DATASET,
@@ -259,12 +274,7 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
     llm = s.llm(store=wh, concurrency=s.concurrency)
     spec = Registry(wh).evaluator(night.workflow)  # re-runs graded as production's are
     judge = LLM(spec.judge_model, store=wh) if spec.judge_model else llm
-    fan_out = None if s.runner == "local" else FanOut(
-        prefect_batch, s.served or ModelSpec(s.model), chunk=s.chunk,
-        evaluator_json=spec.model_dump_json(),
-        judge=ModelSpec(spec.judge_model) if spec.judge_model else None,
-        known=known_calls(wh, night.workflow, {llm.model, judge.model},
-                          _epoch(night.started_at)))
+    fan_out = _fan_out(wh, night, s, llm, judge, spec)
     journal: Journal = SnapshotJournal(RefinementJournal(wh, dataset=DATASET,
                                                          model=llm.identity), wh)
     # charged for the calls this night made (a resumed night: its earlier attempt's too),
