@@ -120,13 +120,15 @@ class Meter:
         self.reserved_cost -= reservation.cost
         self.reserved_calls -= 1
 
-    def charge(self, calls: int, tokens_in: int, tokens_out: int, cost: float) -> None:
-        """Count spend made before this meter existed (a resumed job's earlier attempt)."""
+    def charge(self, calls: int, tokens_in: int, tokens_out: int, cost: float, *,
+               generated: bool = False) -> None:
+        """Count spend this meter did not reserve: a resumed job's earlier attempt, or
+        (`generated`) calls made now by another process for this job (a fanned-out chunk)."""
         with self._lock:
             self.calls += calls
             self.tokens_in += tokens_in
             self.tokens_out += tokens_out
-            self.charged_tokens_out += tokens_out
+            self.charged_tokens_out += 0 if generated else tokens_out
             self.cost += cost
 
     @property

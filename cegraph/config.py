@@ -6,12 +6,30 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cegraph.fss.recipe import DEFAULT_RECIPE
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
 from cegraph.local_model import DEFAULT_MODEL
+
+
+class NightConfig(BaseModel):
+    """`[night]`: where a night's batches of runs go (`cegraph.batch`). `local`: here, in
+    the flow's process; `threads`: Prefect tasks on the flow's thread pool; `dask`: Prefect
+    tasks on a dask.distributed cluster at `dask_address` (none: a temporary local cluster
+    of `workers` processes). `chunk`: inputs per task. `api_base`: the OpenAI-compatible
+    server every worker calls (none: the model string says; a local model is served to
+    the workers from the flow's process on loopback)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runner: Literal["local", "threads", "dask"] = "local"
+    dask_address: str | None = None
+    workers: int = 2
+    chunk: int = 4
+    api_base: str | None = None
 
 
 class Settings(BaseModel):
@@ -24,6 +42,7 @@ class Settings(BaseModel):
     locus_weight: float = DEFAULT_LOCUS_WEIGHT
     signature_recipe: str = DEFAULT_RECIPE  # see cegraph.fss.recipe
     diagnosis_model: str | None = None  # None: the run's model
+    night: NightConfig = Field(default_factory=NightConfig)
 
     @classmethod
     def load(cls, cwd: Path | None = None) -> Settings:
@@ -50,6 +69,13 @@ class Settings(BaseModel):
             env = os.environ.get(f"CEGRAPH_{name.upper()}")
             if env is not None:
                 values[name] = env
+        night = dict(values.get("night") or {})  # CEGRAPH_NIGHT_<KEY> for `[night] key`
+        for name in NightConfig.model_fields:
+            env = os.environ.get(f"CEGRAPH_NIGHT_{name.upper()}")
+            if env is not None:
+                night[name] = env
+        if night:
+            values["night"] = night
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

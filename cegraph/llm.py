@@ -187,6 +187,9 @@ class LLM:
         self.explicit_price = (None if input_cost_per_token is None else
                                Price(input_cost_per_token, output_cost_per_token or 0.0))
         self.fingerprint = fingerprint or model_fingerprint(self.model, extra)
+        # a fingerprint given names the weights wherever they are served: the server's
+        # address (a loopback port that changes each start) then stays out of the call key
+        self._not_in_key = NOT_IN_KEY | ({"api_base", "base_url"} if fingerprint else set())
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary())
         self.meter.require_price(self.model, self.price(self.model))  # now, not mid-run
@@ -228,7 +231,7 @@ class LLM:
         constrains decoding where the provider can (llama.cpp turns it into a grammar) and is
         dropped elsewhere; it is part of the call key."""
         model = resolve_model(model) if model else self.model
-        params = {k: v for k, v in self.extra.items() if k not in NOT_IN_KEY}
+        params = {k: v for k, v in self.extra.items() if k not in self._not_in_key}
         params |= {"temperature": temperature, "max_tokens": max_tokens}
         if response_format is not None:
             params["response_format"] = response_format

@@ -701,3 +701,140 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                           "counterexamples": counterexamples,
                           "max_break_rate": max_break_rate, "rows": rows}))
 
+
+
+# --- a night fanned out over Dask workers ---------------------------------------------------
+def _night_world(messages: list[dict[str, str]]) -> str:
+    """The scripted model of the night benchmark (as tests/test_nightly.py's): CoT right on
+    every third problem, a Programmer always right, the proposer suggests a Programmer."""
+    import re
+
+    text = messages[-1]["content"]
+    if "candidates" in text:
+        return json.dumps({"candidates": [{"rationale": "compute it", "edit": {
+            "op": "replace_operator", "node": "solve", "operator": "Programmer"}}]})
+    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+    if "Python program" in text:
+        return f"```python\nprint({i} + 1)\n```"
+    if "Give only the final answer" in text:
+        found = re.findall(r"\d+", text.split("Solution:")[-1])
+        return f"\\boxed{{{found[0] if found else 0}}}"
+    return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
+
+
+@contextlib.contextmanager
+def _scripted_server(latency_s: float) -> Iterator[str]:
+    """An OpenAI-compatible server on loopback answering with `_night_world` after
+    `latency_s` (a hosted model's latency, without its cost); yields its api_base."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            time.sleep(latency_s)
+            text = _night_world(body["messages"])
+            out = json.dumps({"id": "x", "object": "chat.completion", "created": 0,
+                              "model": body["model"], "choices": [{
+                                  "index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}],
+                              "usage": {"prompt_tokens": 50, "completion_tokens": 10,
+                                        "total_tokens": 60}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+
+
+@app.command("night")
+def bench_night(runner: Annotated[str, typer.Option(help="threads | dask")] = "dask",
+                workers: Annotated[int, typer.Option(help="Dask worker processes")] = 2,
+                inputs: Annotated[int, typer.Option(help="logged inputs")] = 40,
+                chunk: Annotated[int, typer.Option(help="inputs per run-chunk task")] = 4,
+                latency_ms: Annotated[float, typer.Option(
+                    help="the scripted model's latency per call")] = 0.0,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The same night (the seed math workflow, `inputs` logged runs, a scripted model
+    served over HTTP on loopback) in-process and fanned out as run-chunk tasks on `runner`
+    (a temporary Dask cluster of `workers` processes): wall time of each, the runs the
+    night made, and the fan-out's overhead per run and per task."""
+    import os
+
+    from cegraph.evaluator_spec import EvaluatorSpec
+    from cegraph.evaluators import evaluate
+    from cegraph.executor import Executor
+    from cegraph.llm import LLM
+    from cegraph.seeds import seed
+    from flows.nightly import night_flow
+    from storage import Warehouse
+    from storage.registry import Registry
+    from tasks import batch
+
+    if runner not in ("threads", "dask"):
+        raise typer.BadParameter("--runner: threads or dask")
+    rows = []
+    os.environ.setdefault("OPENAI_API_KEY", "none")
+    with _scripted_server(latency_ms / 1000) as api_base, \
+            tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        address, cluster_s = None, 0.0
+        if runner == "dask":  # started once, as a standing cluster is: not a night's cost
+            from distributed import LocalCluster
+
+            started = time.perf_counter()
+            address = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True,
+                dashboard_address=None)).scheduler_address
+            cluster_s = time.perf_counter() - started
+        # each runner's first night pays one-time costs (imports, the embedder, a worker's
+        # first chunk): a warm-up night on other inputs, then the timed one
+        for name, timed in (("local", False), ("local", True), (runner, False),
+                            (runner, True)):
+            home = Path(tmp) / f"{name}-{timed}"
+            tasks = [Task(f"p{i}", "production", f"What is {i + (0 if timed else 1000)} + 1?",
+                          str(i + 1 + (0 if timed else 1000)), metadata={"kind": "math"})
+                     for i in range(inputs)]
+            with Warehouse(home) as wh:
+                Registry(wh).register(seed("math"), evaluator=EvaluatorSpec(kind="numeric"))
+                llm = LLM("openai/bench", api_base=api_base)
+                traces = asyncio.run(Executor(llm).run_many(
+                    seed("math"), tasks, evaluate=evaluate, run_id=lambda t: f"prod-{t.id}"))
+                wh.record_traces(traces, night_id="ingest", source="production",
+                                 dataset="production", model=llm.identity)
+            submitted = batch.SUBMITTED
+            started = time.perf_counter()
+            [night] = night_flow(name, address=address, workers=workers)(
+                home=str(home), model="openai/bench", api_base=api_base, runner=name,
+                chunk=chunk, budget_calls=2000, max_latency_ratio=1e9,
+                max_inputs=inputs)["nights"]
+            wall = time.perf_counter() - started
+            with Warehouse(home, read_only=True) as wh:
+                [(runs,)] = wh.rows("SELECT count(*) FROM runs WHERE source <> 'production'")
+            if not timed:
+                continue
+            rows.append({"runner": name, "workers": workers if name == "dask" else 1,
+                         "decision": night["decision"], "runs": runs,
+                         "calls": night["cost"]["calls"],
+                         "tasks": batch.SUBMITTED - submitted, "wall_s": round(wall, 2)})
+    local, fanned = rows
+    extra = fanned["wall_s"] - local["wall_s"]
+    figures = {"inputs": inputs, "chunk": chunk, "latency_ms": latency_ms, "nights": rows,
+               "cluster_start_s": round(cluster_s, 2),
+               "overhead_per_run_s": round(extra / max(1, fanned["runs"]), 4),
+               "overhead_per_task_s": round(extra / max(1, fanned["tasks"]), 4)}
+    render.grid(list(rows[0]), [list(r.values()) for r in rows], title="night")
+    render.console.print(f"fan-out overhead: {figures['overhead_per_run_s']} s a run, "
+                         f"{figures['overhead_per_task_s']} s a task")
+    if as_json:
+        print(json.dumps(figures))

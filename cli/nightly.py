@@ -39,7 +39,7 @@ def nightly(workflow: Annotated[str | None, typer.Option(
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
     from cegraph.preflight import ModelUnavailable, check_model
-    from flows.nightly import nightly_refinement
+    from flows.nightly import night_flow
     from storage.registry import RegistryError
     from storage.warehouse import CatalogLocked
 
@@ -52,7 +52,8 @@ def nightly(workflow: Annotated[str | None, typer.Option(
         fail(str(exc))
     error = None
     try:
-        result = nightly_refinement(home=str(home.resolve()), workflow=workflow, model=model,
+        # the task runner `[night]` of the settings names (cegraph.config.NightConfig)
+        result = night_flow()(home=str(home.resolve()), workflow=workflow, model=model,
                                     budget_calls=budget_calls, budget_tokens=budget_tokens,
                                     budget_dollars=budget_dollars, propose_only=propose_only,
                                     max_inputs=max_inputs, holdout_share=holdout_share,

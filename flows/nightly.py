@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from cegraph.batch import FanOut, ModelSpec, completion_dict, task_dict, task_from
 from cegraph.evaluator_spec import LoggedRun, gradeable, grader
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
@@ -73,7 +75,8 @@ from storage.nights import LEASE_S, Night, NightStore, open_catalog
 from storage.refinement import RefinementJournal
 from storage.registry import Registry, Stale
 from storage.warehouse import _now
-from tasks.verification import completion_dict, task_dict, task_from, verify_chunk
+from tasks.batch import prefect_batch
+from tasks.verification import verify_chunk
 
 DATASET = SOURCE = "production"
 
@@ -95,6 +98,14 @@ class NightSettings:
     seed: int = 0
     bounds: gate.GateBounds = field(default_factory=gate.GateBounds)
     lease_s: float = LEASE_S
+    # where the refinement's evaluations and verifications run (`cegraph.config.NightConfig`):
+    # local (here), or fanned out as run-chunk tasks on the flow's task runner
+    runner: str = "local"
+    served: ModelSpec | None = None  # how a worker reaches the model (None: `model` itself)
+    llm_extra: dict[str, Any] = field(default_factory=dict)  # this process's (api_base)
+
+    def llm(self, **kw: Any) -> LLM:
+        return LLM(self.model, **kw, **self.llm_extra)
 
 
 class SnapshotJournal:
@@ -162,14 +173,29 @@ def _epoch(at: Any) -> float:
     return at.replace(tzinfo=dt.UTC).timestamp()
 
 
+def _fan_out(wh: Warehouse, night: Night, s: NightSettings, llm: LLM, judge: LLM,
+             spec: Any) -> FanOut | None:
+    """Where a batch of this night's runs goes: None (here) or run-chunk tasks."""
+    if s.runner == "local":
+        return None
+    return FanOut(prefect_batch, s.served or ModelSpec(s.model), chunk=s.chunk,
+                  evaluator_json=spec.model_dump_json(),
+                  judge=ModelSpec(spec.judge_model) if spec.judge_model else None,
+                  known=known_calls(wh, night.workflow, {llm.model, judge.model},
+                                    _epoch(night.started_at)))
+
+
 def recheck(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
             s: NightSettings) -> tuple[set[str], list[float]]:
     """Run the active version on carried counterexamples (replaying stored calls); returns
     the ids it still fails and what the new calls cost [calls, tokens, dollars]."""
-    llm = LLM(s.model, store=wh, concurrency=s.concurrency, meter=s.budget.meter())
+    llm = s.llm(store=wh, concurrency=s.concurrency, meter=s.budget.meter())
     spec = Registry(wh).evaluator(night.workflow)
     judge = LLM(spec.judge_model, store=wh, meter=llm.meter) if spec.judge_model else llm
-    traces = asyncio.run(Executor(llm, concurrency=s.concurrency).run_many(
+    fan_out = _fan_out(wh, night, s, llm, judge, spec)
+    executor = (Executor(llm, concurrency=s.concurrency) if fan_out is None
+                else fan_out.executor(llm, concurrency=s.concurrency))
+    traces = asyncio.run(executor.run_many(
         active, tasks, evaluate=grader(spec, judge),
         run_id=lambda t: stable_run_id(active.version_id, llm.identity, t.id)))
     wh.record_traces(traces, night_id=night.night_id, source="verification", dataset=DATASET,
@@ -261,9 +287,10 @@ def _history(wh: Warehouse, model: str) -> tuple[int, float, float]:
 
 def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
                 budget: Budget, s: NightSettings) -> dict[str, Any]:
-    llm = LLM(s.model, store=wh, concurrency=s.concurrency)
+    llm = s.llm(store=wh, concurrency=s.concurrency)
     spec = Registry(wh).evaluator(night.workflow)  # re-runs graded as production's are
     judge = LLM(spec.judge_model, store=wh) if spec.judge_model else llm
+    fan_out = _fan_out(wh, night, s, llm, judge, spec)
     journal: Journal = SnapshotJournal(RefinementJournal(wh, dataset=DATASET,
                                                          model=llm.identity), wh)
     # charged for the calls this night made (a resumed night: its earlier attempt's too),
@@ -273,7 +300,7 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
                                        concurrency=s.concurrency, cost=s.bounds.cost),
                      evaluate=grader(spec, judge),
                      judge_llm=judge if spec.kind == "judge" else None,  # its calls projected
-                     charge_since=_epoch(night.started_at))
+                     charge_since=_epoch(night.started_at), fan_out=fan_out)
     log = get_run_logger()
     run.on_progress = lambda p: log.info("round %d %s %s %s %s (calls %d/%s)", p.round, p.step,
                                          p.target[:50], p.candidate, p.message, p.calls,
@@ -292,6 +319,22 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
             "calls": result.llm_calls, "tokens": result.tokens, "cost": result.cost}
 
 
+def known_calls(wh: Warehouse, workflow: str, models: set[str], since: float) -> Any:
+    """The stored calls a batch of `workflow` runs may replay: those of every stored run of
+    it on the same inputs, and every call of `models` made since `since` (this night's,
+    a resumed night's earlier attempt's included)."""
+    def known(wf: Workflow, tasks: Sequence[Task]) -> list[Completion]:
+        return [Completion(r[0], r[1], json.loads(r[2]), json.loads(r[3]), *r[4:])
+                for r in wh.rows(
+            "SELECT key, model, messages, params, sample, text, tokens_in, tokens_out, cost, "
+            "latency_s, finish_reason, epoch(created_at) FROM llm_calls WHERE "
+            "list_contains(?::VARCHAR[], model) AND (epoch(created_at) >= ? OR key IN ("
+            "SELECT unnest(s.call_keys) FROM spans s JOIN runs r USING (run_id) WHERE "
+            "r.workflow = ? AND list_contains(?::VARCHAR[], r.task_id)))",
+            [sorted(models), since, workflow, [t.id for t in tasks]])]
+    return known
+
+
 def _chunks(items: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
@@ -305,7 +348,7 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
     """Run the holdout on the active version (replaying stored calls) and on the candidate
     (new calls only), fanned out in chunks that each spend at most their share of `left`;
     a chunk an outage left incomplete is re-submitted, replaying its own earlier calls."""
-    identity = LLM(s.model, store=wh).identity
+    identity = s.llm(store=wh).identity
     sample = [task_dict(t) for t in tasks]
     known = [completion_dict(Completion(r[0], r[1], json.loads(r[2]), json.loads(r[3]),
                                         *r[4:])) for r in wh.rows(
@@ -329,7 +372,7 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
     pending = {(side, i): [] for side in sides for i in range(len(chunks))}
     for attempt in range(1 + s.chunk_retries):
         futures = {(side, i): verify_chunk.submit(
-            sides[side], chunks[i], model=s.model, evaluator_json=spec,
+            sides[side], chunks[i], model=s.model, evaluator_json=spec, served=s.served,
             known=replay[side] + made, concurrency=s.concurrency, **share)
             for (side, i), made in pending.items()}
         retry: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -441,7 +484,7 @@ class WorkflowNight:
             calls_per_run=llm_calls_per_run(active), inputs=len(refine_tasks),
             verification=least_verification(Settings(), len(refine_tasks)),
             gate_inputs=len(held),
-            history=_history(self.wh, LLM(s.model).model))))
+            history=_history(self.wh, s.llm().model))))
         projection = Projection(**projected)
         summary["projection"] = projection.to_dict()
         self.store.update(night.night_id, projection=projection.to_dict())
@@ -562,6 +605,55 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
                               out)
 
 
+def _server(api_base: str | None) -> dict[str, Any]:
+    if not api_base:
+        return {}
+    return {"api_base": api_base, "api_key": os.environ.get("OPENAI_API_KEY", "none")}
+
+
+def served(model: str, api_base: str | None) -> ModelSpec:
+    """How the workers reach the model: the server at `api_base`; a local model served from
+    this process on loopback (the engine's OpenAI-compatible listener, named by its weights'
+    digest so the port stays out of the call keys); else the model string itself."""
+    from cegraph.local_model import MODELS, fingerprint
+
+    if api_base:
+        return ModelSpec(model, {"api_base": api_base})
+    if model in MODELS:
+        from cegraph.engine import ENGINE
+
+        return ModelSpec(f"openai/{model}", {"api_base": ENGINE.address(model)},
+                         fingerprint(model))
+    return ModelSpec(model)
+
+
+def task_runner(runner: str, *, address: str | None = None, workers: int = 2) -> Any:
+    """The task runner `[night] runner` names: a `DaskTaskRunner` on the cluster at `address`
+    (none: a temporary local cluster of `workers` processes), else Prefect's thread pool."""
+    if runner != "dask":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner()
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+def night_flow(runner: str | None = None, *, address: str | None = None,
+               workers: int | None = None) -> Any:
+    """`nightly_refinement` on the task runner of `runner` (default: the settings'
+    `[night]`), so going from one machine to a Dask cluster is configuration."""
+    from cegraph.config import Settings
+
+    config = Settings.load().night
+    runner = runner or config.runner
+    return nightly_refinement.with_options(task_runner=task_runner(
+        runner, address=address or config.dask_address, workers=workers or config.workers))
+
+
 @flow(name="nightly-refinement", log_prints=True)
 def nightly_refinement(home: str | None = None, workflow: str | None = None,
                        model: str = "qwen2.5-coder-1.5b", budget_calls: int | None = 300,
@@ -575,25 +667,36 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                        max_tokens_ratio: float | None = CostBounds.max_tokens_ratio,
                        max_dollars_ratio: float | None = CostBounds.max_dollars_ratio,
                        max_latency_ratio: float | None = CostBounds.max_latency_ratio,
-                       catalog_wait_s: float = 600.0, lease_s: float = LEASE_S
-                       ) -> dict[str, Any]:
+                       catalog_wait_s: float = 600.0, lease_s: float = LEASE_S,
+                       runner: str | None = None, chunk: int | None = None,
+                       api_base: str | None = None) -> dict[str, Any]:
     """Refine every registered workflow (or `workflow`) from its logged failures, one hard
     budget per night (calls, tokens, dollars), gated on a holdout of `holdout_share` of the
     night's fresh inputs; the cost bounds (per run, as ratios to the active version's) are
-    the ones refinement and gate share. Returns the nights' summaries."""
+    the ones refinement and gate share. `runner`, `chunk`, `api_base`: where the batches of
+    runs go (default: `[night]` of the settings, `cegraph.config.NightConfig`; the task
+    runner itself is `night_flow`'s). Returns the nights' summaries."""
+    from cegraph.config import Settings
     from cegraph.preflight import check_model
     from storage.nights import NightBusy
 
     # a model that cannot be called fails the flow here, before any night is started (a
     # night started on it would stay `running` until its lease ended)
     check_model(resolve_model(model))
+    config = Settings.load().night
+    runner, chunk = runner or config.runner, chunk or config.chunk
+    api_base = api_base or config.api_base
+
     bounds = gate.GateBounds(max_break_rate, min_failing, min_passing, CostBounds(
         max_calls_ratio, max_tokens_ratio, max_dollars_ratio, max_latency_ratio))
     s = NightSettings(model=model, budget=Budget(budget_calls, budget_tokens, budget_dollars),
                       propose_only=propose_only, include_marked=include_marked,
                       max_inputs=max_inputs, holdout=holdout_share,
                       concurrency=concurrency, patience=patience, seed=seed, bounds=bounds,
-                      lease_s=lease_s)
+                      lease_s=lease_s, runner=runner, chunk=chunk,
+                      served=served(model, api_base) if runner != "local" or api_base
+                      else None,
+                      llm_extra=_server(api_base))
     log = get_run_logger()
     nights: list[dict[str, Any]] = []
     with open_catalog(home, wait_s=catalog_wait_s, on_wait=log.warning) as wh:

@@ -14,35 +14,29 @@ retry the chunk, replaying what this attempt already paid for.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import asdict
+import json
+import uuid
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
-from cegraph.evaluator_spec import EvaluatorSpec, grader
-from cegraph.executor import Executor, stable_run_id
-from cegraph.graph import Workflow
-from cegraph.llm import LLM, Completion, MemoryCallStore, Meter
-from cegraph.task import Task
+from cegraph.batch import (
+    BUDGET_ERRORS,
+    Chunk,
+    ModelSpec,
+    Share,
+    completion_dict,
+    run_chunk,
+    task_dict,
+    task_from,
+)
 from cegraph.trace import INFRASTRUCTURE, Trace
+from tasks.batch import call_log
 
-#: span errors that mean the chunk's share of the budget ran out
-BUDGET_ERRORS = frozenset({"BudgetExceeded", "UnpricedModel"})
-
-
-def task_dict(t: Task) -> dict[str, Any]:
-    return {**asdict(t), "public_tests": list(t.public_tests)}
-
-
-def task_from(d: dict[str, Any]) -> Task:
-    return Task(d["id"], d["dataset"], d["input"], d["reference"],
-                tuple(d.get("public_tests") or ()), dict(d.get("metadata") or {}))
-
-
-def completion_dict(c: Completion) -> dict[str, Any]:
-    return {**asdict(c), "cached": False}
+__all__ = ["BUDGET_ERRORS", "completion_dict", "run_result", "task_dict", "task_from",
+           "verify_chunk"]
 
 
 def run_result(trace: Trace) -> dict[str, Any]:
@@ -63,24 +57,22 @@ def run_result(trace: Trace) -> dict[str, Any]:
 def verify_chunk(workflow_json: str, tasks: list[dict[str, Any]], *, model: str,
                  evaluator_json: str, known: list[dict[str, Any]], max_calls: int | None,
                  max_tokens: int | None = None, max_dollars: float | None = None,
-                 concurrency: int | None = None) -> dict[str, Any]:
+                 concurrency: int | None = None,
+                 served: ModelSpec | None = None) -> dict[str, Any]:
     """Run `tasks` on the workflow and grade them with the registered workflow's evaluator
     (`EvaluatorSpec` JSON; a judge spends from the chunk's allowance); returns `runs` (see
-    `run_result`), the new `calls`, the traces, and whether the allowance ran out."""
-    wf = Workflow.model_validate_json(workflow_json)
-    store = MemoryCallStore()
-    for c in known:
-        store.put(Completion(**c))
-    before = set(store.records)
-    meter = Meter(max_calls=max_calls, max_tokens=max_tokens, max_cost=max_dollars)
-    llm = LLM(model, store=store, meter=meter, concurrency=concurrency)
-    spec = EvaluatorSpec.model_validate_json(evaluator_json)
-    judge = LLM(spec.judge_model, store=store, meter=meter) if spec.judge_model else llm
-    identity = llm.identity
-    traces = asyncio.run(Executor(llm, concurrency=concurrency).run_many(
-        wf, [task_from(t) for t in tasks], evaluate=grader(spec, judge),
-        run_id=lambda t: stable_run_id(wf.version_id, identity, t.id)))
-    return {"runs": [run_result(t) for t in traces],
-            "calls": [completion_dict(c) for k, c in store.records.items() if k not in before],
-            "traces": traces,
-            "exhausted": any(s.error_type in BUDGET_ERRORS for t in traces for s in t.spans)}
+    `run_result`), the new `calls`, the traces, and whether the allowance ran out. `served`:
+    how this worker reaches the model (default: `model` as a litellm string or local name)."""
+    spec = json.loads(evaluator_json)
+    # journaled under its task run id: the same on a Dask re-run of a lost chunk
+    chunk = Chunk(f"gate-{task_run.id or uuid.uuid4().hex}", workflow_json, tasks,
+                  served or ModelSpec(model), known,
+                  Share(max_calls, max_tokens, max_dollars), evaluator_json,
+                  ModelSpec(spec["judge_model"]) if spec.get("judge_model") else None,
+                  concurrency)
+    log = call_log()
+    got = run_chunk(chunk, prior=log.read(chunk.chunk_id),
+                    on_call=lambda call: log.add(chunk.chunk_id, call))
+    log.done(chunk.chunk_id)
+    return {"runs": [run_result(t) for t in got.traces], "calls": got.calls,
+            "traces": got.traces, "exhausted": got.exhausted}

@@ -246,17 +246,18 @@ def test_two_identical_nights_the_second_spends_nothing(harness, scripted, tmp_p
     assert third["decision"] == "undecided"
 
 
+@pytest.mark.parametrize("runner", ["local", "threads"])  # threads: run-chunk tasks
 def test_carried_counterexamples_retire_once_the_active_version_passes_them(
-        harness, scripted, tmp_path):
+        harness, scripted, tmp_path, runner):
     home = tmp_path / "home"
     production(home, scripted)
-    [first] = run_night(home)["nights"]
+    [first] = run_night(home, runner=runner)["nights"]
     assert first["decision"] == "promoted"
-    [second] = run_night(home)["nights"]
+    [second] = run_night(home, runner=runner)["nights"]
     # re-checked on the promoted Programmer (replayed from the store), all pass: retired
     assert second["decision"] == "no_failures"
     assert (second["carried"], second["retired"]) == (0, 26)
-    [third] = run_night(home)["nights"]
+    [third] = run_night(home, runner=runner)["nights"]
     assert third["decision"] == "no_failures" and "nothing new" in third["reason"]
     assert third["cost"]["calls"] == 0
 

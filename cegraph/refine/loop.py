@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cegraph.batch import FanOut
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor, stable_run_id
 from cegraph.fss.failure import Failure, failure_from_trace
@@ -278,7 +279,7 @@ class Refinement:
                  stop_rule: StopRule | None = None, selector: TargetSelector | None = None,
                  proposers: Sequence[Proposer] | None = None,
                  charge_since: float | None = None, evaluate: Evaluate = evaluate,
-                 judge_llm: LLM | None = None) -> None:
+                 judge_llm: LLM | None = None, fan_out: FanOut | None = None) -> None:
         self.settings = s = settings or Settings()
         if not tasks:
             raise RefineError("the dev set is empty: give refine some inputs (--dev N > 0)")
@@ -294,6 +295,9 @@ class Refinement:
         # how a run is graded: the task's own grader, or a registered one (`judge_llm`: the
         # LLM a judging `evaluate` calls, metered and charged like every call of the run)
         self.evaluate, self.judge_llm = evaluate, judge_llm
+        # where the evaluations and verifications run (None: here, through `llm`); the
+        # fan-out grades as `evaluate` does and its chunks' calls are charged to this run
+        self.fan_out = fan_out
         self.journal: Journal = journal if journal is not None else MemoryJournal()
         self.embedder = embedder
         self.on_progress = on_progress
@@ -669,7 +673,9 @@ class Refinement:
         for x in llms.values():  # one meter for the run; replays of this job's calls charged
             x.meter = self.meter
             x.store = ChargingStore(x.store, self.meter, first_start)
-        self.executor = Executor(self.llm, concurrency=self.settings.concurrency)
+        self.executor = (Executor(self.llm, concurrency=self.settings.concurrency)
+                         if self.fan_out is None else
+                         self.fan_out.executor(self.llm, concurrency=self.settings.concurrency))
         self.tried_versions: set[str] = {self.seed.version_id}
         self.out_of_budget = False
         result = RefineResult(self.refine_id, self.seed, self.seed, 0.0, 0.0, [], [], "", 0, 0,
