@@ -42,15 +42,20 @@ def bench_failures(home: Home = Path(".cegraph"),
                                                          "line")] = False) -> None:
     """Print every stored failure with its trace for hand labelling: ids, question, each
     node's output, expected vs. got, and its trace features."""
+    from cegraph.fss.contrast import contrast_digest, reference_solutions
     from cegraph.fss.features import trace_features
+    from cegraph.fss.steps import check_digest, sandbox_runner
     from storage.digests import run_digests
 
     with _open(home, read_only=True) as wh:
         for workflow, version, model, ds in _pools(wh, dataset):
             failures = wh.failures(workflow, version, model=model, dataset=ds)
             digests = run_digests(wh, failures)
+            solutions = reference_solutions(ds)
             for f in failures:
                 d = digests.get(f.failure_id)
+                check = check_digest(d, run=sandbox_runner) if d else None
+                contrast = contrast_digest(d, solutions.get(f.task_id, "")) if d else None
                 nodes = [{"node": n.node_id, "operator": n.operator, "output": n.text,
                           "truncated": n.truncated, "error": n.error}
                          for n in (d.nodes if d else ())]
@@ -59,7 +64,9 @@ def bench_failures(home: Home = Path(".cegraph"),
                           "locus": f.locus_node, "question": d.question if d else "",
                           "nodes": nodes, "expected": f.expected, "got": f.observed,
                           "message": f.message,
-                          "features": trace_features(d).text if d else ""}
+                          "features": trace_features(d).text if d else "",
+                          "steps": check.row() if check else {},
+                          "contrast": contrast.row() if contrast else {}}
                 if as_json:
                     print(json.dumps(record, ensure_ascii=False))
                     continue
@@ -70,7 +77,16 @@ def bench_failures(home: Home = Path(".cegraph"),
                         f" [raised {n['error']}]" if n["error"] else "")
                     print(f"--- {n['node']} ({n['operator']}){flags}\n{n['output']}")
                 print(f"EXPECTED: {f.expected}\nGOT: {f.observed}\nMESSAGE: {f.message}\n"
-                      f"FEATURES: {record['features']}\n")
+                      f"FEATURES: {record['features']}")
+                if check and check.findings:
+                    print(f"STEPS: {', '.join(check.findings)}" + "".join(
+                        f"; {k} {v}" for k, v in check.row().items() if v is not None
+                        and k in ("first_wrong_step", "code_claimed", "code_result")))
+                if contrast:
+                    print(f"CONTRAST: {contrast.text}" + "".join(
+                        f"; {k.removeprefix('contrast_')} {v}" for k, v in
+                        contrast.row().items() if v is not None and k != "contrast"))
+                print()
 
 
 def load_labels(path: Path) -> dict[tuple[str, str], str]:

@@ -248,6 +248,7 @@ class Warehouse:
         run_id) go into the same batch, those of runs not stored again left out."""
         from cegraph.fss.failure import failure_from_trace
         from cegraph.fss.features import digest_from_trace, trace_features
+        from cegraph.fss.steps import check_digest, sandbox_runner
 
         stored = self._verdicts([t.run_id for t in traces])
         traces = [t for t in traces if _supersedes(t, stored.get(t.run_id))]
@@ -283,9 +284,11 @@ class Warehouse:
                     fid = hashlib.sha256(f"{f.failure_id}:{batch_id}".encode()).hexdigest()
                     f = replace(f, failure_id=fid[:16])
                 failures.append(f)
+                digest = digest_from_trace(t)
                 failure_rows.append(self._failure_row(
                     f, model=model, dataset=dataset, source=source, evaluator_version=version,
-                    **trace_features(digest_from_trace(t)).row()))
+                    **trace_features(digest).row(),
+                    **check_digest(digest, run=sandbox_runner).row()))
         kept = {t.run_id for t in traces}
         self.write_batch({"runs": runs, "spans": spans, "failures": failure_rows,
                           **{table: [r for r in rows if r["run_id"] in kept]

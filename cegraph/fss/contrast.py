@@ -1,0 +1,149 @@
+"""Contrastive features: a failed run set beside a right path to the same input.
+
+Where a correct path is known (a GSM8K reference's `<<48/2=24>>` computations, a sample of
+the same input that agreed with the majority, the version that passed), the first of its
+intermediate values the failing run never produced, and what the run computed instead from
+the same operands, say what went wrong: another operation on the same numbers, another
+number in the same operation, a step left out, or a run that stopped before the last step.
+For code, the failing case's kind (wrong value, exception type, timeout), expected vs got
+types, and which inputs fail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cegraph.answers import numbers, to_number
+from cegraph.fss.features import RunDigest
+from cegraph.fss.steps import Step, _close, _has, reference_steps, stated_steps, values_in
+
+VERBS = {"+": "adds", "-": "subtracts", "*": "multiplies", "/": "divides"}
+INFINITIVE = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
+
+#: Each contrast kind and its phrase (the operation kinds are built from `VERBS`).
+CONTRASTS: dict[str, str] = {
+    "other_operand": "used another number than the right path in the same operation",
+    "stopped_early": "stopped at an intermediate value of the right path",
+    "went_past": "reached the right answer, then went on",
+    "missing_step": "never computed a value the right path needs",
+    "same_values": "computed every value of the right path",
+}
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """The failing run against a right path; `kind` is a key of CONTRASTS or
+    `operation:<right>:<used>` (e.g. `operation:*:+`)."""
+
+    kind: str
+    missing_value: float | None = None  # first right-path value the run never produced
+    right_step: str | None = None  # the right path's step that produces it
+    used_instead: str | None = None  # the run's step on the same operands
+    extra_steps: int = 0  # run steps beyond the right path's count (negative: fewer)
+
+    @property
+    def text(self) -> str:
+        if self.kind.startswith("operation:"):
+            _, right, used = self.kind.split(":")
+            return f"{VERBS[used]} where it should {INFINITIVE[right]}"
+        return CONTRASTS[self.kind]
+
+    def row(self) -> dict[str, object]:
+        return {"contrast": self.kind, "contrast_missing_value": self.missing_value,
+                "contrast_right_step": self.right_step,
+                "contrast_used_instead": self.used_instead}
+
+
+def _same_operands(a: Sequence[float], b: Sequence[float]) -> bool:
+    return sorted(a) == sorted(b)
+
+
+def contrast_math(reasoning: str, observed: str, right: Sequence[Step],
+                  expected: str) -> Contrast | None:
+    """Compare a run's reasoning with a right path's steps; None without a right path."""
+    if not right:
+        return None
+    ran = stated_steps(reasoning)
+    produced = values_in(reasoning) + [s.value for s in ran]
+    got = to_number(numbers(observed)[0]) if numbers(observed) else None
+    want = to_number(expected) if expected else right[-1].value
+    extra = len(ran) - len(right)
+    if want is not None and _has(produced, want):
+        return Contrast("went_past", extra_steps=extra)
+    missing = next((s for s in right if not _has(produced, s.value)), None)
+    if missing is None:
+        return Contrast("same_values", extra_steps=extra)
+    if got is not None and any(_close(got, s.value) for s in right[:-1]):
+        return Contrast("stopped_early", missing.value, missing.expression, extra_steps=extra)
+    for s in ran:
+        if _same_operands(s.operands, missing.operands) and s.operator != missing.operator:
+            return Contrast(f"operation:{missing.operator}:{s.operator}", missing.value,
+                            missing.expression, f"{s.expression} = {s.stated:g}", extra)
+    for s in ran:
+        shared = [v for v in s.operands if _has(list(missing.operands), v)]
+        if (s.operator == missing.operator and shared and len(s.operands) == len(
+                missing.operands) and not _same_operands(s.operands, missing.operands)):
+            return Contrast("other_operand", missing.value, missing.expression,
+                            f"{s.expression} = {s.stated:g}", extra)
+    return Contrast("missing_step", missing.value, missing.expression, extra_steps=extra)
+
+
+def reference_path(solution: str) -> list[Step]:
+    """The right path of a worked reference solution (GSM8K `<<a*b=c>>` annotations)."""
+    return reference_steps(solution)
+
+
+# --- code ---------------------------------------------------------------------------------
+
+_ASSERT = re.compile(r"assert\s+(.*?)\s*==\s*(.+)$", re.DOTALL)
+
+
+def expected_type(assertion: str) -> str | None:
+    """The type name of the value a failing `assert f(...) == value` expects."""
+    import ast
+
+    found = _ASSERT.match(assertion.strip())
+    if not found:
+        return None
+    try:
+        return type(ast.literal_eval(found.group(2).strip())).__name__
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def got_type(message: str) -> str | None:
+    """The type of what the code returned, when the evaluator's message shows it (`got
+    [1, 2]`, `got 'abc'`)."""
+    import ast
+
+    found = re.search(r"\bgot\s+(.+?)(?:;|$)", message)
+    if not found:
+        return None
+    try:
+        return type(ast.literal_eval(found.group(1).strip())).__name__
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def reference_solutions(dataset: str) -> dict[str, str]:
+    """The worked reference solution of each task of a packaged benchmark, by task id (GSM8K
+    keeps its `<<a*b=c>>` chain of thought); empty for a dataset without one."""
+    from cegraph.benchmarks import DATASETS, load
+
+    if dataset not in DATASETS:
+        return {}
+    return {t.id: str(t.metadata.get("cot") or "") for t in load(dataset)
+            if t.metadata and t.metadata.get("cot")}
+
+
+def contrast_digest(d: RunDigest, solution: str) -> Contrast | None:
+    """The contrast of a failed math run with a worked right solution (None: none known)."""
+    if d.kind != "math" or not solution:
+        return None
+    reasoning = [n for n in d.nodes if n.text.strip()]
+    if len(reasoning) > 1:
+        reasoning = reasoning[:-1]
+    return contrast_math("\n".join(n.text for n in reasoning), d.observed,
+                         reference_path(solution), d.expected)
