@@ -350,6 +350,15 @@ class Warehouse:
                               "(SELECT unnest(?::VARCHAR[])) AND features IS NOT NULL",
                               [list(failure_ids)]))
 
+    def failure_step_findings(self, failure_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The stored step checker findings of each failure (none for failures stored before
+        schema v7)."""
+        if not failure_ids:
+            return {}
+        return dict(self.rows("SELECT failure_id, step_findings FROM failures WHERE "
+                              "failure_id IN (SELECT unnest(?::VARCHAR[])) AND step_findings "
+                              "IS NOT NULL", [list(failure_ids)]))
+
     def run_count(self, workflow: str, version_id: str | None = None, *,
                   model: str | None = None, dataset: str | None = None) -> int:
         """Runs that count in the mass: latest verdicts, infrastructure errors left out."""

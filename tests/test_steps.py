@@ -81,3 +81,154 @@ def test_check_digest_reads_the_reasoning_node_not_the_formatter():
     assert check_digest(d).finding == "arithmetic_error"
     assert check_digest(RunDigest("r", "t", "code", Q, (), "", "test_failure", "", "",
                                   "")).findings == ()
+
+
+# --- the dominant finding, recipes and mode words ------------------------------------------
+
+def _reading(findings=(), contrast=None):
+    from cegraph.fss.finding import Reading
+    from cegraph.fss.steps import StepCheck
+
+    return Reading(StepCheck(findings=tuple(findings)), contrast)
+
+
+def test_the_dominant_finding_puts_certain_step_evidence_before_the_contrast():
+    from cegraph.fss.contrast import Contrast
+
+    op = Contrast("operation:*:+")
+    assert _reading(["invented_output"], op).finding().key == "invented_output"
+    assert _reading(["answer_not_last_result"], op).finding().words == (
+        "adds where it should multiply")
+    assert _reading(["answer_not_last_result"], Contrast("missing_step")).finding().key == (
+        "answer_not_last_result")
+    assert _reading(["unsourced_number"], Contrast("other_operand")).finding().key == (
+        "other_operand")
+    assert _reading(["unsourced_number"], op).finding(contrast=False).key == (
+        "unsourced_number")
+    assert _reading().finding() is None
+
+
+def test_a_mode_is_named_by_its_members_most_common_finding():
+    from cegraph.fss.finding import Finding, mode_kind
+
+    add = Finding("operation:*:+", "adds where it should multiply")
+    found = {f"f{i}": add for i in range(6)} | {"g": Finding("missing_step", "never")}
+    assert mode_kind([f"f{i}" for i in range(6)], found) == (
+        "adds where it should multiply, 6 runs")
+    assert mode_kind(["f0", "f1", "g"], found) == "adds where it should multiply, 2 of 3 runs"
+    assert mode_kind(["x"], found) is None
+
+
+def test_step_recipes_embed_the_finding_words_and_fall_back_to_features():
+    from cegraph.fss.contrast import Contrast
+    from cegraph.fss.diagnosis import DiagnosisRecord
+    from cegraph.fss.failure import Failure
+    from cegraph.fss.recipe import (
+        CONTRAST_DIAGNOSIS,
+        MESSAGE_STEPS_CONTRAST,
+        STEPS,
+        STEPS_CONTRAST,
+        apply_recipe,
+        uses_diagnosis,
+    )
+
+    f = Failure("f1", "r1", "wf", "v1", "t1", "solve", "ChainOfThought", 1, "wrong_answer",
+                "expected 36, got 15", "36", "15", 0.0)
+    g = Failure("f2", "r2", "wf", "v1", "t2", "solve", "ChainOfThought", 1, "wrong_answer",
+                "expected 36, got 15", "36", "15", 0.0)
+    readings = {"f1": _reading(["unsourced_number"], Contrast("operation:*:+"))}
+    texts = {r: apply_recipe([f, g], r, features={"f2": "a feature"}, readings=readings)[1]
+             for r in (STEPS, STEPS_CONTRAST, MESSAGE_STEPS_CONTRAST)}
+    assert texts[STEPS]["f1"] == "used a number that is neither in the question nor computed"
+    assert texts[STEPS_CONTRAST]["f1"] == "adds where it should multiply"
+    assert texts[MESSAGE_STEPS_CONTRAST]["f1"].endswith("; adds where it should multiply")
+    assert texts[MESSAGE_STEPS_CONTRAST]["f1"].startswith("[wrong_answer] expected <NUM>")
+    assert texts[STEPS]["f2"] == "a feature"
+    assert uses_diagnosis(CONTRAST_DIAGNOSIS)
+    record = DiagnosisRecord("f1", "r1", "m+contrast", "h", True, "solve", "ChainOfThought",
+                             1, 2, "wrong_operation", "added", "{}", None, "k", True, 1.0)
+    seen, diag = apply_recipe([f, g], CONTRAST_DIAGNOSIS, diagnoses={"f1": record},
+                              readings=readings)
+    assert diag["f1"] == "applied the wrong operation or formula"
+    assert diag["f2"] == "[wrong_answer] expected <NUM>, got <NUM>"
+
+
+# --- the contrastive diagnosis --------------------------------------------------------------
+
+def test_contrastive_diagnosis_shows_the_right_path_and_is_kept_apart(scripted):
+    import json
+
+    from cegraph.fss.diagnosis import CONTRASTIVE, diagnose_pool
+    from cegraph.fss.failure import Failure
+    from cegraph.llm import LLM
+    from tests.conftest import last_user
+
+    class Store:
+        def __init__(self):
+            self.kept = {}
+
+        def diagnoses(self, ids, model):
+            return {i: r for (i, m), r in self.kept.items() if m == model and i in ids}
+
+        def record_diagnoses(self, records):
+            self.kept |= {(r.failure_id, r.model): r for r in records}
+
+    d = RunDigest("r", "t1", "math", Q, (NodeOutput("solve", "ChainOfThought", 1,
+                                                    "3 + 12 = 15 eggs"),
+                                         NodeOutput("format", "Format", 2, "15")),
+                  "15", "wrong_answer", "expected 36, got 15", "36", "15")
+    failures = [Failure(f"f{i}", "r", "wf", "v1", "t1", "format", "Format", 2,
+                        "wrong_answer", "expected 36, got 15", "36", "15", 0.0)
+                for i in range(2)]
+    scripted.reply = lambda m: json.dumps({"node": "solve", "step": 1,
+                                           "kind": "wrong_operation",
+                                           "explanation": "added where the path multiplies"})
+    store, llm = Store(), LLM("scripted/m", store=None)
+    done = diagnose_pool(failures[:1], llm, store, lambda fs: {f.failure_id: d for f in fs},
+                         right={"f0": "He has <<3*12=36>>36 eggs."})
+    shown = last_user(scripted.calls[-1])
+    assert "A correct solution" in shown and "<<3*12=36>>" in shown and "3 + 12 = 15" in shown
+    record = done.records["f0"]
+    assert record.valid and record.kind == "wrong_operation" and record.step == 1
+    assert record.model.endswith(CONTRASTIVE)
+    scripted.reply = lambda m: "the first step is wrong"  # no JSON: rejected, kept invalid
+    bad = diagnose_pool(failures[1:], llm, store, lambda fs: {f.failure_id: d for f in fs},
+                        right={"f1": "Eggs: <<12*3=36>>36."})
+    assert not bad.records["f1"].valid and bad.records["f1"].error
+    calls = len(scripted.calls)
+    again = diagnose_pool(failures, llm, store, lambda fs: {f.failure_id: d for f in fs},
+                          right={})
+    assert len(scripted.calls) == calls and again.diagnosed == 0
+
+
+# --- code contrast --------------------------------------------------------------------------
+
+def _code_digest(cls="test_failure", message="", expected="assert f([1, 2]) == (1, 2)"):
+    return RunDigest("r", "mbpp-1", "code", "Write f.", (), "def f(x):\n    return x\n",
+                     cls, message, expected, "")
+
+
+def test_code_contrast_runs_the_failing_input_and_compares_types():
+    from cegraph.fss.contrast import contrast_code
+
+    def returns(value):
+        return lambda code: (f"{value}\n", "")
+
+    c = contrast_code(_code_digest(), run=returns("[1, 2]"))
+    assert c.kind == "type:tuple:list" and c.text == "returns a list where a tuple is expected"
+    assert contrast_code(_code_digest(), run=returns("None")).kind == "returns_none"
+    assert contrast_code(_code_digest(), run=returns("(2, 1)")).kind == "wrong_value"
+    raised = contrast_code(_code_digest(), run=lambda code: ("", "TypeError: bad operand"))
+    assert raised.text == "raises TypeError on a test input"
+    assert contrast_code(_code_digest("exception", "IndexError: list index out of range"),
+                         ).kind == "raises:IndexError"
+    assert contrast_code(_code_digest("timeout", "timeout")).kind == "timeout"
+    assert contrast_code(_code_digest("exception", "NameError: name 'f' is not defined"),
+                         ).kind == "not_defined"
+
+
+def test_code_contrast_runs_in_the_sandbox():
+    from cegraph.fss.contrast import contrast_code
+    from cegraph.fss.steps import sandbox_runner
+
+    assert contrast_code(_code_digest(), run=sandbox_runner).kind == "type:tuple:list"

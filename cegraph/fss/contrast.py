@@ -12,7 +12,7 @@ types, and which inputs fail.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cegraph.answers import numbers, to_number
@@ -70,7 +70,8 @@ def contrast_math(reasoning: str, observed: str, right: Sequence[Step],
     got = to_number(numbers(observed)[0]) if numbers(observed) else None
     want = to_number(expected) if expected else right[-1].value
     extra = len(ran) - len(right)
-    if want is not None and _has(produced, want):
+    results = [v for s in ran for v in (s.stated, s.value)]
+    if want is not None and _has(results, want):
         return Contrast("went_past", extra_steps=extra)
     missing = next((s for s in right if not _has(produced, s.value)), None)
     if missing is None:
@@ -97,34 +98,85 @@ def reference_path(solution: str) -> list[Step]:
 
 # --- code ---------------------------------------------------------------------------------
 
-_ASSERT = re.compile(r"assert\s+(.*?)\s*==\s*(.+)$", re.DOTALL)
+#: Each code contrast kind (before its `:` arguments) and its words.
+CODE_CONTRASTS: dict[str, str] = {
+    "timeout": "does not finish in time",
+    "syntax": "the code does not parse",
+    "not_defined": "the tested function is not defined (another name)",
+    "raises": "raises {0} on a test input",
+    "returns_none": "returns nothing where a value is expected",
+    "type": "returns a {1} where a {0} is expected",
+    "wrong_value": "returns a wrong value of the right type",
+}
+_ASSERT = re.compile(r"^\s*assert\s+(.*?)\s*==\s*(.+?)\s*$", re.DOTALL)
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))\b")
 
 
-def expected_type(assertion: str) -> str | None:
-    """The type name of the value a failing `assert f(...) == value` expects."""
+@dataclass(frozen=True)
+class CodeContrast:
+    """A failing code run against its failing test: `kind` is a key of CODE_CONTRASTS with
+    its arguments after `:` (`type:list:tuple`, `raises:TypeError`)."""
+
+    kind: str
+    expected_type: str | None = None
+    got_type: str | None = None
+    got: str | None = None  # the value the code returned on the failing input (repr)
+
+    @property
+    def text(self) -> str:
+        name, *args = self.kind.split(":")
+        return CODE_CONTRASTS[name].format(*args, "", "")
+
+    def row(self) -> dict[str, object]:
+        return {"contrast": self.kind, "contrast_expected_type": self.expected_type,
+                "contrast_got_type": self.got_type, "contrast_got": self.got}
+
+
+def _literal_type(source: str) -> str | None:
     import ast
 
-    found = _ASSERT.match(assertion.strip())
-    if not found:
-        return None
     try:
-        return type(ast.literal_eval(found.group(2).strip())).__name__
+        return type(ast.literal_eval(source.strip())).__name__
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return None
 
 
-def got_type(message: str) -> str | None:
-    """The type of what the code returned, when the evaluator's message shows it (`got
-    [1, 2]`, `got 'abc'`)."""
-    import ast
-
-    found = re.search(r"\bgot\s+(.+?)(?:;|$)", message)
+def contrast_code(d: RunDigest, *,
+                  run: Callable[[str], tuple[str, str]] | None = None) -> CodeContrast | None:
+    """What a failing code run returned on its failing test beside what the test expects:
+    the exception it raises, a timeout, or its value's type against the expected one (the
+    solution called on the failing input in the sandbox through `run`; without `run`, only
+    what the message says). None for a run that is not code."""
+    if d.kind != "code":
+        return None
+    exc = _EXCEPTION.match(d.message)
+    if d.failure_class == "timeout":
+        return CodeContrast("timeout")
+    if exc and exc.group(1) in ("SyntaxError", "IndentationError"):
+        return CodeContrast("syntax")
+    if exc and exc.group(1) == "NameError" and "is not defined" in d.message:
+        return CodeContrast("not_defined")
+    if exc:
+        return CodeContrast(f"raises:{exc.group(1)}")
+    found = _ASSERT.match(d.expected or "")
     if not found:
         return None
-    try:
-        return type(ast.literal_eval(found.group(1).strip())).__name__
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
+    call, want = found.group(1), found.group(2)
+    want_type = _literal_type(want)
+    if run is None or not d.output.strip():
+        return CodeContrast("wrong_value", want_type)
+    stdout, error = run(f"{d.output}\n\nprint(repr({call}))\n")
+    if error:
+        raised = _EXCEPTION.match(error.split(": ", 1)[0] + ":") or _EXCEPTION.match(error)
+        return CodeContrast(f"raises:{raised.group(1)}" if raised else "wrong_value",
+                            want_type)
+    got = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    got_type = _literal_type(got)
+    if got == "None":
+        return CodeContrast("returns_none", want_type, "NoneType", got)
+    if want_type and got_type and want_type != got_type:
+        return CodeContrast(f"type:{want_type}:{got_type}", want_type, got_type, got[:200])
+    return CodeContrast("wrong_value", want_type, got_type, got[:200])
 
 
 def reference_solutions(dataset: str) -> dict[str, str]:
