@@ -46,13 +46,16 @@ def bench_failures(home: Home = Path(".cegraph"),
     from cegraph.fss.features import trace_features
     from cegraph.fss.finding import read_failures
     from cegraph.fss.steps import sandbox_runner
-    from storage.digests import run_digests
+    from storage.digests import passing_solutions, run_digests
 
     with _open(home, read_only=True) as wh:
         for workflow, version, model, ds in _pools(wh, dataset):
             failures = wh.failures(workflow, version, model=model, dataset=ds)
             digests = run_digests(wh, failures)
-            readings = read_failures(digests, reference_solutions(ds), run=sandbox_runner)
+            solutions = reference_solutions(ds)
+            solutions |= passing_solutions(wh, ds, [f.task_id for f in failures
+                                                    if f.task_id not in solutions])
+            readings = read_failures(digests, solutions, run=sandbox_runner)
             for f in failures:
                 d = digests.get(f.failure_id)
                 reading = readings.get(f.failure_id)
@@ -154,7 +157,7 @@ def bench_signatures(
     from cegraph.fss.steps import sandbox_runner
     from cegraph.llm import LLM
     from cegraph.local_model import LOCAL_PROVIDER, MODELS, fetch
-    from storage.digests import run_digests
+    from storage.digests import passing_solutions, run_digests
 
     chosen = [check_recipe(r.strip()) for r in recipes.split(",") if r.strip()]
     hand = load_labels(labels) if labels.exists() else {}
@@ -167,6 +170,8 @@ def bench_signatures(
             digests = run_digests(wh, failures)
             features = {i: trace_features(d).text for i, d in digests.items()}
             solutions = reference_solutions(ds)
+            solutions |= passing_solutions(wh, ds, [f.task_id for f in failures
+                                                    if f.task_id not in solutions])
             readings = (read_failures(digests, solutions, run=sandbox_runner,
                                       stored=wh.failure_step_findings(list(digests)))
                         if any(r in READS_STEPS for r in chosen) else {})

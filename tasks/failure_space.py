@@ -24,7 +24,7 @@ from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, Signatur
 from cegraph.fss.steps import sandbox_runner
 from cegraph.llm import LLM, Meter
 from storage import Warehouse
-from storage.digests import run_digests
+from storage.digests import passing_solutions, run_digests
 
 
 @task(name="analyze-failures", cache_policy=NO_CACHE)
@@ -68,7 +68,10 @@ def _analyze(wh: Warehouse, *, workflow: str, version_id: str, night_id: str, mo
     readings = {}
     if recipe in READS_STEPS:
         ids = [f.failure_id for f in failures]
-        readings = read_failures(run_digests(wh, failures), reference_solutions(dataset),
+        solutions = reference_solutions(dataset)
+        solutions |= passing_solutions(wh, dataset, [f.task_id for f in failures
+                                                     if f.task_id not in solutions])
+        readings = read_failures(run_digests(wh, failures), solutions,
                                  stored=wh.failure_step_findings(ids), run=sandbox_runner)
     seen, texts = apply_recipe(failures, recipe,
                                features=wh.failure_features([f.failure_id for f in failures]),

@@ -232,3 +232,23 @@ def test_code_contrast_runs_in_the_sandbox():
     from cegraph.fss.steps import sandbox_runner
 
     assert contrast_code(_code_digest(), run=sandbox_runner).kind == "type:tuple:list"
+
+
+def test_a_passing_run_of_the_same_input_is_the_right_path(tmp_path):
+    from cegraph.fss.contrast import contrast_math, reference_path
+    from storage import Warehouse
+    from storage.digests import passing_solutions
+    from tests.test_diagnosis import math_trace
+
+    wrong = math_trace("3 + 4 = 7 apples.\n7 + 6 = 13 apples.\n\\boxed{13}", "13", run="w")
+    right = math_trace("3 * 4 = 12 apples.\n12 + 6 = 18 apples.\n\\boxed{18}", "18", run="p")
+    right.version_id = "v2"
+    with Warehouse(tmp_path) as wh:
+        wh.record_traces([wrong, right], night_id="n", source="benchmark", dataset="gsm8k",
+                         model="m")
+        found = passing_solutions(wh, "gsm8k", ["t1", "t9"])
+        stored = wh.failure_step_findings([f.failure_id for f in wh.failures("math-solver")])
+    assert list(found) == ["t1"] and "3 * 4 = 12" in found["t1"] and "18" in found["t1"]
+    assert list(stored.values()) == [[]]  # checked at record time: nothing wrong is stated
+    c = contrast_math("3 + 4 = 7 apples.\n7 + 6 = 13", "13", reference_path(found["t1"]), "18")
+    assert c.text == "adds where it should multiply"

@@ -92,8 +92,9 @@ def contrast_math(reasoning: str, observed: str, right: Sequence[Step],
 
 
 def reference_path(solution: str) -> list[Step]:
-    """The right path of a worked reference solution (GSM8K `<<a*b=c>>` annotations)."""
-    return reference_steps(solution)
+    """The right path of a worked solution: a GSM8K reference's `<<a*b=c>>` annotations, else
+    the steps a right run states (a passing run of the same input)."""
+    return reference_steps(solution) or stated_steps(solution)
 
 
 # --- code ---------------------------------------------------------------------------------
