@@ -26,6 +26,12 @@ CERTAIN = ("cut_at_limit", "invented_output", "arithmetic_error")
 WEAK = ("unit_or_percent", "answer_not_last_result")
 
 
+#: What a signature embeds for every `operation:<right>:<used>` finding: one kind of error
+#: (another operation on the right numbers), whichever the operations; the mode's words say
+#: which ones (`mode_kind`).
+OPERATION = "applied another operation to the numbers of the right path"
+
+
 @dataclass(frozen=True)
 class Finding:
     """A failure's dominant finding: a key (`arithmetic_error`, `operation:*:+`,
@@ -33,6 +39,11 @@ class Finding:
 
     key: str
     words: str
+
+    @property
+    def embedded(self) -> str:
+        """The words a signature embeds: the kind of error, without its particulars."""
+        return OPERATION if self.key.startswith("operation:") else self.words
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def recipe_text(failure: Failure, recipe: str, features: str = "",
         if recipe == CONTRAST_DIAGNOSIS and diagnosis is not None and diagnosis.valid:
             return KINDS[diagnosis.kind or "other"]
         found = reading.finding(contrast=recipe != STEPS) if reading else None
-        words = found.words if found else normalize_message(features) or message
+        words = found.embedded if found else normalize_message(features) or message
         return f"{message}; {words}" if recipe == MESSAGE_STEPS_CONTRAST else words
     parts = [message]
     if recipe != MESSAGE and features:
