@@ -139,7 +139,8 @@ TABLES: tuple[Table, ...] = (
                                         "(keys of cegraph.fss.steps.FINDINGS: "
                                         "invented_output, arithmetic_error, "
                                         "answer_not_last_result, unsourced_number, ...)", 7),
-        C("step_finding", "VARCHAR", "the first of them (what the 'steps' recipes embed)", 7),
+        C("step_finding", "VARCHAR", "the first of them (see cegraph.fss.finding for the "
+                                        "dominant finding the 'steps' recipes embed)", 7),
         C("steps_stated", "INTEGER", "arithmetic steps the reasoning states (`a * b = c`)",
           7),
         C("first_wrong_step", "VARCHAR", "first stated step that recomputes differently: "
@@ -190,8 +191,9 @@ TABLES: tuple[Table, ...] = (
         C("created_at", "TIMESTAMP", "when the signature was computed"),
         C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.fss.signature)", 2),
         C("recipe", "VARCHAR", "signature recipe the text was built with: message | "
-                               "message+features | message+features+diagnosis (NULL: "
-                               "message)", 4),
+                               "message+features | message+features+diagnosis | steps | "
+                               "steps+contrast | message+steps+contrast | "
+                               "contrast+diagnosis (NULL: message)", 4),
     ), key=("failure_id",)),
     Table("diagnoses", "LLM diagnoses of failures (cegraph.fss.diagnosis): one call per distinct "
           "failure, valid or not.", (
