@@ -42,7 +42,7 @@ def bench_failures(home: Home = Path(".cegraph"),
                                                          "line")] = False) -> None:
     """Print every stored failure with its trace for hand labelling: ids, question, each
     node's output, expected vs. got, and its trace features."""
-    from cegraph.fss.contrast import reference_solutions
+    from cegraph.fss.contrast import reference_solutions, reference_tests
     from cegraph.fss.features import trace_features
     from cegraph.fss.finding import read_failures
     from cegraph.fss.steps import sandbox_runner
@@ -55,7 +55,8 @@ def bench_failures(home: Home = Path(".cegraph"),
             solutions = reference_solutions(ds)
             solutions |= passing_solutions(wh, ds, [f.task_id for f in failures
                                                     if f.task_id not in solutions])
-            readings = read_failures(digests, solutions, run=sandbox_runner)
+            readings = read_failures(digests, solutions, run=sandbox_runner,
+                                     tests=reference_tests(ds))
             for f in failures:
                 d = digests.get(f.failure_id)
                 reading = readings.get(f.failure_id)
@@ -141,7 +142,7 @@ def bench_signatures(
     modes vs. noise, adjusted Rand index against the hand labels, and the diagnosis cost
     (paid calls and seconds per failure). Diagnoses are kept in the home, so a second run
     pays nothing."""
-    from cegraph.fss.contrast import reference_solutions
+    from cegraph.fss.contrast import reference_solutions, reference_tests
     from cegraph.fss.diagnosis import diagnose_pool
     from cegraph.fss.features import trace_features
     from cegraph.fss.finding import mode_kind, read_failures
@@ -173,7 +174,8 @@ def bench_signatures(
             solutions |= passing_solutions(wh, ds, [f.task_id for f in failures
                                                     if f.task_id not in solutions])
             readings = (read_failures(digests, solutions, run=sandbox_runner,
-                                      stored=wh.failure_step_findings(list(digests)))
+                                      stored=wh.failure_step_findings(list(digests)),
+                                      tests=reference_tests(ds))
                         if any(r in READS_STEPS for r in chosen) else {})
             findings = {i: f for i, r in readings.items() if (f := r.finding()) is not None}
             labelled = {f.failure_id: hand[(ds, f.task_id)] for f in failures

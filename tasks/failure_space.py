@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cegraph.fss.contrast import reference_solutions
+from cegraph.fss.contrast import reference_solutions, reference_tests
 from cegraph.fss.diagnosis import diagnose_pool, kind_label
 from cegraph.fss.failure_space import Analysis, analyze_failures
 from cegraph.fss.finding import mode_kind, read_failures
@@ -72,7 +72,8 @@ def _analyze(wh: Warehouse, *, workflow: str, version_id: str, night_id: str, mo
         solutions |= passing_solutions(wh, dataset, [f.task_id for f in failures
                                                      if f.task_id not in solutions])
         readings = read_failures(run_digests(wh, failures), solutions,
-                                 stored=wh.failure_step_findings(ids), run=sandbox_runner)
+                                 stored=wh.failure_step_findings(ids), run=sandbox_runner,
+                                 tests=reference_tests(dataset))
     seen, texts = apply_recipe(failures, recipe,
                                features=wh.failure_features([f.failure_id for f in failures]),
                                diagnoses=diagnoses, readings=readings)

@@ -254,3 +254,27 @@ def test_a_passing_run_of_the_same_input_is_the_right_path(tmp_path):
     assert list(stored.values()) == [[]]  # checked at record time: nothing wrong is stated
     c = contrast_math("3 + 4 = 7 apples.\n7 + 6 = 13", "13", reference_path(found["t1"]), "18")
     assert c.text == "adds where it should multiply"
+
+
+def test_code_contrast_tells_an_edge_case_from_a_wrong_value_on_every_test():
+    from cegraph.fss.contrast import contrast_code
+
+    tests = ["assert f([1, 2]) == (1, 2)", "assert f([]) == ()"]
+
+    def run(passing: int):
+        def answer(code: str) -> tuple[str, str]:
+            if "print('PASS')" in code:
+                return "PASS\n" * passing + "FAIL\n" * (len(tests) - passing), ""
+            return "(2, 1)\n", ""
+        return answer
+
+    some = contrast_code(_code_digest(), run=run(1), tests=tests)
+    assert some.kind == "fails_some" and (some.passed, some.tests) == (1, 2)
+    assert some.text == "passes some tests and fails others (an edge of the input)"
+    assert contrast_code(_code_digest(), run=run(0), tests=tests).kind == "wrong_value"
+    from cegraph.fss.steps import sandbox_runner
+
+    real = contrast_code(_code_digest(expected="assert f((1, 2)) == (2, 1)"),
+                         run=sandbox_runner, tests=["assert f((1, 2)) == (2, 1)",
+                                                    "assert f(()) == ()"])
+    assert (real.kind, real.passed, real.tests) == ("fails_some", 1, 2)

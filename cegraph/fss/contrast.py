@@ -107,6 +107,7 @@ CODE_CONTRASTS: dict[str, str] = {
     "raises": "raises {0} on a test input",
     "returns_none": "returns nothing where a value is expected",
     "type": "returns a {1} where a {0} is expected",
+    "fails_some": "passes some tests and fails others (an edge of the input)",
     "wrong_value": "returns a wrong value of the right type",
 }
 _ASSERT = re.compile(r"^\s*assert\s+(.*?)\s*==\s*(.+?)\s*$", re.DOTALL)
@@ -122,6 +123,8 @@ class CodeContrast:
     expected_type: str | None = None
     got_type: str | None = None
     got: str | None = None  # the value the code returned on the failing input (repr)
+    passed: int | None = None  # of the task's tests, how many pass (when they were run)
+    tests: int | None = None
 
     @property
     def text(self) -> str:
@@ -130,7 +133,9 @@ class CodeContrast:
 
     def row(self) -> dict[str, object]:
         return {"contrast": self.kind, "contrast_expected_type": self.expected_type,
-                "contrast_got_type": self.got_type, "contrast_got": self.got}
+                "contrast_got_type": self.got_type, "contrast_got": self.got,
+                "contrast_tests_passed": None if self.tests is None
+                else f"{self.passed}/{self.tests}"}
 
 
 def _literal_type(source: str) -> str | None:
@@ -142,12 +147,23 @@ def _literal_type(source: str) -> str | None:
         return None
 
 
-def contrast_code(d: RunDigest, *,
-                  run: Callable[[str], tuple[str, str]] | None = None) -> CodeContrast | None:
+def _passing(solution: str, tests: Sequence[str],
+             run: Callable[[str], tuple[str, str]]) -> int | None:
+    """How many of these assert statements the solution passes (one sandboxed run)."""
+    probe = "".join(f"\ntry:\n    {t.strip()}\n    print('PASS')\nexcept BaseException:\n"
+                    f"    print('FAIL')\n" for t in tests)
+    stdout, error = run(f"{solution}\n{probe}")
+    verdicts = [ln for ln in stdout.splitlines() if ln in ("PASS", "FAIL")]
+    return verdicts.count("PASS") if len(verdicts) == len(tests) else None
+
+
+def contrast_code(d: RunDigest, *, run: Callable[[str], tuple[str, str]] | None = None,
+                  tests: Sequence[str] = ()) -> CodeContrast | None:
     """What a failing code run returned on its failing test beside what the test expects:
-    the exception it raises, a timeout, or its value's type against the expected one (the
+    the exception it raises, a timeout, its value's type against the expected one (the
     solution called on the failing input in the sandbox through `run`; without `run`, only
-    what the message says). None for a run that is not code."""
+    what the message says), and, given the task's `tests` (assert lines), whether it fails
+    them all or only some (an edge case). None for a run that is not code."""
     if d.kind != "code":
         return None
     exc = _EXCEPTION.match(d.message)
@@ -177,7 +193,20 @@ def contrast_code(d: RunDigest, *,
         return CodeContrast("returns_none", want_type, "NoneType", got)
     if want_type and got_type and want_type != got_type:
         return CodeContrast(f"type:{want_type}:{got_type}", want_type, got_type, got[:200])
-    return CodeContrast("wrong_value", want_type, got_type, got[:200])
+    passed = _passing(d.output, tests, run) if len(tests) > 1 else None
+    return CodeContrast("fails_some" if passed else "wrong_value", want_type, got_type,
+                        got[:200], passed, len(tests) if passed is not None else None)
+
+
+def reference_tests(dataset: str) -> dict[str, list[str]]:
+    """The assert lines of each task of a packaged benchmark whose tests are asserts (MBPP),
+    by task id; empty for any other dataset."""
+    from cegraph.benchmarks import load
+
+    if dataset != "mbpp":
+        return {}
+    return {t.id: [ln for ln in str(t.reference).splitlines() if ln.startswith("assert")]
+            for t in load(dataset)}
 
 
 def reference_solutions(dataset: str) -> dict[str, str]:

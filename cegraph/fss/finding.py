@@ -87,15 +87,18 @@ def mode_kind(failure_ids: Sequence[str], findings: Mapping[str, Finding]) -> st
 
 def read_failures(digests: Mapping[str, RunDigest], solutions: Mapping[str, str], *,
                   stored: Mapping[str, Sequence[str]] | None = None,
-                  run: Callable[[str], tuple[str, str]] | None = None) -> dict[str, Reading]:
+                  run: Callable[[str], tuple[str, str]] | None = None,
+                  tests: Mapping[str, Sequence[str]] | None = None) -> dict[str, Reading]:
     """The reading of each failure by id: its step findings as stored (`stored`, the
     `failures.step_findings` column) or checked now (running code with `run`), and its
-    contrast with the right solution of its task where `solutions` has one."""
+    contrast with the right solution of its task where `solutions` has one (code: with its
+    task's `tests`, assert lines by task id)."""
     stored = stored or {}
+    tests = tests or {}
     out = {}
     for fid, d in digests.items():
         check = (StepCheck(findings=tuple(stored[fid])) if fid in stored
                  else check_digest(d, run=run))
         out[fid] = Reading(check, contrast_digest(d, solutions.get(d.task_id, ""))
-                           or contrast_code(d, run=run))
+                           or contrast_code(d, run=run, tests=tests.get(d.task_id, ())))
     return out
