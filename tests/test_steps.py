@@ -220,6 +220,10 @@ def test_code_contrast_runs_the_failing_input_and_compares_types():
     assert c.kind == "type:tuple:list" and c.text == "returns a list where a tuple is expected"
     assert contrast_code(_code_digest(), run=returns("None")).kind == "returns_none"
     assert contrast_code(_code_digest(), run=returns("(2, 1)")).kind == "wrong_value"
+    shorter = contrast_code(_code_digest(), run=returns("(1,)"))
+    assert shorter.text == "returns a tuple of another length than expected"
+    assert contrast_code(_code_digest(expected="assert f(1) == 2.5"),
+                         run=returns("2")).kind == "wrong_value"  # a number is a number
     raised = contrast_code(_code_digest(), run=lambda code: ("", "TypeError: bad operand"))
     assert raised.text == "raises TypeError on a test input"
     assert contrast_code(_code_digest("exception", "IndexError: list index out of range"),
@@ -227,6 +231,10 @@ def test_code_contrast_runs_the_failing_input_and_compares_types():
     assert contrast_code(_code_digest("timeout", "timeout")).kind == "timeout"
     assert contrast_code(_code_digest("exception", "NameError: name 'f' is not defined"),
                          ).kind == "not_defined"
+    assert contrast_code(_code_digest("exception", "NameError: name 'reduce' is not "
+                                      "defined")).kind == "raises:NameError"
+    assert contrast_code(_code_digest(message="AssertionError: assert f([1, 2]) == (1, 2)"),
+                         ).kind == "wrong_value"
 
 
 def test_code_contrast_runs_in_the_sandbox():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cegraph.answers import numbers, to_number
+from cegraph.benchmarks import extract_code
 from cegraph.fss.features import RunDigest
 from cegraph.fss.steps import Step, _close, _has, reference_steps, stated_steps, values_in
 
@@ -107,6 +108,7 @@ CODE_CONTRASTS: dict[str, str] = {
     "raises": "raises {0} on a test input",
     "returns_none": "returns nothing where a value is expected",
     "type": "returns a {1} where a {0} is expected",
+    "size": "returns a {0} of another length than expected",
     "fails_some": "passes some tests and fails others (an edge of the input)",
     "wrong_value": "returns a wrong value of the right type",
 }
@@ -138,13 +140,23 @@ class CodeContrast:
                 else f"{self.passed}/{self.tests}"}
 
 
-def _literal_type(source: str) -> str | None:
+def _literal(source: str) -> tuple[bool, object]:
     import ast
 
     try:
-        return type(ast.literal_eval(source.strip())).__name__
+        return True, ast.literal_eval(source.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
+        return False, None
+
+
+def _literal_type(source: str) -> str | None:
+    ok, value = _literal(source)
+    return type(value).__name__ if ok else None
+
+
+def _size(source: str) -> int | None:
+    ok, value = _literal(source)
+    return len(value) if ok and isinstance(value, (list, tuple, str, dict, set)) else None
 
 
 def _passing(solution: str, tests: Sequence[str],
@@ -166,23 +178,30 @@ def contrast_code(d: RunDigest, *, run: Callable[[str], tuple[str, str]] | None 
     them all or only some (an edge case). None for a run that is not code."""
     if d.kind != "code":
         return None
-    exc = _EXCEPTION.match(d.message)
+    # a failing assert's own AssertionError is a wrong value, not a raise
+    exc = _EXCEPTION.match(d.message) if d.failure_class != "test_failure" else None
     if d.failure_class == "timeout":
         return CodeContrast("timeout")
+    found = _ASSERT.match(d.expected or "")
     if exc and exc.group(1) in ("SyntaxError", "IndentationError"):
         return CodeContrast("syntax")
-    if exc and exc.group(1) == "NameError" and "is not defined" in d.message:
+    undefined = re.search(r"name '(\w+)' is not defined", d.message)
+    if (exc and exc.group(1) == "NameError" and undefined and found
+            and re.match(rf"\(*\s*{re.escape(undefined.group(1))}\s*\(", found.group(1))):
         return CodeContrast("not_defined")
     if exc:
         return CodeContrast(f"raises:{exc.group(1)}")
-    found = _ASSERT.match(d.expected or "")
     if not found:
         return None
     call, want = found.group(1), found.group(2)
     want_type = _literal_type(want)
-    if run is None or not d.output.strip():
+    # the code as the workflow answered it: its last node's output (the stored run output
+    # may be shortened)
+    answered = next((n.text for n in reversed(d.nodes) if n.text.strip()), d.output)
+    solution = extract_code(answered)
+    if run is None or not solution.strip():
         return CodeContrast("wrong_value", want_type)
-    stdout, error = run(f"{d.output}\n\nprint(repr({call}))\n")
+    stdout, error = run(f"{solution}\n\nprint(repr({call}))\n")
     if error:
         raised = _EXCEPTION.match(error.split(": ", 1)[0] + ":") or _EXCEPTION.match(error)
         return CodeContrast(f"raises:{raised.group(1)}" if raised else "wrong_value",
@@ -191,9 +210,12 @@ def contrast_code(d: RunDigest, *, run: Callable[[str], tuple[str, str]] | None 
     got_type = _literal_type(got)
     if got == "None":
         return CodeContrast("returns_none", want_type, "NoneType", got)
-    if want_type and got_type and want_type != got_type:
+    numeric = {"int", "float"}  # 2 for 2.0 is a wrong value, not another kind of answer
+    if want_type and got_type and want_type != got_type and {want_type, got_type} - numeric:
         return CodeContrast(f"type:{want_type}:{got_type}", want_type, got_type, got[:200])
-    passed = _passing(d.output, tests, run) if len(tests) > 1 else None
+    if _size(want) is not None and _size(got) is not None and _size(want) != _size(got):
+        return CodeContrast(f"size:{want_type}", want_type, got_type, got[:200])
+    passed = _passing(solution, tests, run) if len(tests) > 1 else None
     return CodeContrast("fails_some" if passed else "wrong_value", want_type, got_type,
                         got[:200], passed, len(tests) if passed is not None else None)
 

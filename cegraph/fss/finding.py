@@ -26,10 +26,12 @@ CERTAIN = ("cut_at_limit", "invented_output", "arithmetic_error")
 WEAK = ("unit_or_percent", "answer_not_last_result")
 
 
-#: What a signature embeds for every `operation:<right>:<used>` finding: one kind of error
-#: (another operation on the right numbers), whichever the operations; the mode's words say
-#: which ones (`mode_kind`).
+#: What a signature embeds for a finding with particulars (`operation:<right>:<used>`,
+#: `raises:<exception>`, `type:<expected>:<got>`): one kind of error whichever the
+#: particulars; the mode's words name them (`mode_kind`).
 OPERATION = "applied another operation to the numbers of the right path"
+GENERIC = {"operation": OPERATION, "raises": "raises an exception on a test input",
+           "type": "returns another type of value than the tests expect"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Finding:
     @property
     def embedded(self) -> str:
         """The words a signature embeds: the kind of error, without its particulars."""
-        return OPERATION if self.key.startswith("operation:") else self.words
+        return GENERIC.get(self.key.split(":", 1)[0], self.words)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def mode_kind(failure_ids: Sequence[str], findings: Mapping[str, Finding]) -> st
         return None
     (key, words), count = Counter((f.key, f.words) for f in held).most_common(1)[0]
     share = "" if count == len(failure_ids) else f" of {len(failure_ids)}"
-    return f"{words}, {count}{share} run{'s' if count != 1 else ''}"
+    return f"{words}, {count}{share} run{'s' if count != 1 or share else ''}"
 
 
 def read_failures(digests: Mapping[str, RunDigest], solutions: Mapping[str, str], *,
