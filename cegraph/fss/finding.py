@@ -27,11 +27,12 @@ WEAK = ("unit_or_percent", "answer_not_last_result")
 
 
 #: What a signature embeds for a finding with particulars (`operation:<right>:<used>`,
-#: `raises:<exception>`, `type:<expected>:<got>`): one kind of error whichever the
-#: particulars; the mode's words name them (`mode_kind`).
+#: `raises:<exception>`, `type:<expected>:<got>`, `size:<type>`): one kind of error
+#: whichever the particulars; the mode's words name them (`mode_kind`).
 OPERATION = "applied another operation to the numbers of the right path"
 GENERIC = {"operation": OPERATION, "raises": "raises an exception on a test input",
-           "type": "returns another type of value than the tests expect"}
+           "type": "returns another type of value than the tests expect",
+           "size": "returns a value of another length than the tests expect"}
 
 
 @dataclass(frozen=True)
