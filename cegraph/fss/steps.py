@@ -6,9 +6,9 @@ steps are not. Each arithmetic step a trace states (`3 * 12 = 36`, `$3 x 12 = $3
 fractions; each operand is traced to the question, to an earlier result or to nowhere; the
 answer is compared with the last computed value; and a Python block the text writes but
 never runs (it states an output instead) is run in the sandbox and its printed number
-compared with the one the text claims. The findings are typed (`StepCheck`), stored in
-`failures` (since schema v7), and the most telling one (`StepCheck.finding`) is the phrase
-the `steps` signature recipes add.
+compared with the one the text claims. The findings are typed (`StepCheck`) and stored in
+`failures` (since schema v7); `cegraph.fss.finding` picks, with the contrast against a right
+path, the dominant one the `steps` signature recipes embed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -228,15 +228,10 @@ class StepCheck:
     last_result: float | None = None
     code_claimed: float | None = None
     code_result: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finding(self) -> str | None:
         return self.findings[0] if self.findings else None
-
-    @property
-    def text(self) -> str:
-        return FINDINGS[self.finding] if self.finding else ""
 
     def row(self) -> dict[str, Any]:
         return {"step_findings": list(self.findings), "step_finding": self.finding,
