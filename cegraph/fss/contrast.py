@@ -54,7 +54,8 @@ class Contrast:
     def row(self) -> dict[str, object]:
         return {"contrast": self.kind, "contrast_missing_value": self.missing_value,
                 "contrast_right_step": self.right_step,
-                "contrast_used_instead": self.used_instead}
+                "contrast_used_instead": self.used_instead,
+                "contrast_extra_steps": self.extra_steps}
 
 
 def _same_operands(a: Sequence[float], b: Sequence[float]) -> bool:
