@@ -42,15 +42,27 @@ def bench_failures(home: Home = Path(".cegraph"),
                                                          "line")] = False) -> None:
     """Print every stored failure with its trace for hand labelling: ids, question, each
     node's output, expected vs. got, and its trace features."""
+    from cegraph.fss.contrast import reference_solutions, reference_tests
     from cegraph.fss.features import trace_features
-    from storage.digests import run_digests
+    from cegraph.fss.finding import read_failures
+    from cegraph.fss.steps import sandbox_runner
+    from storage.digests import passing_solutions, run_digests
 
     with _open(home, read_only=True) as wh:
         for workflow, version, model, ds in _pools(wh, dataset):
             failures = wh.failures(workflow, version, model=model, dataset=ds)
             digests = run_digests(wh, failures)
+            solutions = reference_solutions(ds)
+            solutions |= passing_solutions(wh, ds, [f.task_id for f in failures
+                                                    if f.task_id not in solutions])
+            readings = read_failures(digests, solutions, run=sandbox_runner,
+                                     tests=reference_tests(ds))
             for f in failures:
                 d = digests.get(f.failure_id)
+                reading = readings.get(f.failure_id)
+                check = reading.steps if reading else None
+                contrast = reading.contrast if reading else None
+                found = reading.finding() if reading else None
                 nodes = [{"node": n.node_id, "operator": n.operator, "output": n.text,
                           "truncated": n.truncated, "error": n.error}
                          for n in (d.nodes if d else ())]
@@ -59,7 +71,10 @@ def bench_failures(home: Home = Path(".cegraph"),
                           "locus": f.locus_node, "question": d.question if d else "",
                           "nodes": nodes, "expected": f.expected, "got": f.observed,
                           "message": f.message,
-                          "features": trace_features(d).text if d else ""}
+                          "features": trace_features(d).text if d else "",
+                          "steps": check.row() if check else {},
+                          "contrast": contrast.row() if contrast else {},
+                          "finding": found.key if found else None}
                 if as_json:
                     print(json.dumps(record, ensure_ascii=False))
                     continue
@@ -70,7 +85,18 @@ def bench_failures(home: Home = Path(".cegraph"),
                         f" [raised {n['error']}]" if n["error"] else "")
                     print(f"--- {n['node']} ({n['operator']}){flags}\n{n['output']}")
                 print(f"EXPECTED: {f.expected}\nGOT: {f.observed}\nMESSAGE: {f.message}\n"
-                      f"FEATURES: {record['features']}\n")
+                      f"FEATURES: {record['features']}")
+                if check and check.findings:
+                    print(f"STEPS: {', '.join(check.findings)}" + "".join(
+                        f"; {k} {v}" for k, v in check.row().items() if v is not None
+                        and k in ("first_wrong_step", "code_claimed", "code_result")))
+                if contrast:
+                    print(f"CONTRAST: {contrast.text}" + "".join(
+                        f"; {k.removeprefix('contrast_')} {v}" for k, v in
+                        contrast.row().items() if v is not None and k != "contrast"))
+                if found:
+                    print(f"FINDING: {found.words}")
+                print()
 
 
 def load_labels(path: Path) -> dict[tuple[str, str], str]:
@@ -107,7 +133,8 @@ def bench_signatures(
         labels: Annotated[Path, typer.Option(help="hand labels (JSONL)")] = LABELS,
         dataset: Annotated[str | None, typer.Option("--dataset", "-d")] = None,
         recipes: Annotated[str, typer.Option(help="comma-separated recipes")] = (
-            "message,message+features,message+features+diagnosis"),
+            "message,message+features,steps,steps+contrast,message+steps+contrast,"
+            "message+features+diagnosis"),
         diagnosis_model: Annotated[str | None, typer.Option(
             help="diagnosing model (default: the pool's own model)")] = None,
         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -115,14 +142,23 @@ def bench_signatures(
     modes vs. noise, adjusted Rand index against the hand labels, and the diagnosis cost
     (paid calls and seconds per failure). Diagnoses are kept in the home, so a second run
     pays nothing."""
+    from cegraph.fss.contrast import reference_solutions, reference_tests
     from cegraph.fss.diagnosis import diagnose_pool
     from cegraph.fss.features import trace_features
+    from cegraph.fss.finding import mode_kind, read_failures
     from cegraph.fss.modes import find_modes
-    from cegraph.fss.recipe import apply_recipe, check_recipe, uses_diagnosis
+    from cegraph.fss.recipe import (
+        READS_STEPS,
+        apply_recipe,
+        check_recipe,
+        uses_contrastive_diagnosis,
+        uses_diagnosis,
+    )
     from cegraph.fss.signature import MiniLMEmbedder, SignatureBuilder
+    from cegraph.fss.steps import sandbox_runner
     from cegraph.llm import LLM
     from cegraph.local_model import LOCAL_PROVIDER, MODELS, fetch
-    from storage.digests import run_digests
+    from storage.digests import passing_solutions, run_digests
 
     chosen = [check_recipe(r.strip()) for r in recipes.split(",") if r.strip()]
     hand = load_labels(labels) if labels.exists() else {}
@@ -134,28 +170,43 @@ def bench_signatures(
             failures = wh.failures(workflow, version, model=model, dataset=ds)
             digests = run_digests(wh, failures)
             features = {i: trace_features(d).text for i, d in digests.items()}
+            solutions = reference_solutions(ds)
+            solutions |= passing_solutions(wh, ds, [f.task_id for f in failures
+                                                    if f.task_id not in solutions])
+            readings = (read_failures(digests, solutions, run=sandbox_runner,
+                                      stored=wh.failure_step_findings(list(digests)),
+                                      tests=reference_tests(ds))
+                        if any(r in READS_STEPS for r in chosen) else {})
+            findings = {i: f for i, r in readings.items() if (f := r.finding()) is not None}
             labelled = {f.failure_id: hand[(ds, f.task_id)] for f in failures
                         if (ds, f.task_id) in hand}
             diagnoses, cost = {}, {}
-            if any(uses_diagnosis(r) for r in chosen):
+            for wanted in {uses_contrastive_diagnosis(r) for r in chosen
+                           if uses_diagnosis(r)}:
                 name = diagnosis_model or model.split("@", 1)[0]
                 short = name.removeprefix(f"{LOCAL_PROVIDER}/")
                 if short in MODELS:
                     fetch(short, progress=render.console.print)
                 started = time.perf_counter()
                 done = diagnose_pool(failures, LLM(name, store=wh, concurrency=2), wh,
-                                     lambda fs: run_digests(wh, fs))
-                diagnoses = done.records
+                                     lambda fs: run_digests(wh, fs),
+                                     right={f.failure_id: solutions[f.task_id]
+                                            for f in failures if f.task_id in solutions}
+                                     if wanted else None)
+                diagnoses[wanted] = done.records
                 per = max(done.diagnosed, 1)
-                cost = {"diagnosed": done.diagnosed, "diagnosis_calls": done.calls,
-                        "diagnosis_calls_per_failure": round(done.calls / per, 3),
-                        "diagnosis_s_per_failure": round(done.seconds / per, 2),
-                        "diagnosis_wall_s": round(time.perf_counter() - started, 1),
-                        "diagnoses_valid": sum(r.valid for r in diagnoses.values()),
-                        "diagnoses": len(diagnoses)}
+                cost[wanted] = {
+                    "diagnosed": done.diagnosed, "diagnosis_calls": done.calls,
+                    "diagnosis_calls_per_failure": round(done.calls / per, 3),
+                    "diagnosis_s_per_failure": round(done.seconds / per, 2),
+                    "diagnosis_wall_s": round(time.perf_counter() - started, 1),
+                    "diagnoses_valid": sum(r.valid for r in done.records.values()),
+                    "diagnoses": len(done.records)}
             for recipe in chosen:
+                diagnosed = uses_contrastive_diagnosis(recipe)
                 seen, texts = apply_recipe(failures, recipe, features=features,
-                                           diagnoses=diagnoses)
+                                           diagnoses=diagnoses.get(diagnosed, {}),
+                                           readings=readings)
                 found = find_modes(builder.build(seen, texts))
                 wrong = {f.failure_id for f in failures if f.failure_class == "wrong_answer"}
                 n = len(failures)
@@ -167,9 +218,10 @@ def bench_signatures(
                        "noise": round(len(found.noise_ids) / n, 3) if n else 0.0,
                        "labelled": len(labelled),
                        "ari": round(agreement(found.modes, found.noise_ids, labelled), 3),
-                       "mode_labels": [f"{m.label} ({m.size})" for m in found.modes]}
+                       "mode_labels": [f"{m.label} ({m.size})" for m in found.modes],
+                       "mode_kinds": [mode_kind(m.failure_ids, findings) for m in found.modes]}
                 if uses_diagnosis(recipe):
-                    row |= cost
+                    row |= cost.get(diagnosed, {})
                 results.append(row)
     columns = ["dataset", "recipe", "failures", "modes", "wrong_answer_modes", "in_modes",
                "noise", "labelled", "ari", "diagnosis_calls_per_failure",
@@ -178,7 +230,8 @@ def bench_signatures(
                 title=f"signature recipes on {home}")
     for r in results:
         render.console.print(f"[bold]{r['dataset']} / {r['recipe']}[/bold]")
-        for label in r["mode_labels"]:
-            render.console.print(f"  {render.escape(label)}")
+        for label, kind in zip(r["mode_labels"], r["mode_kinds"], strict=True):
+            render.console.print(f"  {render.escape(label)}"
+                                 + (f" - {render.escape(kind)}" if kind else ""))
     if as_json:
         print(json.dumps(results))

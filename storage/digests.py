@@ -45,3 +45,22 @@ def run_digests(wh: Warehouse, failures: Sequence[Failure]) -> dict[str, RunDige
                                       nodes, output or "", f.failure_class, f.message,
                                       f.expected, f.observed)
     return out
+
+
+def passing_solutions(wh: Warehouse, dataset: str, task_ids: Sequence[str]) -> dict[str, str]:
+    """A right path for each of these tasks that some stored run passed (any version, e.g.
+    the version that fixed it): that run's reasoning, every node's output but the last (the
+    one that formats the answer), by task id; the latest passing run wins."""
+    if not task_ids:
+        return {}
+    rows = wh.rows(
+        "SELECT r.task_id, r.run_id, s.outputs FROM runs r JOIN spans s USING (run_id) "
+        "WHERE r.passed AND r.dataset = ? AND r.task_id IN (SELECT unnest(?::VARCHAR[])) "
+        "AND NOT coalesce(s.skipped, false) ORDER BY r.ended_at, r.run_id, s.position",
+        [dataset, list(task_ids)])
+    runs: dict[str, dict[str, list[str]]] = {}
+    for task_id, run_id, outputs in rows:
+        runs.setdefault(task_id, {}).setdefault(run_id, []).append(
+            outputs_text(json.loads(outputs or "{}")))
+    return {task: "\n".join(texts[:-1] if len(texts) > 1 else texts)
+            for task, by_run in runs.items() for texts in [list(by_run.values())[-1]]}

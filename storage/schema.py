@@ -134,6 +134,20 @@ TABLES: tuple[Table, ...] = (
         C("failing_input_class", "VARCHAR", "kind of input of the failing assert: empty | "
                                             "single | negative | zero | float | large | "
                                             "nested | text | typical", 4),
+        # the step checker (cegraph.fss.steps): a math trace's stated arithmetic recomputed
+        C("step_findings", "VARCHAR[]", "the step checker's findings, in priority order "
+                                        "(keys of cegraph.fss.steps.FINDINGS: "
+                                        "invented_output, arithmetic_error, "
+                                        "answer_not_last_result, unsourced_number, ...)", 7),
+        C("step_finding", "VARCHAR", "the first of them (see cegraph.fss.finding for the "
+                                        "dominant finding the 'steps' recipes embed)", 7),
+        C("steps_stated", "INTEGER", "arithmetic steps the reasoning states (`a * b = c`)",
+          7),
+        C("first_wrong_step", "VARCHAR", "first stated step that recomputes differently: "
+                                         "'a + b = c (is d)'", 7),
+        C("code_claimed", "DOUBLE", "the number the reasoning says its own code printed", 7),
+        C("code_result", "DOUBLE", "the first number that code prints when run in the "
+                                   "sandbox (NULL: no code, or it printed none)", 7),
     ), history=True),
     Table("source_spans", "Every span and log record an ingest read, as read, with the run "
           "and node it was mapped to (ingested runs only).", (
@@ -193,8 +207,9 @@ TABLES: tuple[Table, ...] = (
         C("created_at", "TIMESTAMP", "when the signature was computed"),
         C("locus_weight", "DOUBLE", "weight w of the locus part (see cegraph.fss.signature)", 2),
         C("recipe", "VARCHAR", "signature recipe the text was built with: message | "
-                               "message+features | message+features+diagnosis (NULL: "
-                               "message)", 4),
+                               "message+features | message+features+diagnosis | steps | "
+                               "steps+contrast | message+steps+contrast | "
+                               "contrast+diagnosis (NULL: message)", 4),
     ), key=("failure_id",)),
     Table("diagnoses", "LLM diagnoses of failures (cegraph.fss.diagnosis): one call per distinct "
           "failure, valid or not.", (

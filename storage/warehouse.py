@@ -260,6 +260,7 @@ class Warehouse:
         again left out."""
         from cegraph.fss.failure import failure_from_trace
         from cegraph.fss.features import digest_from_trace, trace_features
+        from cegraph.fss.steps import check_digest, sandbox_runner
 
         stored = self._verdicts([t.run_id for t in traces])
         traces = [t for t in traces if _supersedes(t, stored.get(t.run_id))]
@@ -295,9 +296,11 @@ class Warehouse:
                     fid = hashlib.sha256(f"{f.failure_id}:{batch_id}".encode()).hexdigest()
                     f = replace(f, failure_id=fid[:16])
                 failures.append(f)
+                digest = digest_from_trace(t)
                 failure_rows.append(self._failure_row(
                     f, model=model, dataset=dataset, source=source, evaluator_version=version,
-                    **trace_features(digest_from_trace(t)).row()))
+                    **trace_features(digest).row(),
+                    **check_digest(digest, run=sandbox_runner).row()))
         kept = {t.run_id for t in traces}
         self.write_batch({"runs": runs, "spans": spans, "failures": failure_rows,
                           **{table: _of_runs(rows, kept)
@@ -358,6 +361,15 @@ class Warehouse:
         return dict(self.rows("SELECT failure_id, features FROM failures WHERE failure_id IN "
                               "(SELECT unnest(?::VARCHAR[])) AND features IS NOT NULL",
                               [list(failure_ids)]))
+
+    def failure_step_findings(self, failure_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The stored step checker findings of each failure (none for failures stored before
+        schema v7)."""
+        if not failure_ids:
+            return {}
+        return dict(self.rows("SELECT failure_id, step_findings FROM failures WHERE "
+                              "failure_id IN (SELECT unnest(?::VARCHAR[])) AND step_findings "
+                              "IS NOT NULL", [list(failure_ids)]))
 
     def run_count(self, workflow: str, version_id: str | None = None, *,
                   model: str | None = None, dataset: str | None = None) -> int:

@@ -8,14 +8,23 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from cegraph.fss.contrast import reference_solutions, reference_tests
 from cegraph.fss.diagnosis import diagnose_pool, kind_label
 from cegraph.fss.failure_space import Analysis, analyze_failures
+from cegraph.fss.finding import mode_kind, read_failures
 from cegraph.fss.mode_label import llm_label
-from cegraph.fss.recipe import DEFAULT_RECIPE, apply_recipe, uses_diagnosis
+from cegraph.fss.recipe import (
+    DEFAULT_RECIPE,
+    READS_STEPS,
+    apply_recipe,
+    uses_contrastive_diagnosis,
+    uses_diagnosis,
+)
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
+from cegraph.fss.steps import sandbox_runner
 from cegraph.llm import LLM, Meter
 from storage import Warehouse
-from storage.digests import run_digests
+from storage.digests import passing_solutions, run_digests
 
 
 @task(name="analyze-failures", cache_policy=NO_CACHE)
@@ -47,14 +56,28 @@ def _analyze(wh: Warehouse, *, workflow: str, version_id: str, night_id: str, mo
     runs = wh.run_count(workflow, version_id, model=model, dataset=dataset)
     diagnoses = {}
     if uses_diagnosis(recipe) and diagnosis_model:
+        solutions = reference_solutions(dataset) if uses_contrastive_diagnosis(recipe) else {}
         done = diagnose_pool(failures, LLM(diagnosis_model, store=wh, meter=meter), wh,
-                             lambda fs: run_digests(wh, fs))
+                             lambda fs: run_digests(wh, fs),
+                             right={f.failure_id: solutions[f.task_id] for f in failures
+                                    if f.task_id in solutions}
+                             if uses_contrastive_diagnosis(recipe) else None)
         diagnoses = done.records
         log.info("diagnosis: %d failures diagnosed with %d paid calls in %.1fs",
                  done.diagnosed, done.calls, done.seconds)
+    readings = {}
+    if recipe in READS_STEPS:
+        ids = [f.failure_id for f in failures]
+        solutions = reference_solutions(dataset)
+        solutions |= passing_solutions(wh, dataset, [f.task_id for f in failures
+                                                     if f.task_id not in solutions])
+        readings = read_failures(run_digests(wh, failures), solutions,
+                                 stored=wh.failure_step_findings(ids), run=sandbox_runner,
+                                 tests=reference_tests(dataset))
     seen, texts = apply_recipe(failures, recipe,
                                features=wh.failure_features([f.failure_id for f in failures]),
-                               diagnoses=diagnoses)
+                               diagnoses=diagnoses, readings=readings)
+    findings = {i: f for i, r in readings.items() if (f := r.finding()) is not None}
     builder = SignatureBuilder(MiniLMEmbedder(), cache=wh, locus_weight=locus_weight)
     analysis = analyze_failures(
         seen, runs, builder, texts=texts,
@@ -64,7 +87,8 @@ def _analyze(wh: Warehouse, *, workflow: str, version_id: str, night_id: str, mo
                                  embedding_model=builder.embedder.name,
                                  locus_weight=locus_weight, recipe=recipe)
     for mode in analysis.modes:
-        mode.kind_label = kind_label(mode.failure_ids, mode.representative_ids, diagnoses)
+        mode.kind_label = (kind_label(mode.failure_ids, mode.representative_ids, diagnoses)
+                           or mode_kind(mode.failure_ids, findings))
     if label_model:
         messages = {f.failure_id: f.message for f in failures}
         llm = LLM(label_model, store=wh)

@@ -262,4 +262,8 @@ def test_bench_failures_and_signatures_on_a_home(tmp_path, scripted):
     assert diag["diagnosis_calls"] == 5 and diag["diagnosed"] == 8  # 4 share one prompt
     again = runner.invoke(app, ["bench", "signatures", "--home", str(tmp_path), "--labels",
                                 str(labels), "--json"])
-    assert json.loads(again.output.splitlines()[-1])[2]["diagnosed"] == 0
+    assert {r["recipe"]: r for r in json.loads(again.output.splitlines()[-1])}[
+        "message+features+diagnosis"]["diagnosed"] == 0
+    steps = figures["steps+contrast"]  # no reference known for t0..t7: the step checker
+    assert steps["modes"] >= 1 and "diagnosis_calls" not in steps
+    assert all(k for k in steps["mode_kinds"])

@@ -151,3 +151,21 @@ def test_recipes_are_never_matched_across_nights_and_diagnosis_is_paid_once(
         assert wh.rows("SELECT DISTINCT recipe FROM signatures") == [("message",)]
     out = CliRunner().invoke(app, ["modes", "--home", str(tmp_path)])
     assert "recipe message" in out.output
+
+
+def test_default_recipe_names_modes_by_the_step_checkers_finding(tmp_path, scripted, prefect):
+    from flows.evaluation import evaluate_workflow
+    from storage import Warehouse
+
+    scripted.reply = lambda messages: "So 2 + 2 = 5 and the answer is \\boxed{5}."
+    analysis = evaluate_workflow(dataset="gsm8k", n=6, model="scripted/m",
+                                 home=str(tmp_path)).analysis
+    assert [m.kind_label for m in analysis.modes] == [
+        "a stated calculation is wrong when recomputed, 6 runs"]
+    with Warehouse(tmp_path, read_only=True) as wh:
+        assert wh.rows("SELECT DISTINCT step_finding, first_wrong_step FROM failures") == [
+            ("arithmetic_error", "2 + 2 = 5 (is 4)")]
+        assert wh.rows("SELECT DISTINCT recipe FROM nights") == [("steps+contrast",)]
+    out = CliRunner().invoke(app, ["modes", "--home", str(tmp_path)])
+    assert "a stated calculation is wrong when recomputed, 6 runs" in " ".join(
+        out.output.split())

@@ -115,6 +115,28 @@ def prompt(d: RunDigest) -> str:
             "\"explanation\": one short sentence on what went wrong, without any numbers}")
 
 
+def contrastive_prompt(d: RunDigest, right: str) -> str:
+    """The contrastive diagnosis request: a correct solution beside the wrong run, asking for
+    the first step where they differ and how (an easier task than diagnosing alone)."""
+    wrong = "\n".join(
+        f"Node `{n.node_id}` ({n.operator}):\n" + "\n".join(
+            f"  {k}. {s}" for k, s in enumerate(steps(n.text[:_NODE_CHARS]), start=1))
+        for n in d.nodes)
+    kinds = "\n".join(f"- {k}: {v}" for k, v in KINDS.items())
+    return (f"Question:\n{d.question[:_NODE_CHARS]}\n\nA correct solution:\n"
+            f"{right[:_NODE_CHARS]}\n\nA wrong run (answered {d.observed[:100]}, expected "
+            f"{d.expected[:100]}):\n{wrong}\n\nFind the first step of the wrong run where it "
+            f"differs from the correct solution, and say how.\nKinds of mistake:\n{kinds}\n\n"
+            "Reply with JSON only: {\"node\": the node of that step, \"step\": its number, "
+            "\"kind\": one of the kinds, \"explanation\": one short sentence on how it "
+            "differs, without any numbers}")
+
+
+#: Suffix of the model name under which contrastive diagnoses are kept (one per failure and
+#: diagnosing model, beside the plain ones).
+CONTRASTIVE = "+contrast"
+
+
 def parse_diagnosis(text: str, nodes: Sequence[str]) -> tuple[Diagnosis | None, str | None]:
     """The diagnosis in an answer, or None and why it was rejected."""
     found = re.search(r"\{.*\}", text, re.DOTALL)
@@ -161,14 +183,19 @@ def prompt_hash(text: str) -> str:
 
 
 async def diagnose(items: Sequence[tuple[str, RunDigest]], llm: LLM, *,
-                   max_tokens: int = MAX_TOKENS) -> list[DiagnosisRecord]:
+                   max_tokens: int = MAX_TOKENS,
+                   right: Mapping[str, str] | None = None) -> list[DiagnosisRecord]:
     """Diagnose failures given as (failure_id, digest): one call per distinct prompt, the
     calls concurrent under the LLM's own limit. A call the budget refuses or the provider
-    cannot answer yields no record (the failure keeps its features; the next job retries)."""
+    cannot answer yields no record (the failure keeps its features; the next job retries).
+    With `right` (a correct solution by failure id), each failure is diagnosed against its
+    right path (`contrastive_prompt`) and kept under the model name + `CONTRASTIVE`."""
     groups: dict[str, list[tuple[str, RunDigest]]] = {}
     texts: dict[str, str] = {}
+    model = llm.identity + (CONTRASTIVE if right is not None else "")
     for failure_id, d in items:
-        text = prompt(d)
+        text = (contrastive_prompt(d, right[failure_id]) if right and failure_id in right
+                else prompt(d))
         h = prompt_hash(text)
         texts[h] = text
         groups.setdefault(h, []).append((failure_id, d))
@@ -187,7 +214,7 @@ async def diagnose(items: Sequence[tuple[str, RunDigest]], llm: LLM, *,
         node = by_id.get(parsed.node) if parsed else None
         fresh = not done.cached
         return [DiagnosisRecord(
-            failure_id, d.run_id, llm.identity, h, parsed is not None,
+            failure_id, d.run_id, model, h, parsed is not None,
             parsed.node if parsed else None, node.operator if node else None,
             node.depth if node else None, parsed.step if parsed else None,
             parsed.kind if parsed else None, parsed.explanation if parsed else None,
@@ -219,16 +246,19 @@ class DiagnosisPass:
 
 def diagnose_pool(failures: Sequence[Failure], llm: LLM, store: DiagnosisStore,
                   digests: Callable[[Sequence[Failure]], Mapping[str, RunDigest]], *,
-                  classes: Sequence[str] = DIAGNOSED_CLASSES) -> DiagnosisPass:
+                  classes: Sequence[str] = DIAGNOSED_CLASSES,
+                  right: Mapping[str, str] | None = None) -> DiagnosisPass:
     """Diagnose the failures of `classes` that `store` has no diagnosis of by this model
     (a second pass over the same failures makes no call), keep the new ones, and return
-    all of them. `digests` reads the failures' traces."""
+    all of them. `digests` reads the failures' traces. With `right` (correct solutions by
+    failure id) the diagnoses are contrastive (see `diagnose`)."""
     wanted = [f for f in failures if f.failure_class in classes]
-    known = store.diagnoses([f.failure_id for f in wanted], llm.identity)
+    model = llm.identity + (CONTRASTIVE if right is not None else "")
+    known = store.diagnoses([f.failure_id for f in wanted], model)
     todo = [f for f in wanted if f.failure_id not in known]
     found = digests(todo) if todo else {}
     items = [(f.failure_id, found[f.failure_id]) for f in todo if f.failure_id in found]
-    new = asyncio.run(diagnose(items, llm)) if items else []
+    new = asyncio.run(diagnose(items, llm, right=right)) if items else []
     store.record_diagnoses(new)
     return DiagnosisPass({**known, **{r.failure_id: r for r in new}}, len(items),
                          sum(r.fresh for r in new), sum(r.latency_s for r in new))
