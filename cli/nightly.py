@@ -36,10 +36,11 @@ def nightly(workflow: Annotated[str | None, typer.Option(
     """Refine each registered workflow from the failures logged since the last night: verify,
     gate and promote (the `nightly-refinement` deployment's flow, run once here). Exit code
     0 for any verdict, 3 when a night was refused (budget), busy (locked) or stale."""
+    from cegraph.config import Settings
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
     from cegraph.preflight import ModelUnavailable, check_model
-    from flows.nightly import night_flow
+    from flows.nightly import night_flow, server_params
     from storage.registry import RegistryError
     from storage.warehouse import CatalogLocked
 
@@ -47,7 +48,7 @@ def nightly(workflow: Annotated[str | None, typer.Option(
     if model in MODELS:
         fetch(model, progress=render.console.print)
     try:  # before the flow: one line, and no night started that could not call its model
-        check_model(resolve_model(model))
+        check_model(resolve_model(model), server_params(Settings.load().night.api_base))
     except ModelUnavailable as exc:
         fail(str(exc))
     error = None

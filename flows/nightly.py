@@ -605,7 +605,8 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
                               out)
 
 
-def _server(api_base: str | None) -> dict[str, Any]:
+def server_params(api_base: str | None) -> dict[str, Any]:
+    """The extra call arguments that reach the model through the server at `api_base`."""
     if not api_base:
         return {}
     return {"api_base": api_base, "api_key": os.environ.get("OPENAI_API_KEY", "none")}
@@ -680,12 +681,13 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
     from cegraph.preflight import check_model
     from storage.nights import NightBusy
 
-    # a model that cannot be called fails the flow here, before any night is started (a
-    # night started on it would stay `running` until its lease ended)
-    check_model(resolve_model(model))
     config = Settings.load().night
     runner, chunk = runner or config.runner, chunk or config.chunk
     api_base = api_base or config.api_base
+    # a model that cannot be called (as this process reaches it: its server, if named) fails
+    # the flow here, before any night is started (it would stay `running` until its lease
+    # ended)
+    check_model(resolve_model(model), server_params(api_base))
 
     bounds = gate.GateBounds(max_break_rate, min_failing, min_passing, CostBounds(
         max_calls_ratio, max_tokens_ratio, max_dollars_ratio, max_latency_ratio))
@@ -696,7 +698,7 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                       lease_s=lease_s, runner=runner, chunk=chunk,
                       served=served(model, api_base) if runner != "local" or api_base
                       else None,
-                      llm_extra=_server(api_base))
+                      llm_extra=server_params(api_base))
     log = get_run_logger()
     nights: list[dict[str, Any]] = []
     with open_catalog(home, wait_s=catalog_wait_s, on_wait=log.warning) as wh:
