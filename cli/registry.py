@@ -155,6 +155,8 @@ def gate(version: Annotated[str, typer.Argument(help="version id (or a 6+ char p
              help="fresh logged inputs to gate on (half failing, half passing)")] = 60,
          catalog_wait_s: Annotated[float, typer.Option(
              help="how long to wait while another job holds the catalog")] = 600.0,
+         max_latency_ratio: Annotated[float, typer.Option(
+             help="the version's latency per run over the active one's, at most")] = 2.0,
          model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
          as_json: AsJson = False) -> None:
     """Gate a stored version (a human's edit, a night's candidate) against the active one,
@@ -183,7 +185,8 @@ def gate(version: Annotated[str, typer.Argument(help="version id (or a 6+ char p
         result = gate_version(info.version_id, home=str(home.resolve()), model=model,
                               budget_calls=budget_calls, budget_tokens=budget_tokens,
                               budget_dollars=budget_dollars, max_inputs=max_inputs,
-                              catalog_wait_s=catalog_wait_s, concurrency=SETTINGS.concurrency)
+                              catalog_wait_s=catalog_wait_s, concurrency=SETTINGS.concurrency,
+                              max_latency_ratio=max_latency_ratio)
     except (RegistryError, CatalogLocked) as exc:
         error = str(exc).splitlines()[0]
     if error is not None:  # outside the handler: Prefect's exception chain stays out of it

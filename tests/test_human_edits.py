@@ -101,7 +101,9 @@ def test_a_human_version_is_registered_diffed_gated_and_promoted(harness, script
     assert r.exit_code == 2 and "did not pass its gate" in r.output
     # the Programmer passes: its evidence is new calls on all 40 logged inputs
     scripted.calls.clear()
-    r = cli(home, "gate", v2, "--model", MODEL, "--budget-calls", "400", "--json")
+    # (a scripted model's latency per run is the machine's load, not the version's cost)
+    r = cli(home, "gate", v2, "--model", MODEL, "--budget-calls", "400", "--json",
+            "--max-latency-ratio", "1000")
     assert r.exit_code == 0, r.output
     gated = json.loads(r.output.strip().splitlines()[-1])
     assert (gated["verdict"], gated["decision"], gated["holdout"]) == ("passed", "proposed", 40)
@@ -138,7 +140,8 @@ def test_promote_refuses_when_the_active_version_changed_since_the_gate(harness,
         reg = Registry(wh)
         v2, _, _ = reg.add_human_version(NAME, programmer())
         v3, _, _ = reg.add_human_version(NAME, broken())
-    r = cli(home, "gate", v2, "--model", MODEL, "--budget-calls", "400")
+    r = cli(home, "gate", v2, "--model", MODEL, "--budget-calls", "400",
+            "--max-latency-ratio", "1000")  # scripted latency is load noise
     assert r.exit_code == 0, r.output
     assert cli(home, "promote", v3, "--force").exit_code == 0  # a hotfix since the gate
     r = cli(home, "promote", v2)
@@ -189,7 +192,8 @@ def test_a_nights_candidates_are_stored_versions_a_human_gates_and_promotes(
                                                     run_id=lambda t: f"prod2-{t.id}"))
         wh.record_traces(traces, night_id="ingest-2", source="production",
                          dataset="production", model=llm.identity)
-    r = cli(home, "gate", candidate, "--model", MODEL, "--budget-calls", "400", "--json")
+    r = cli(home, "gate", candidate, "--model", MODEL, "--budget-calls", "400", "--json",
+            "--max-latency-ratio", "1000")  # scripted latency is load noise
     assert r.exit_code == 0, r.output
     gated = json.loads(r.output.strip().splitlines()[-1])
     held = gated["holdout"]
