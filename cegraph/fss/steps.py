@@ -130,32 +130,26 @@ def _operator(expression: str) -> str:
     return found.group(0) if found else "?"
 
 
+def _step(expression: str, stated: float | None) -> Step | None:
+    """The step `expression = stated`, recomputed; None when either side is not a number."""
+    value = evaluate(expression)
+    if value is None or stated is None:
+        return None
+    operands = tuple(float(x) for x in re.findall(_NUM, expression))
+    return Step(expression.strip(), _operator(expression), operands, stated, float(value))
+
+
 def stated_steps(text: str) -> list[Step]:
     """Every arithmetic step the text states, in order, recomputed exactly."""
-    out = []
-    t = normalize(text)
-    for m in _STEP.finditer(t):
-        expression, stated = m.group(1), float(m.group(2))
-        value = evaluate(expression)
-        if value is None:
-            continue
-        operands = tuple(float(x) for x in re.findall(_NUM, expression))
-        out.append(Step(expression.strip(), _operator(expression), operands, stated,
-                        float(value)))
-    return out
+    found = (_step(m.group(1), float(m.group(2))) for m in _STEP.finditer(normalize(text)))
+    return [s for s in found if s is not None]
 
 
 def reference_steps(solution: str) -> list[Step]:
     """A GSM8K reference's computations, `<<48/2=24>>`, in order."""
-    out = []
-    for expression, stated in re.findall(r"<<([^=<>]+)=([^<>]+)>>", solution):
-        value, shown = evaluate(expression), to_number(stated.strip())
-        if value is None or shown is None:
-            continue
-        operands = tuple(float(x) for x in re.findall(_NUM, expression))
-        out.append(Step(expression.strip(), _operator(expression), operands, shown,
-                        float(value)))
-    return out
+    found = (_step(expression, to_number(stated.strip()))
+             for expression, stated in re.findall(r"<<([^=<>]+)=([^<>]+)>>", solution))
+    return [s for s in found if s is not None]
 
 
 def question_numbers(question: str) -> list[float]:
