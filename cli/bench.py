@@ -704,30 +704,14 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
 
 
 # --- a night fanned out over Dask workers ---------------------------------------------------
-def _night_world(messages: list[dict[str, str]]) -> str:
-    """The scripted model of the night benchmark (as tests/test_nightly.py's): CoT right on
-    every third problem, a Programmer always right, the proposer suggests a Programmer."""
-    import re
-
-    text = messages[-1]["content"]
-    if "candidates" in text:
-        return json.dumps({"candidates": [{"rationale": "compute it", "edit": {
-            "op": "replace_operator", "node": "solve", "operator": "Programmer"}}]})
-    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
-    if "Python program" in text:
-        return f"```python\nprint({i} + 1)\n```"
-    if "Give only the final answer" in text:
-        found = re.findall(r"\d+", text.split("Solution:")[-1])
-        return f"\\boxed{{{found[0] if found else 0}}}"
-    return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
-
-
 @contextlib.contextmanager
 def _scripted_server(latency_s: float) -> Iterator[str]:
-    """An OpenAI-compatible server on loopback answering with `_night_world` after
+    """An OpenAI-compatible server on loopback answering with `night_world` after
     `latency_s` (a hosted model's latency, without its cost); yields its api_base."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cli.plus_one import night_world
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -736,7 +720,7 @@ def _scripted_server(latency_s: float) -> Iterator[str]:
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             time.sleep(latency_s)
-            text = _night_world(body["messages"])
+            text = night_world(body["messages"])
             out = json.dumps({"id": "x", "object": "chat.completion", "created": 0,
                               "model": body["model"], "choices": [{
                                   "index": 0, "finish_reason": "stop",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import numpy as np
 import pytest
@@ -42,6 +41,7 @@ from cegraph.refine.proposer import (
 )
 from cegraph.seeds import seed
 from cegraph.task import Task
+from cli.plus_one import plus_one_world
 
 TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(48)]
 RULE = "When a question asks for a sum, add the numbers and check the result once."
@@ -60,27 +60,12 @@ class TextEmbedder:
         return np.array(out, dtype=np.float32)
 
 
-def number(text: str) -> int:
-    """The i of the last `What is i + 1?` in a prompt (the problem asked, after any demos)."""
-    return int(re.findall(r"What is (\d+) \+ 1\?", text)[-1])
-
-
-def world(messages: list[dict[str, str]]) -> str:
-    """CoT is right on every third problem, or always when its prompt holds the rule, or
-    shows worked examples and i % 9 != 2 (5/6 of the failures); a program is always right;
-    Format copies the solution's first number; a rule request gets `RULE` back."""
-    text = messages[-1]["content"]
-    if "Write ONE short general rule" in text:
-        return json.dumps({"rule": RULE})
-    i = number(text)
-    if "Python program" in text:
-        return f"```python\nprint({i + 1})\n```"
-    if "Give only the final answer" in text:
-        found = re.findall(r"\d+", text.split("Solution:")[-1])
-        return f"\\boxed{{{found[0] if found else 0}}}"
-    right = i % 3 == 0 or RULE in text or ("Worked example:" in text and i % 9 != 2)
-    return f"\\boxed{{{i + 1 if right else 0}}}"
-
+# CoT is right on every third problem, or always when its prompt holds the rule, or shows
+# worked examples and i % 9 != 2 (5/6 of the failures); a rule request gets `RULE` back.
+world = plus_one_world(
+    lambda i, text: i % 3 == 0 or RULE in text or ("Worked example:" in text and i % 9 != 2),
+    special=lambda text: json.dumps({"rule": RULE}) if "Write ONE short general rule" in text
+    else None)
 
 class Fixed:
     """A proposer that returns the same edits every round (no LLM call)."""

@@ -20,6 +20,7 @@ from cegraph.llm import LLM
 from cegraph.refine import holdout
 from cegraph.seeds import seed
 from cegraph.task import Task
+from cli.plus_one import asked, night_world
 from storage import Warehouse
 from storage.registry import Registry
 
@@ -28,22 +29,7 @@ TASKS = [Task(f"p{i}", "production", f"What is {i} + 1?", str(i + 1), metadata={
 MODEL = "scripted/x"
 
 
-def world(messages: list[dict[str, str]]) -> str:
-    """CoT is right on every third problem; a Programmer is always right; Format copies the
-    first number; the proposer suggests replacing the solver by a Programmer."""
-    text = messages[-1]["content"]
-    if "candidates" in text:
-        return json.dumps({"candidates": [
-            {"rationale": "compute it", "edit": {"op": "replace_operator", "node": "solve",
-                                                 "operator": "Programmer"}}]})
-    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
-    if "Python program" in text:
-        return f"```python\nprint({i} + 1)\n```"
-    if "Give only the final answer" in text:
-        found = re.findall(r"\d+", text.split("Solution:")[-1])
-        return f"\\boxed{{{found[0] if found else 0}}}"
-    return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
-
+world = night_world
 
 FAILING = {t.id for t in TASKS if int(t.id[1:]) % 3}
 HOLDOUT = holdout.draw([t.id for t in TASKS], failing=FAILING, touched=(), share=0.25, seed=0)
@@ -169,7 +155,7 @@ def memorizing(messages: list[dict[str, str]]) -> str:
     if "Python program" in text:  # no real fix exists in this world
         return "```python\nprint(0)\n```"
     found = re.search(r"Known answers: (.*?)\. Solve it", text)
-    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+    i = asked(text)
     if found and f"case {i} -> " in found.group(1):
         return f"\\boxed{{{i + 1}}}"
     return world(messages)

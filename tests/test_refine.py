@@ -46,27 +46,15 @@ from cegraph.refine.verify import Counts, Plan, Verification, Verifier
 from cegraph.seeds import seed
 from cegraph.task import Task
 from cli.main import app
+from cli.plus_one import asked, plus_one_world, proposes
 
 TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(30)]
 
 
-def world(messages: list[dict[str, str]]) -> str:
-    """CoT is right on every third problem; a Programmer is always right; Format copies the
-    first number of the solution; the proposer suggests one valid and one invalid edit."""
-    text = messages[-1]["content"]
-    if "candidates" in text:
-        return json.dumps({"candidates": [
-            {"rationale": "cooler", "edit": {"op": "set_param", "node": "solve",
-                                             "param": "temperature", "value": 0.2}},
-            {"rationale": "bad", "edit": {"op": "explode"}}]})
-    i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
-    if "Python program" in text:
-        return f"```python\nprint({i} + 1)\n```"
-    if "Give only the final answer" in text:
-        found = re.findall(r"\d+", text.split("Solution:")[-1])
-        return f"\\boxed{{{found[0] if found else 0}}}"
-    return f"\\boxed{{{i + 1 if i % 3 == 0 else 0}}}"
-
+# CoT is right on every third problem; the proposer suggests one valid and one invalid edit.
+world = plus_one_world(lambda i, _: i % 3 == 0, special=proposes(
+    {"op": "set_param", "node": "solve", "param": "temperature", "value": 0.2},
+    {"op": "explode"}))
 
 # --- edits ---------------------------------------------------------------------------------
 GOOD = [InsertNode(operator="Format", anchor="solve"),
@@ -328,7 +316,7 @@ def test_refine_grades_with_the_given_evaluator_and_charges_its_judge(scripted, 
     def judged(messages: list[dict[str, str]]) -> str:
         text = messages[-1]["content"]
         if text.startswith("You grade the answer"):  # the rubric: the right sum
-            i = int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+            i = asked(text)
             ok = re.findall(r"\d+", text.split("Answer:")[-1])[:1] == [str(i + 1)]
             return json.dumps({"passed": ok, "score": float(ok), "explanation": "checked"})
         return world(messages)

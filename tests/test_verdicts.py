@@ -26,34 +26,27 @@ from cegraph.refine.proposer import Candidate, Proposals
 from cegraph.refine.verify import CertainlyWorse, Plan, Verifier
 from cegraph.seeds import seed
 from cegraph.task import Task
+from cli.plus_one import asked, plus_one_world
 
 TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(60)]
 UNTOUCHED = [Task(f"u{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(60, 120)]
 CAREFUL = "Check each step."
 
 
-def number(text: str) -> int:
-    return int(re.search(r"What is (\d+) \+ 1\?", text).group(1))
+def judge(text: str) -> str | None:
+    """A judge that checks the sum."""
+    if not text.startswith("You grade the answer"):
+        return None
+    ok = re.findall(r"\d+", text.split("Answer:")[-1])[:1] == [str(asked(text) + 1)]
+    return json.dumps({"passed": ok, "score": float(ok), "explanation": "checked"})
 
 
-def world(messages: list[dict[str, str]]) -> str:
-    """CoT is right on every third problem, or when its prompt holds a memo `i -> i+1`; the
-    careful prompt is also right when i % 3 == 1 (half the failures); a Programmer is right
-    except when i % 9 == 0 (it fixes every failure and breaks a third of the passes); Format
-    copies the first number of the solution; a judge checks the sum."""
-    text = messages[-1]["content"]
-    i = number(text)
-    if text.startswith("You grade the answer"):
-        ok = re.findall(r"\d+", text.split("Answer:")[-1])[:1] == [str(i + 1)]
-        return json.dumps({"passed": ok, "score": float(ok), "explanation": "checked"})
-    if "Python program" in text:
-        return f"```python\nprint({i + 1 if i % 9 else 0})\n```"
-    if "Give only the final answer" in text:
-        found = re.findall(r"\d+", text.split("Solution:")[-1])
-        return f"\\boxed{{{found[0] if found else 0}}}"
-    right = i % 3 == 0 or f"{i} -> {i + 1};" in text or (CAREFUL in text and i % 3 == 1)
-    return f"\\boxed{{{i + 1 if right else 0}}}"
-
+# CoT is right on every third problem, or when its prompt holds a memo `i -> i+1`; the careful
+# prompt is also right when i % 3 == 1 (half the failures); a Programmer is right except when
+# i % 9 == 0 (it fixes every failure and breaks a third of the passes).
+world = plus_one_world(
+    lambda i, text: i % 3 == 0 or f"{i} -> {i + 1};" in text or (CAREFUL in text and i % 3 == 1),
+    program=lambda i: i + 1 if i % 9 else 0, special=judge)
 
 class Fixed:
     """A proposer that returns the same edits every round (no LLM call)."""
@@ -171,7 +164,7 @@ def crashing(messages: list[dict[str, str]]) -> str:
     failure and breaks half the passes with a new kind of failure (a new dense mode)."""
     text = messages[-1]["content"]
     if "Python program" in text:
-        i = number(text)
+        i = asked(text)
         return f"```python\nprint({'1 // 0' if i % 6 == 0 else i + 1})\n```"
     return world(messages)
 
