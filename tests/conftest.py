@@ -112,3 +112,36 @@ def half_right_traces(scripted: ScriptedLLM, llm: Any = None, tasks: Any = None)
     scripted.reply = reply
     return asyncio.run(Executor(llm or LLM("scripted/m")).run_many(
         seed("math"), tasks or SIX_TASKS, evaluate=evaluate, run_id=lambda t: f"run-{t.id}"))
+
+
+class FixedProposer:
+    """A proposer that returns the same edits every round (no LLM call)."""
+
+    projected_calls = 0
+
+    def __init__(self, *edits: Any) -> None:
+        self.edits = edits
+
+    async def propose(self, wf: Any, target: Any, kind: Any, k: int) -> Any:
+        from cegraph.refine.proposer import Candidate, Proposals
+
+        return Proposals([Candidate(e, "llm", "scripted") for e in self.edits])
+
+
+def bench_refine(folder: Any, problems: int, *args: str) -> list[dict]:
+    """`cegraph bench refine --json` on `problems` GSM8K-shaped `What is i + 1?` rows written
+    to `folder`, with a scripted model; returns the rows of its last (JSON) line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    data = folder / "gsm8k_validate.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?",
+                                        "answer": f"#### {i + 1}"}) + "\n"
+                            for i in range(problems)))
+    out = CliRunner().invoke(app, ["bench", "refine", "--model", "scripted/m",
+                                   "--data-dir", str(data), "--json", *args])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output.strip().splitlines()[-1])["rows"]

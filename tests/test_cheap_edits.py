@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import FixedProposer
 
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
@@ -66,17 +67,6 @@ world = plus_one_world(
     lambda i, text: i % 3 == 0 or RULE in text or ("Worked example:" in text and i % 9 != 2),
     special=lambda text: json.dumps({"rule": RULE}) if "Write ONE short general rule" in text
     else None)
-
-class Fixed:
-    """A proposer that returns the same edits every round (no LLM call)."""
-
-    projected_calls = 0
-
-    def __init__(self, *edits) -> None:
-        self.edits = edits
-
-    async def propose(self, wf, target, kind, k):
-        return Proposals([Candidate(e, "llm", "scripted") for e in self.edits])
 
 
 def _run(proposers, budget=600, journal=None, **kw):
@@ -204,7 +194,7 @@ def test_a_verification_input_never_becomes_a_demonstration(scripted):
 
 def test_the_loop_accepts_demonstrations_drawn_only_from_shown_inputs(scripted):
     scripted.reply = world
-    run, result = _run([Fixed(AddDemonstrations(node="solve", k=2))], max_rounds=1)
+    run, result = _run([FixedProposer(AddDemonstrations(node="solve", k=2))], max_rounds=1)
     assert [a.op for a in result.accepted] == ["add_demonstrations"]
     demos = result.workflow.by_id["solve"].params["demos"]
     assert demos and all(run.roles[d["task_id"]] == "shown" for d in demos)
@@ -262,7 +252,7 @@ def test_the_pick_is_the_best_drop_per_extra_token_not_the_largest_drop():
 
 def test_the_loop_picks_the_cheaper_of_two_accepted_edits(scripted):
     scripted.reply = world  # the rule fixes every failure, one demonstration 5/6 of them
-    run, result = _run([Fixed(AddRule(node="solve", text=RULE),
+    run, result = _run([FixedProposer(AddRule(node="solve", text=RULE),
                               AddDemonstrations(node="solve", k=1))], max_rounds=1)
     v = {op: v for _, op, v in result.verdicts}
     rule, demos = v["add_rule"], v["add_demonstrations"]
@@ -282,11 +272,11 @@ USELESS = AddRule(node="solve", text="Write the final answer on its own line at 
 def test_a_rejected_edit_is_not_proposed_again_for_the_same_mode(scripted):
     scripted.reply = world
     journal = MemoryJournal()
-    first, _ = _run([Fixed(USELESS)], journal=journal, max_rounds=1)
+    first, _ = _run([FixedProposer(USELESS)], journal=journal, max_rounds=1)
     [row] = [r for r in journal.edits.values() if r["night_id"] == first.refine_id]
     assert row["status"] == "rejected" and row["edit_key"] == edit_key(USELESS)
     assert json.loads(row["mode_state"])["centroid"]  # the mode's identity, kept
-    second, result = _run([Fixed(USELESS)], budget=601, journal=journal, max_rounds=1)
+    second, result = _run([FixedProposer(USELESS)], budget=601, journal=journal, max_rounds=1)
     assert second.refine_id != first.refine_id
     [again] = [r for r in journal.edits.values() if r["night_id"] == second.refine_id]
     assert again["status"] == "invalid" and "rejected before" in again["reject_reason"]

@@ -5,6 +5,7 @@ and never sees an input outside dev's roles."""
 from __future__ import annotations
 
 import pytest
+from conftest import bench_refine
 
 from cegraph.llm import LLM
 from cegraph.refine.gepa_baseline import components, optimize_workflow, with_components
@@ -81,22 +82,11 @@ def test_a_candidate_that_cannot_run_scores_zero(scripted, bad: str) -> None:
 
 
 def test_bench_refine_scores_gepa_on_test(scripted, tmp_path) -> None:
-    import json
-
-    from typer.testing import CliRunner
-
-    from cli.main import app
 
     seen: list[str] = []
     scripted.reply = _reply(seen)
-    data = tmp_path / "gsm8k_validate.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?",
-                                        "answer": f"#### {i + 1}"}) + "\n" for i in range(40)))
-    out = CliRunner().invoke(app, ["bench", "refine", "--model", "scripted/m", "--dev", "16",
-                                   "--test", "20", "--budget", "150", "--methods", "gepa",
-                                   "--data-dir", str(data), "--json"])
-    assert out.exit_code == 0, out.output
-    [row] = json.loads(out.output.strip().splitlines()[-1])["rows"]
+    [row] = bench_refine(tmp_path, 40, "--dev", "16", "--test", "20", "--budget", "150",
+                         "--methods", "gepa")
     assert row["method"] == "gepa" and row["llm_calls"] <= 150
     # the learned instruction fixes the odd inputs on the test set the search never ran
     assert row["refined_test_acc"] == 1.0 and row["seed_test_acc"] == 0.5

@@ -11,6 +11,7 @@ import math
 import re
 
 import pytest
+from conftest import FixedProposer, bench_refine
 
 from cegraph.budget import Meter
 from cegraph.evaluator_spec import EvaluatorSpec, grader
@@ -22,7 +23,6 @@ from cegraph.refine.edits import EditPrompt, ReplaceOperator, WrapEnsemble
 from cegraph.refine.estimator import Stratum, stratified_drop
 from cegraph.refine.journal import MemoryJournal
 from cegraph.refine.loop import Budget, Refinement, Settings
-from cegraph.refine.proposer import Candidate, Proposals
 from cegraph.refine.verify import CertainlyWorse, Plan, Verifier
 from cegraph.seeds import seed
 from cegraph.task import Task
@@ -47,17 +47,6 @@ def judge(text: str) -> str | None:
 world = plus_one_world(
     lambda i, text: i % 3 == 0 or f"{i} -> {i + 1};" in text or (CAREFUL in text and i % 3 == 1),
     program=lambda i: i + 1 if i % 9 else 0, special=judge)
-
-class Fixed:
-    """A proposer that returns the same edits every round (no LLM call)."""
-
-    projected_calls = 0
-
-    def __init__(self, *edits) -> None:
-        self.edits = edits
-
-    async def propose(self, wf, target, kind, k):
-        return Proposals([Candidate(e, "llm", "scripted") for e in self.edits])
 
 
 def _run(embedder, budget: int = 800, journal=None, **kw):
@@ -141,8 +130,9 @@ def test_a_judged_refinement_never_accepts_a_breaking_edit_whatever_the_budget(
     scripted.reply = world
     judge = LLM("scripted/judge", store=MemoryCallStore())
     spec = EvaluatorSpec(kind="judge", rubric="The answer is the right sum.")
+    programmer = FixedProposer(ReplaceOperator(node="solve", operator="Programmer"))
     _, result = _run(embedder, budget, evaluate=grader(spec, judge), judge_llm=judge,
-                     proposers=[Fixed(ReplaceOperator(node="solve", operator="Programmer"))])
+                     proposers=[programmer])
     assert result.accepted == [] and result.llm_calls <= budget
 
 
@@ -151,9 +141,10 @@ def test_a_token_budget_never_lets_a_breaking_edit_through(scripted, embedder, t
     """The old projection priced a call at the mean tokens seen: token budgets 3400-3800 cut
     the regression stratum and the breaking Programmer was accepted."""
     scripted.reply = world
+    programmer = FixedProposer(ReplaceOperator(node="solve", operator="Programmer"))
     run = Refinement(seed("math"), TASKS, llm=LLM("scripted/x", store=MemoryCallStore()),
                      budget=Budget(tokens=tokens), embedder=embedder, journal=MemoryJournal(),
-                     proposers=[Fixed(ReplaceOperator(node="solve", operator="Programmer"))])
+                     proposers=[programmer])
     result = asyncio.run(run.run())
     assert result.accepted == [] and result.tokens <= tokens
 
@@ -179,7 +170,7 @@ def test_candidate_order_does_not_change_the_pick(scripted, embedder):
     picks = []
     for order in ((breaking, careful), (careful, breaking)):
         _, result = _run(embedder, settings=Settings(max_rounds=1, max_break_rate=0.7),
-                         proposers=[Fixed(*order)])
+                         proposers=[FixedProposer(*order)])
         picks.append([a.op for a in result.accepted])
     assert picks[0] == picks[1] == ["edit_prompt"]
 
@@ -222,7 +213,7 @@ def test_every_verification_row_records_the_verdict_in_full(scripted, embedder):
     scripted.reply = world
     journal = MemoryJournal()
     _, result = _run(embedder, journal=journal, settings=Settings(max_rounds=1),
-                     proposers=[Fixed(EditPrompt(node="solve", text=CAREFUL))])
+                     proposers=[FixedProposer(EditPrompt(node="solve", text=CAREFUL))])
     [row] = journal.verifications.values()
     assert row["decision"] == "accepted" == ("accepted" if result.accepted else "")
     assert row["p_adjusted"] >= row["p_value"] and row["ci_low"] > 0
@@ -237,7 +228,7 @@ def test_a_candidate_over_the_cost_bound_is_not_verified(scripted, embedder):
     scripted.reply = world
     journal = MemoryJournal()
     _, result = _run(embedder, journal=journal, settings=Settings(max_rounds=1),
-                     proposers=[Fixed(WrapEnsemble(node="solve", n=5))])
+                     proposers=[FixedProposer(WrapEnsemble(node="solve", n=5))])
     [row] = journal.verifications.values()
     assert row["decision"] == "rejected" and "cost bound" in row["reason"]
     assert row["planned"] == 0 and row["calls_made"] == 0
@@ -249,19 +240,9 @@ def test_a_candidate_over_the_cost_bound_is_not_verified(scripted, embedder):
 
 # --- 7. the benchmark reports the verdicts and the test-set comparison ----------------------
 def test_bench_refine_reports_cost_paired_p_and_every_verdict(scripted, tmp_path):
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
     scripted.reply = world
-    data = tmp_path / "gsm8k_validate.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?",
-                                        "answer": f"#### {i + 1}"}) + "\n" for i in range(90)))
-    out = CliRunner().invoke(app, ["bench", "refine", "--model", "scripted/m", "--dev", "60",
-                                   "--test", "30", "--budget", "600", "--methods", "cegraph",
-                                   "--data-dir", str(data), "--json"])
-    assert out.exit_code == 0, out.output
-    [row] = json.loads(out.output.strip().splitlines()[-1])["rows"]
+    [row] = bench_refine(tmp_path, 90, "--dev", "60", "--test", "30", "--budget", "600",
+                         "--methods", "cegraph")
     assert {"refined_test_acc", "calls_ratio", "tokens_ratio", "paired_p", "test_fixed",
             "test_broken"} <= set(row)
     assert row["verdicts"] and all({"decision", "p_adjusted", "ci", "cost_ratios"} <= set(v)
