@@ -10,7 +10,6 @@ from cegraph.answers import equivalent, extract_answer
 from cegraph.benchmarks import extract_code
 from cegraph.operators import prompts
 from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, operator
-from cegraph.operators.prompts import task_prompt
 from cegraph.operators.self_consistency import majority
 from cegraph.sandbox import run_python
 
@@ -33,9 +32,7 @@ class CrossCheck(Operator):
         if mine is not None and theirs is not None and equivalent(task, mine, theirs):
             return {"solution": solution, "agreed": True}
         # a disagreement, or a check that gave no answer: pay for the ensemble
-        prompt = (f"Problem:\n"
-                  f"{task_prompt(task.kind, inputs['input'], entry_point=task.entry_point)}"
-                  f"\n\n{prompts.SOLVE} {prompts.ANSWER_FORMAT[task.kind]}")
+        prompt = prompts.solve_prompt(task, inputs["input"])
         n = int(ctx.params["n"])
         samples = await asyncio.gather(*(ctx.ask(prompt, sample=i + 2) for i in range(n)))
         texts = [solution, *([check] if check else []), *(s.text for s in samples)]
@@ -46,10 +43,7 @@ class CrossCheck(Operator):
     async def _check(ctx: NodeContext, question: str) -> str | None:
         """The second path's answer as a solution text (None when it gave none)."""
         if ctx.task.kind != "math":
-            prompt = (f"Problem:\n"
-                      f"{task_prompt(ctx.task.kind, question, entry_point=ctx.task.entry_point)}"
-                      f"\n\n{prompts.SOLVE} {prompts.ANSWER_FORMAT[ctx.task.kind]}")
-            return (await ctx.ask(prompt, sample=1)).text
+            return (await ctx.ask(prompts.solve_prompt(ctx.task, question), sample=1)).text
         done = await ctx.ask(f"Problem:\n{question}\n\n{prompts.PROGRAM}", temperature=0.0)
         result = await asyncio.to_thread(run_python, extract_code(done.text),
                                          limits=ctx.sandbox)

@@ -4,7 +4,7 @@ the id of every workflow that could behave differently."""
 
 from __future__ import annotations
 
-from cegraph.task import Kind
+from cegraph.task import Kind, Task
 
 ANSWER_FORMAT: dict[Kind, str] = {
     "math": "Put the final answer in \\boxed{}.",
@@ -52,3 +52,10 @@ def task_prompt(kind: Kind, text: str, *, entry_point: str | None = None) -> str
     if kind == "code" and entry_point:
         return f"{text}\n\nImplement the Python function `{entry_point}`."
     return text
+
+
+def solve_prompt(task: Task, question: str) -> str:
+    """The plain solve request a sample of a solution answers: the `Problem:` prefix the run's
+    other calls share (ChainOfThought), then the instruction and the answer format."""
+    return (f"Problem:\n{task_prompt(task.kind, question, entry_point=task.entry_point)}"
+            f"\n\n{SOLVE} {ANSWER_FORMAT[task.kind]}")

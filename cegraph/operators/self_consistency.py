@@ -9,7 +9,6 @@ from typing import Any
 from cegraph.answers import equivalent, extract_answer
 from cegraph.operators import prompts
 from cegraph.operators.base import LLM_PARAMS, NodeContext, Operator, OperatorError, operator
-from cegraph.operators.prompts import task_prompt
 from cegraph.task import Task
 
 
@@ -23,10 +22,7 @@ class SelfConsistency(Operator):
     params = {**LLM_PARAMS, "temperature": 0.7, "n": 5, "vote": "majority"}
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any]) -> dict[str, Any]:
-        kind = ctx.task.kind
-        prompt = (f"Problem:\n"  # the prefix the run's other calls share (ChainOfThought)
-                  f"{task_prompt(kind, inputs['input'], entry_point=ctx.task.entry_point)}\n\n"
-                  f"{prompts.SOLVE} {prompts.ANSWER_FORMAT[kind]}")
+        prompt = prompts.solve_prompt(ctx.task, inputs["input"])
         n = int(ctx.params["n"])
         samples = await asyncio.gather(*(ctx.ask(prompt, sample=i) for i in range(n)))
         texts = [s.text for s in samples]
