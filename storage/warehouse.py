@@ -28,7 +28,7 @@ from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import Completion
 from cegraph.trace import Trace
 from storage import history, views
-from storage.schema import SCHEMA_VERSION, TABLE, migration
+from storage.schema import SCHEMA_VERSION, TABLE, TABLES, migration
 
 SNAPSHOT = Path("snapshot") / "catalog.duckdb"
 
@@ -142,8 +142,11 @@ class Warehouse:
         committed = ("SELECT batch_id, seq FROM batches" if self._has_table("batches") else
                      "SELECT NULL::VARCHAR AS batch_id, NULL::BIGINT AS seq WHERE false")
         with self._lock:
+            bound = {t.name for t in TABLES if t.history
+                     and history.has_files(self.history_root, t.name)}
             for stmt in history.views(self.history_root, committed=committed):
                 self.con.execute(stmt)
+            self._bound = bound
 
     def _has_table(self, name: str) -> bool:
         return bool(self.con.execute(
@@ -236,10 +239,11 @@ class Warehouse:
         files that no view reads; running the job again writes them anew. Returns the id."""
         batch_id = batch_id or uuid.uuid4().hex
         with self._lock:
-            for table, rows in tables.items():
-                history.write(self.history_root, table, rows, batch_id=batch_id)
+            written = {table for table, rows in tables.items()
+                       if history.write(self.history_root, table, rows, batch_id=batch_id)}
             self._commit(batch_id, night_id, sum(len(r) for r in tables.values()))
-            self.refresh_views()
+            if written - self._bound:  # binding reads every file's footer: only when needed
+                self.refresh_views()
         return batch_id
 
     def _commit(self, batch_id: str, night_id: str, rows: int) -> None:

@@ -258,3 +258,23 @@ def test_sql_on_a_catalog_held_by_a_running_job_is_one_line(tmp_path, scripted):
         holder.communicate("")
     assert out.exit_code == 2 and "locked by a running job" in out.output
     assert len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_history_views_are_bound_once_a_table_has_files(tmp_path, scripted, monkeypatch):
+    """Binding the views reads every history file's footer: a write re-binds them only when
+    a table gets its first file, and later batches are still visible."""
+    done = traces(scripted)
+    with Warehouse(tmp_path) as wh:
+        binds = []
+        real = Warehouse.refresh_views
+        monkeypatch.setattr(Warehouse, "refresh_views",
+                            lambda self: (binds.append(1), real(self))[1])
+        wh.record_traces(done[:3], night_id="n1", source="benchmark", dataset="gsm8k",
+                         model="m")
+        first = len(binds)
+        assert first == 1 and wh.rows("SELECT count(*) FROM runs") == [(3,)]
+        wh.record_traces(done[3:], night_id="n2", source="benchmark", dataset="gsm8k",
+                         model="m")
+        assert len(binds) == first  # no table got its first file
+        assert wh.rows("SELECT count(*) FROM runs") == [(6,)]
+        assert wh.rows("SELECT count(*) FROM spans") == [(12,)]
