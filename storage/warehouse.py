@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from cegraph.fss.diagnosis import DiagnosisRecord
@@ -64,7 +65,12 @@ def _table(name: str, names: Sequence[str], rows: list[tuple[Any, ...]]) -> pa.T
                                  for f in schema}, schema=schema)
 
 
-_encode = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+def _quoted(text: str) -> str:
+    """`json.dumps(text)`: orjson writes the same for ASCII without DEL (json escapes DEL,
+    orjson does not), about 7x faster on a prompt-sized string."""
+    if text.isascii() and "\x7f" not in text:
+        return orjson.dumps(text).decode()
+    return json.encoder.encode_basestring_ascii(text)  # type: ignore[attr-defined]
 
 
 def _json_text(value: dict[str, Any]) -> str:
@@ -72,7 +78,7 @@ def _json_text(value: dict[str, Any]) -> str:
     written directly for the usual string-to-string dict (the encoder's setup per call cost
     more than the text)."""
     if all(type(k) is str and type(v) is str for k, v in value.items()):
-        return "{" + ", ".join(f"{_encode(k)}: {_encode(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_quoted(k)}: {_quoted(v)}" for k, v in value.items()) + "}"
     return json.dumps(value, default=str)
 
 

@@ -1,6 +1,8 @@
 """The warehouse: catalog, Parquet history, migrations, LanceDB, and the read-only SQL CLI."""
 
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -278,3 +280,12 @@ def test_history_views_are_bound_once_a_table_has_files(tmp_path, scripted, monk
         assert len(binds) == first  # no table got its first file
         assert wh.rows("SELECT count(*) FROM runs") == [(6,)]
         assert wh.rows("SELECT count(*) FROM spans") == [(12,)]
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"input": "What is 2+3?"}, {"output": "".join(map(chr, range(128)))},
+    {"input": "wörld \u2028 \ud83d\ude00 \x7f"}, {"input": 3, "n": [1, "a"]}, {"k\n": "v\"\\"}])
+def test_a_steps_json_is_written_as_json_dumps_writes_it(value):
+    from storage.warehouse import _json_text
+
+    assert _json_text(value) == json.dumps(value, default=str)
