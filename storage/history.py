@@ -55,12 +55,16 @@ def write(root: Path, table: str, data: pa.Table | dict[str, list[Any]] | list[d
     return final
 
 
+def has_files(root: Path, table: str) -> bool:
+    return any((root / table).glob("date=*/*.parquet"))
+
+
 def _files_sql(root: Path, table: str) -> str:
     """Every row on disk of `table`, typed by the current schema even when there are no files
     or the files predate a column (a missing column reads as NULL)."""
     cols = ", ".join(f"CAST(NULL AS {c.type}) AS {c.name}" for c in TABLE[table].columns)
     empty = f"SELECT {cols}, CAST(NULL AS DATE) AS date WHERE false"
-    if not any((root / table).glob("date=*/*.parquet")):
+    if not has_files(root, table):
         return empty
     glob = (root / table / "date=*" / "*.parquet").as_posix().replace("'", "''")
     return (f"{empty} UNION ALL BY NAME SELECT * FROM read_parquet('{glob}', "
@@ -69,7 +73,9 @@ def _files_sql(root: Path, table: str) -> str:
 
 def views(root: Path, *, committed: str) -> list[str]:
     """The statements creating the history views (temporary, so read-only sessions have
-    them too). `committed` is a query of the committed batches (batch_id, seq)."""
+    them too). `committed` is a query of the committed batches (batch_id, seq). A view
+    re-expands its glob whenever a query binds it, so new files of a table that had files
+    need no new views; a table's first file does (its view is the empty select until then)."""
     names = [t.name for t in TABLES if t.history]
     stmts = [f"CREATE OR REPLACE TEMP VIEW _{n}_committed AS SELECT h.*, coalesce(b.seq, 0) "
              f"AS batch_seq FROM ({_files_sql(root, n)}) h LEFT JOIN ({committed}) b "

@@ -1,6 +1,8 @@
 """The warehouse: catalog, Parquet history, migrations, LanceDB, and the read-only SQL CLI."""
 
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -258,3 +260,32 @@ def test_sql_on_a_catalog_held_by_a_running_job_is_one_line(tmp_path, scripted):
         holder.communicate("")
     assert out.exit_code == 2 and "locked by a running job" in out.output
     assert len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_history_views_are_bound_once_a_table_has_files(tmp_path, scripted, monkeypatch):
+    """Binding the views reads every history file's footer: a write re-binds them only when
+    a table gets its first file, and later batches are still visible."""
+    done = traces(scripted)
+    with Warehouse(tmp_path) as wh:
+        binds = []
+        real = Warehouse.refresh_views
+        monkeypatch.setattr(Warehouse, "refresh_views",
+                            lambda self: (binds.append(1), real(self))[1])
+        wh.record_traces(done[:3], night_id="n1", source="benchmark", dataset="gsm8k",
+                         model="m")
+        first = len(binds)
+        assert first == 1 and wh.rows("SELECT count(*) FROM runs") == [(3,)]
+        wh.record_traces(done[3:], night_id="n2", source="benchmark", dataset="gsm8k",
+                         model="m")
+        assert len(binds) == first  # no table got its first file
+        assert wh.rows("SELECT count(*) FROM runs") == [(6,)]
+        assert wh.rows("SELECT count(*) FROM spans") == [(12,)]
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"input": "What is 2+3?"}, {"output": "".join(map(chr, range(128)))},
+    {"input": "wörld \u2028 \ud83d\ude00 \x7f"}, {"input": 3, "n": [1, "a"]}, {"k\n": "v\"\\"}])
+def test_a_steps_json_is_written_as_json_dumps_writes_it(value):
+    from storage.warehouse import _json_text
+
+    assert _json_text(value) == json.dumps(value, default=str)

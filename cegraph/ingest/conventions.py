@@ -32,9 +32,10 @@ def add_feedback(span: SourceSpan, reading: Reading) -> None:
     from cegraph.ingest.openinference import feedback
 
     grades, trace_grades, keys = feedback(span.attributes, reading.invalid)
-    reading.evaluations += grades
-    reading.trace_evaluations += trace_grades
-    reading.consumed |= keys
+    if keys:
+        reading.evaluations += grades
+        reading.trace_evaluations += trace_grades
+        reading.consumed |= keys
 
 
 def add_error(span: SourceSpan, reading: Reading) -> None:

@@ -42,11 +42,13 @@ def feedback(attrs: dict[str, Any], invalid: list[str]
     """(span-scoped grades, trace-scoped grades, the keys read) from the flattened annotation
     and evaluation attributes; a grade without a name or without any result is dropped, as
     the spec says a producer must not emit one."""
+    candidates = [key for key in attrs if key.startswith(_FEEDBACK_PREFIXES)]
+    if not candidates:  # most spans carry no feedback
+        return [], [], set()
     found: dict[tuple[bool, str, int], dict[str, Any]] = {}
     keys: set[str] = set()
-    for key, value in attrs.items():
-        if not key.startswith(_FEEDBACK_PREFIXES):
-            continue
+    for key in candidates:
+        value = attrs[key]
         m = _FEEDBACK.match(key)
         if not m:
             continue

@@ -60,7 +60,7 @@ def decode_id(value: object, size: int) -> str | None:
         except ValueError:
             out = ""
         if out:
-            return None if set(out) == {"0"} else out
+            return None if not out.strip("0") else out
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -99,8 +99,10 @@ def attributes(items: list[dict[str, Any]] | None, limit: int = 0,
         key = kv["key"]
         if type(key) is not str:
             key = values.text(key, "attribute key")
-        value = any_value(kv.get("value", {}))
-        if limit and isinstance(value, str) and len(value) > limit:
+        v = kv.get("value", {})
+        # most values are strings: read without a call per attribute
+        value = v["stringValue"] if type(v) is dict and "stringValue" in v else any_value(v)
+        if limit and type(value) is str and len(value) > limit:
             if oversized is not None:
                 oversized.append(f"{key}:{len(value)}")
             value = value[:limit]
