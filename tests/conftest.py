@@ -145,3 +145,25 @@ def bench_refine(folder: Any, problems: int, *args: str) -> list[dict]:
                                    "--data-dir", str(data), "--json", *args])
     assert out.exit_code == 0, out.output
     return json.loads(out.output.strip().splitlines()[-1])["rows"]
+
+
+def ingest_lines(folder: Any, lines: list[str | bytes], **kw: Any) -> dict:
+    """Ingest `lines` (one file) into `folder/home`; asserts the accounting holds (lines read
+    = stored + duplicates + quarantined) and returns the ingest's summary."""
+    from tasks.ingest import ingest_paths
+
+    path = folder / "in.jsonl"
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n"
+                              for x in lines))
+    s = ingest_paths(str(folder / "home"), [str(path)], **kw).summary
+    assert s["lines_read"] == s["lines_stored"] + s["duplicates"] + sum(
+        s["quarantined"].values())
+    return s
+
+
+def home_rows(folder: Any, sql: str) -> list[tuple]:
+    """The rows of `sql` over `folder/home`, read-only."""
+    from storage import Warehouse
+
+    with Warehouse(folder / "home", read_only=True) as wh:
+        return wh.rows(sql)

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from conftest import home_rows as rows
+from conftest import ingest_lines
 from otlp_builders import T0, attr, request, span
-
-from storage import Warehouse
-from tasks.ingest import ingest_paths
 
 
 def value(v: Any) -> dict:
@@ -56,21 +55,11 @@ def run_of(n: int, *, root: dict[str, Any] | None = None,
 
 
 def ingest(tmp_path: Path, lines: list[str], mapping: str | None = None) -> dict:
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(line + "\n" for line in lines))
     m = None
     if mapping is not None:
         (tmp_path / "map.toml").write_text(mapping)
         m = str(tmp_path / "map.toml")
-    s = ingest_paths(str(tmp_path / "home"), [str(path)], mapping=m).summary
-    assert s["lines_read"] == s["lines_stored"] + s["duplicates"] + sum(
-        s["quarantined"].values())
-    return s
-
-
-def rows(tmp_path: Path, sql: str) -> list[tuple]:
-    with Warehouse(tmp_path / "home", read_only=True) as wh:
-        return wh.rows(sql)
+    return ingest_lines(tmp_path, lines, mapping=m)
 
 
 def test_openinference_grades_are_the_runs_outcome(tmp_path: Path) -> None:

@@ -11,25 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import home_rows as rows
+from conftest import ingest_lines as ingest
 from otlp_builders import T0, attr, request, span, trace
 
-from storage import Warehouse
 from tasks.ingest import ingest_paths
-
-
-def ingest(tmp_path: Path, lines: list[str | bytes], **kw: Any) -> dict:
-    path = tmp_path / "in.jsonl"
-    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n"
-                              for x in lines))
-    s = ingest_paths(str(tmp_path / "home"), [str(path)], **kw).summary
-    assert s["lines_read"] == s["lines_stored"] + s["duplicates"] + sum(
-        s["quarantined"].values())
-    return s
-
-
-def rows(tmp_path: Path, sql: str) -> list[tuple]:
-    with Warehouse(tmp_path / "home", read_only=True) as wh:
-        return wh.rows(sql)
 
 
 @pytest.mark.parametrize("field", [
