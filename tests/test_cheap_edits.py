@@ -40,6 +40,7 @@ from cegraph.refine.proposer import (
     prior_edits,
     screen,
 )
+from cegraph.refine.verify import Counts, Plan, Verification
 from cegraph.seeds import seed
 from cegraph.task import Task
 from cli.plus_one import plus_one_world
@@ -144,6 +145,28 @@ def test_check_then_escalate_pays_for_the_ensemble_only_on_disagreement(scripted
     assert wf.by_id["format"].params["llm"] is False
     # the loop's projection counts the fewest calls; its budget check the most
     assert llm_calls_per_run(wf, least=True) == 2 and llm_calls_per_run(wf) == 5
+
+
+@pytest.mark.parametrize(("population", "calls_ratio"), [
+    ({"passes": 9, "target": 1}, 1.15),  # mostly agreeing traffic: 0.9 * 2 + 0.1 * 5 calls
+    ({"passes": 1, "target": 9}, 2.35)])  # mostly disagreeing traffic: the ensemble's cost
+def test_a_verdicts_cost_per_run_weighs_each_stratum_by_its_population_share(
+        scripted, population, calls_ratio):
+    """Verification samples failures far above their share: an edit that pays only on
+    disagreements is charged what it costs on the population, not on the sample (one pass
+    and one failure here), in both directions."""
+    scripted.reply = world
+    wf = apply_edits(seed("math"), [CheckThenEscalate(node="solve", n=3)]).workflow
+    agree, disagree = TASKS[3], TASKS[4]
+    cand, base = (asyncio.run(Executor(LLM("scripted/m")).run_many(
+        w, [agree, disagree], evaluate=evaluate)) for w in (wf, seed("math")))
+    plan = Plan({"passes": (agree,), "target": (disagree,)}, {"t3": True, "t4": False},
+                population)
+    v = Verification(wf.version_id, planned=2, traces=cand)
+    v.counts["passes"], v.counts["target"] = Counts(run=1), Counts(run=1, still_failing=1)
+    verdict = PairedRule().judge(v, plan, base)
+    assert verdict.cost_ratios["calls"] == pytest.approx(calls_ratio)
+    assert CostPerRun.of(cand).calls / CostPerRun.of(base).calls == 1.75  # the sample's
 
 
 def test_repair_extraction_keeps_the_solutions_answer_when_format_loses_it(scripted):

@@ -178,7 +178,10 @@ class PairedRule:
         passes = v.counts["passes"]
         rate = passes.broken / passes.run if passes.run else 0.0
         est = stratified_drop(v.strata(plan), self.alpha)
-        cand_cost, base_cost = CostPerRun.of(v.traces), CostPerRun.of(base)
+        of = plan.stratum_of
+        share = {s: float(n) for s, n in plan.population.items()}
+        cand_cost, base_cost = (CostPerRun.weighted(ts, lambda t: of.get(t.task_id, ""), share)
+                                for ts in (v.traces, base))
         cost = ratios(cand_cost, base_cost, self.cost.latency_floor_s)
 
         def verdict(decision: Decision, reason: str, pending: bool = False) -> Verdict:

@@ -1,7 +1,8 @@
 """One cost rule for the refinement loop and the nightly gate.
 
 A candidate's cost per run (LLM calls, tokens, dollars where priced, model latency) is
-compared with the base's on the same inputs; the bounds are set once (`CostBounds`,
+compared with the base's on the same inputs, each stratum of a verification weighted by its
+share of the population (`CostPerRun.weighted`); the bounds are set once (`CostBounds`,
 defaults here, overridable in config) and both the loop's verdict and the gate apply the
 same `breach`. Replayed calls count at what they cost when first made: a re-run answered
 from the call store is not cheaper or faster than the version it is compared with.
@@ -14,7 +15,7 @@ calls and tokens, which every run has.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from cegraph.trace import Trace
@@ -52,6 +53,25 @@ class CostPerRun:
                    tokens=sum(c.tokens_in + c.tokens_out for c in calls) / n,
                    dollars=sum(c.cost for c in calls) / n,
                    latency_s=sum(c.latency_s for c in calls) / n)
+
+    @classmethod
+    def weighted(cls, traces: Sequence[Trace], group: Callable[[Trace], str],
+                 share: Mapping[str, float]) -> CostPerRun:
+        """Mean cost per run of the population `traces` were drawn from by group: each group's
+        mean weighted by its `share` of the population (groups without a trace drop out). A
+        verification samples failures far above their share, so an edit whose cost depends
+        on the input (an ensemble paid on disagreement) would look as costly everywhere as on
+        failures."""
+        groups: dict[str, list[Trace]] = {}
+        for t in traces:
+            groups.setdefault(group(t), []).append(t)
+        weights = {g: share.get(g, 0.0) for g in groups}
+        total = sum(weights.values())
+        if total <= 0:
+            return cls.of(traces)
+        means = {g: cls.of(ts) for g, ts in groups.items()}
+        return cls(**{k: sum(weights[g] / total * getattr(m, k) for g, m in means.items())
+                      for k in ("calls", "tokens", "dollars", "latency_s")})
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -47,6 +47,11 @@ class Plan:
         return sum(len(t) for t in self.strata.values())
 
     @property
+    def stratum_of(self) -> dict[str, str]:
+        """Each planned task id's stratum."""
+        return {t.id: s for s, ts in self.strata.items() for t in ts}
+
+    @property
     def weight(self) -> dict[str, float]:
         """The mass one unit of each stratum stands for: W_h / n_h."""
         total = max(1, sum(self.population.values()))
