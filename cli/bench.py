@@ -632,7 +632,8 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
 
                 got = optimize_workflow(wf, list(split.dev), llm=llm, reflection_llm=proposer,
                                         budget_calls=budget, seed=seed,
-                                        concurrency=concurrency, charge_since=0.0)
+                                        concurrency=concurrency, charge_since=0.0,
+                                        on_progress=render.console.print)
                 refined, traces = score(got.workflow)
                 rows.append({"method": method, "seed_test_acc": seed_test["accuracy"],
                              "refined_test_acc": refined["accuracy"], **against_seed(traces),

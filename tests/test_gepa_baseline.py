@@ -57,9 +57,14 @@ def test_gepa_learns_from_failures_within_budget(scripted) -> None:
 
 def test_gepa_stops_at_a_small_budget(scripted) -> None:
     scripted.reply = _reply([])
-    result = optimize_workflow(seed("math"), DEV, llm=LLM("scripted/m"), budget_calls=30)
+    lines: list[str] = []
+    result = optimize_workflow(seed("math"), DEV, llm=LLM("scripted/m"), budget_calls=30,
+                               on_progress=lines.append)
     assert result.llm_calls <= 30
     assert result.stop_reason.startswith("budget")
+    # a line per GEPA step, its calls counting up to the budget
+    spent = [int(line.split("calls ")[1].split("/")[0]) for line in lines]
+    assert spent and spent == sorted(spent) and spent[-1] <= 30 and "/30 |" in lines[-1]
 
 
 def test_gepa_runs_no_test_input(scripted) -> None:

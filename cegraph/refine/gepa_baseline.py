@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,9 +174,14 @@ class BudgetStopper:
     reserve: int
     adapter: WorkflowAdapter
     reflection: ReflectionLM
+    on_progress: Callable[[str], None] | None = None
 
     def __call__(self, gepa_state: Any) -> bool:
         left = self.meter.remaining_calls()
+        if self.on_progress is not None and gepa_state is not None:  # once per GEPA step
+            self.on_progress(f"gepa | calls {self.meter.calls}/{self.meter.max_calls} | "
+                             f"{self.adapter.evaluations} evaluations, "
+                             f"{self.reflection.calls} reflections")
         return bool(self.adapter.exhausted or self.reflection.exhausted
                     or (left is not None and left < self.reserve))
 
@@ -206,10 +211,11 @@ class _Quiet:
 def optimize_workflow(workflow: Workflow, dev: Sequence[Task], *, llm: LLM, budget_calls: int,
                       reflection_llm: LLM | None = None, verification: float = 0.5,
                       seed: int = 0, minibatch: int = 3, concurrency: int | None = None,
-                      charge_since: float | None = None,
-                      evaluate: Evaluate = grade) -> GepaResult:
+                      charge_since: float | None = None, evaluate: Evaluate = grade,
+                      on_progress: Callable[[str], None] | None = None) -> GepaResult:
     """Run GEPA on `workflow` over `dev` within `budget_calls` LLM calls (task and
-    reflection alike; blocking: call it outside an event loop)."""
+    reflection alike; blocking: call it outside an event loop); `on_progress` gets a line
+    per GEPA step."""
     import gepa
 
     from cegraph.refine.loop import llm_calls_per_run
@@ -232,7 +238,8 @@ def optimize_workflow(workflow: Workflow, dev: Sequence[Task], *, llm: LLM, budg
     per_run = max(1, llm_calls_per_run(workflow))
     adapter = WorkflowAdapter(workflow, Executor(llm, concurrency=concurrency), evaluate)
     reflection = ReflectionLM(reflection_llm)
-    stopper = BudgetStopper(meter, per_run * 2 * minibatch + 1, adapter, reflection)
+    stopper = BudgetStopper(meter, per_run * 2 * minibatch + 1, adapter, reflection,
+                            on_progress)
     try:
         result = gepa.optimize(
             seed_candidate=seed_candidate, trainset=train, valset=val, adapter=adapter,
