@@ -31,7 +31,8 @@ ROOT = Path(__file__).parents[1]
 class Model(ThreadingHTTPServer):
     """An OpenAI-compatible chat server answering with `world`; counts the calls it answered.
     `kill_on`: the answered-call count at which it kills, instead of answering, the process
-    that sent the request (a worker lost mid-chunk)."""
+    that sent the request (a worker lost mid-chunk). `token`: the bearer token it requires
+    (a hosted model's key), answering 401 to any other; `refused` counts those."""
 
     daemon_threads = True
 
@@ -40,6 +41,8 @@ class Model(ThreadingHTTPServer):
         self.answered = 0
         self.kill_on: int | None = None
         self.killed: list[int] = []
+        self.token: str | None = None
+        self.refused = 0
         self.lock = threading.Lock()
 
     @property
@@ -62,6 +65,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         model: Model = self.server  # type: ignore[assignment]
+        if model.token and self.headers.get("Authorization") != f"Bearer {model.token}":
+            with model.lock:
+                model.refused += 1
+            out = json.dumps({"error": {"message": "invalid api key", "type": "auth",
+                                        "code": "invalid_api_key"}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         with model.lock:
             kill = model.kill_on is not None and model.answered == model.kill_on
             if kill:
@@ -117,7 +131,9 @@ def cluster() -> Iterator[str]:
     """`dask scheduler` and two `dask worker` processes (one thread each) on loopback."""
     address = f"tcp://127.0.0.1:{_port()}"
     dask = str(Path(sys.executable).parent / "dask")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    # the workers have none of the flow's keys, as on another machine
+    env = {**{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"},
+           "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL,
              "stderr": subprocess.DEVNULL}
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port",
@@ -167,6 +183,25 @@ def audit(home: Path) -> dict[str, list]:
         return {name: wh.rows(sql) for name, sql in AUDIT.items()}
 
 
+def journals(address: str) -> list[str]:
+    """The chunks' call journals the scheduler keeps (`tasks.batch`): one topic a chunk."""
+    with distributed.Client(address, timeout=60) as client:
+        return client.run_on_scheduler(lambda dask_scheduler: sorted(
+            t for t in dask_scheduler._broker._topics if t.startswith("cegraph-calls-")))
+
+
+def recorded_by_prefect() -> str:
+    """Everything the Prefect API holds of the flow and task runs, their logs included."""
+    from prefect.client.orchestration import get_client
+
+    logs: list[Any] = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs() + client.read_task_runs()
+        while page := client.read_logs(limit=200, offset=len(logs)):
+            logs += page
+    return json.dumps([r.model_dump(mode="json") for r in runs + logs])
+
+
 def test_a_night_on_a_dask_cluster_reaches_the_in_process_night(harness, scripted, model,
                                                                  cluster, tmp_path):
     here, there = tmp_path / "here", tmp_path / "there"
@@ -203,6 +238,8 @@ def test_a_worker_killed_mid_chunk_reruns_it_and_nothing_is_paid_twice(harness, 
     assert fanned["candidate_version_id"] == local["candidate_version_id"]
     # the calls the lost attempt made were replayed by its rerun and charged once
     assert fanned["cost"]["calls"] == local["cost"]["calls"] == model.answered
+    # the retried chunk's journal, and every other chunk's, ended with the night
+    assert journals(cluster) == []
 
 
 def test_the_budget_holds_across_workers(harness, scripted, model, cluster, tmp_path):
@@ -216,3 +253,24 @@ def test_the_budget_holds_across_workers(harness, scripted, model, cluster, tmp_
                or (tight.get("verification") or {}).get("budget_ran_out"))
     assert ran_out, json.dumps(tight, indent=1, default=str)[:3000]
     assert tight["cost"]["calls"] <= 125 and model.answered <= 125
+
+
+def test_the_models_key_reaches_the_workers_and_is_stored_nowhere(harness, scripted, model,
+                                                                  cluster, tmp_path,
+                                                                  monkeypatch):
+    secret = f"sk-night-{os.getpid()}-{time.time_ns()}"
+    home = tmp_path / "home"
+    production(home, scripted)
+    # the flow's process has the key; the workers (started without it) get it with the chunks
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    model.token, model.answered, model.refused = secret, 0, 0
+    try:
+        fanned = night(home, model, "dask", cluster)
+    finally:
+        model.token = None
+    assert model.refused == 0 and model.answered == fanned["cost"]["calls"] > 0
+    assert fanned["decision"] == "promoted"
+    for path in home.rglob("*"):  # not in the warehouse, its snapshots or the reports
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+    assert secret not in recorded_by_prefect()
+
