@@ -1,11 +1,14 @@
 """A night on a real Dask cluster: a scheduler and two workers, each its own process on
 loopback, running the refinement's evaluations, its verifications and the gate's re-runs as
 Prefect tasks (prefect-dask), reaching the model over HTTP (a scripted OpenAI-compatible
-server here); the night's flow process is the only writer. It reaches what the in-process
-night reaches, a worker killed mid-chunk costs nothing twice, and the budget holds."""
+server, or smollm2-135m served by the engine's loopback listener); the night's flow process
+is the only writer. It reaches what the in-process night reaches, a worker killed mid-chunk
+costs nothing twice, the budget holds, the model's key reaches the workers and is stored
+nowhere, and no call journal outlives the night."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -274,3 +277,72 @@ def test_the_models_key_reaches_the_workers_and_is_stored_nowhere(harness, scrip
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
     assert secret not in recorded_by_prefect()
 
+
+SERVED = "smollm2-135m"  # the cheapest local model, served by the engine on loopback
+
+
+def log_production(home: Path, scripted: Any, workflow: Any, batch: str) -> None:
+    """A day of production runs of `workflow` (logged by the scripted model: what the night
+    then calls is the served one)."""
+    from cegraph.evaluators import evaluate
+    from cegraph.executor import Executor
+    from cegraph.llm import LLM
+    from tests.test_nightly import TASKS, world
+
+    scripted.reply = world
+    with Warehouse(home) as wh:
+        llm = LLM("scripted/x")
+        traces = asyncio.run(Executor(llm).run_many(workflow, TASKS[:12], evaluate=evaluate,
+                                                    run_id=lambda t: f"prod{batch}-{t.id}"))
+        wh.record_traces(traces, night_id=f"ingest-{batch}", source="production",
+                         dataset="production", model=llm.identity)
+
+
+def stored_calls(home: Path) -> dict[str, str]:
+    with Warehouse(home, read_only=True) as wh:
+        return dict(wh.rows("SELECT key, model FROM llm_calls"))
+
+
+@pytest.mark.slow  # ~3 min on the loaded 2-core machine: two nights of the real model
+def test_a_night_on_the_cluster_calls_the_model_the_engine_serves_on_loopback(
+        harness, scripted, cluster, tmp_path):
+    from cegraph.evaluator_spec import EvaluatorSpec
+    from cegraph.graph import Workflow
+    from cegraph.local_model import fetch
+    from cegraph.seeds import seed
+    from flows.nightly import night_flow
+    from storage.registry import Registry
+
+    fetch(SERVED)
+    short = seed("math").model_dump(exclude_defaults=True)
+    for node in short["nodes"]:  # the plumbing is under test, not the answers: short calls
+        node["params"] = {"max_tokens": 24}
+    workflow = Workflow.from_dict(short)
+    home = tmp_path / "home"
+    with Warehouse(home) as wh:
+        Registry(wh).register(workflow, evaluator=EvaluatorSpec(kind="numeric"))
+    log_production(home, scripted, workflow, "1")
+
+    def run() -> dict[str, Any]:
+        # no api_base: the flow's process serves the local model to the workers on loopback
+        [summary] = night_flow("dask", address=cluster)(
+            home=str(home), model=SERVED, runner="dask", chunk=2, budget_calls=300,
+            max_latency_ratio=1e9, propose_only=True, max_inputs=12)["nights"]
+        assert summary["decision"] not in ("refused", "busy"), summary.get("reason")
+        return summary
+
+    first = run()
+    after_first = stored_calls(home)
+    # the workers' runs called the served model (`openai/<name>`, keyed by its weights), the
+    # flow's own proposals the in-process engine; each paid call is stored once
+    served_by = set(after_first.values())
+    assert f"openai/{SERVED}" in served_by, served_by
+    assert first["cost"]["calls"] == len(after_first) > 0
+    # the same inputs logged again: the workers replay what the first night paid for (the
+    # flow passes those calls in) and the night is charged only for the calls it made
+    log_production(home, scripted, workflow, "2")
+    second = run()
+    after_second = stored_calls(home)
+    assert second["cost"]["calls"] == len(after_second) - len(after_first)
+    assert second["cost"]["calls"] < first["cost"]["calls"]
+    assert journals(cluster) == []
