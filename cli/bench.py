@@ -769,13 +769,15 @@ def _prefect_api() -> Iterator[None]:
     if ps.PREFECT_API_URL.value():
         yield
         return
-    server = SubprocessASGIServer()
+    server = SubprocessASGIServer()  # this process's ephemeral server: started once
+    ours = not server.running
     server.start(timeout=180)
     try:
         with ps.temporary_settings({ps.PREFECT_API_URL: server.api_url}):
             yield
     finally:
-        server.stop()
+        if ours:
+            server.stop()
 
 
 @app.command("night")
