@@ -303,7 +303,7 @@ def stored_calls(home: Path) -> dict[str, str]:
         return dict(wh.rows("SELECT key, model FROM llm_calls"))
 
 
-@pytest.mark.slow  # ~3 min on the loaded 2-core machine: two nights of the real model
+@pytest.mark.slow  # 48-169 s on the loaded 2-core machine: two nights of the real model
 def test_a_night_on_the_cluster_calls_the_model_the_engine_serves_on_loopback(
         harness, scripted, cluster, tmp_path):
     from cegraph.evaluator_spec import EvaluatorSpec
