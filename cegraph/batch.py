@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from cegraph.credentials import Credentials
 from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, CallStore, Completion, MemoryCallStore, Meter
@@ -59,16 +60,19 @@ class Share:
 @dataclass(frozen=True)
 class ModelSpec:
     """How a worker reaches the model: a litellm model string or a local model name, and
-    the litellm keywords that go with it (`api_base`, `api_key`, ...); `fingerprint` names
-    the weights when the server's address should not (a local model served on loopback)."""
+    the litellm keywords that go with it (`api_base`, ...); `fingerprint` names the weights
+    when the server's address should not (a local model served on loopback);
+    `credentials`: the keys it needs, forwarded from the flow's process."""
 
     model: str
     extra: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None
+    credentials: Credentials = Credentials()
 
     def llm(self, *, store: CallStore, meter: Meter, concurrency: int | None) -> LLM:
+        self.credentials.apply()
         extra = dict(self.extra)
-        if "api_base" in extra:  # the key is the worker's own, never shipped with a chunk
+        if "api_base" in extra:  # a server that checks no key still wants one sent
             extra.setdefault("api_key", os.environ.get("OPENAI_API_KEY", "none"))
         return LLM(self.model, store=store, meter=meter, concurrency=concurrency,
                    fingerprint=self.fingerprint, **extra)

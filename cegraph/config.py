@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cegraph.fss.recipe import DEFAULT_RECIPE
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
@@ -21,7 +21,10 @@ class NightConfig(BaseModel):
     tasks on a dask.distributed cluster at `dask_address` (none: a temporary local cluster
     of `workers` processes). `chunk`: inputs per task. `api_base`: the OpenAI-compatible
     server every worker calls (none: the model string says; a local model is served to
-    the workers from the flow's process on loopback)."""
+    the workers from the flow's process on loopback). `forward_env`: environment variables
+    the workers need besides the model's key (which is forwarded anyway,
+    `cegraph.credentials`), e.g. a provider's region; comma-separated in
+    `CEGRAPH_NIGHT_FORWARD_ENV`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,6 +33,13 @@ class NightConfig(BaseModel):
     workers: int = 2
     chunk: int = 4
     api_base: str | None = None
+    forward_env: list[str] = Field(default_factory=list)
+
+    @field_validator("forward_env", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) \
+            else value
 
 
 class Settings(BaseModel):

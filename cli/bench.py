@@ -743,6 +743,28 @@ def _scripted_server(latency_s: float) -> Iterator[str]:
         server.shutdown()
 
 
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """One Prefect API for the flows and every Dask worker: with none configured each worker
+    starts an ephemeral server of its own (the task runs' context carries the flow's
+    settings), which timed out on the loaded 2-core machine."""
+    import prefect.settings as ps
+    from prefect.server.api.server import SubprocessASGIServer
+
+    if ps.PREFECT_API_URL.value():
+        yield
+        return
+    server = SubprocessASGIServer()  # this process's ephemeral server: started once
+    ours = not server.running
+    server.start(timeout=180)
+    try:
+        with ps.temporary_settings({ps.PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        if ours:
+            server.stop()
+
+
 @app.command("night")
 def bench_night(runner: Annotated[str, typer.Option(help="threads | dask")] = "dask",
                 workers: Annotated[int, typer.Option(help="Dask worker processes")] = 2,
@@ -750,17 +772,26 @@ def bench_night(runner: Annotated[str, typer.Option(help="threads | dask")] = "d
                 chunk: Annotated[int, typer.Option(help="inputs per run-chunk task")] = 4,
                 latency_ms: Annotated[float, typer.Option(
                     help="the scripted model's latency per call")] = 0.0,
+                model: Annotated[str | None, typer.Option(
+                    help="a local model (e.g. smollm2-135m) the nights call instead of the "
+                         "scripted one: in-process here, served on the engine's loopback "
+                         "listener to the workers")] = None,
+                max_tokens: Annotated[int | None, typer.Option(
+                    help="cap the workflow's nodes at this many tokens a call")] = None,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The same night (the seed math workflow, `inputs` logged runs, a scripted model
-    served over HTTP on loopback) in-process and fanned out as run-chunk tasks on `runner`
-    (a temporary Dask cluster of `workers` processes): wall time of each, the runs the
-    night made, and the fan-out's overhead per run and per task."""
+    served over HTTP on loopback, or `--model`) in-process and fanned out as run-chunk tasks
+    on `runner` (a temporary Dask cluster of `workers` processes): wall time of each, the
+    runs the night made, the model's latency per call, and the fan-out's overhead per run
+    and per task."""
     import os
 
     from cegraph.evaluator_spec import EvaluatorSpec
     from cegraph.evaluators import evaluate
     from cegraph.executor import Executor
+    from cegraph.graph import Workflow
     from cegraph.llm import LLM
+    from cegraph.local_model import MODELS
     from cegraph.seeds import seed
     from flows.nightly import night_flow
     from storage import Warehouse
@@ -769,10 +800,19 @@ def bench_night(runner: Annotated[str, typer.Option(help="threads | dask")] = "d
 
     if runner not in ("threads", "dask"):
         raise typer.BadParameter("--runner: threads or dask")
+    if model is not None and model not in MODELS:
+        raise typer.BadParameter(f"--model: a local model ({', '.join(MODELS)})")
+    workflow = seed("math")
+    if max_tokens is not None:
+        short = workflow.model_dump(exclude_defaults=True)
+        for node in short["nodes"]:
+            node["params"] = {**node.get("params", {}), "max_tokens": max_tokens}
+        workflow = Workflow.from_dict(short)
     rows = []
     os.environ.setdefault("OPENAI_API_KEY", "none")
     with _scripted_server(latency_ms / 1000) as api_base, \
             tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        stack.enter_context(_prefect_api())
         address, cluster_s = None, 0.0
         if runner == "dask":  # started once, as a standing cluster is: not a night's cost
             from distributed import LocalCluster
@@ -782,40 +822,46 @@ def bench_night(runner: Annotated[str, typer.Option(help="threads | dask")] = "d
                 n_workers=workers, threads_per_worker=1, processes=True,
                 dashboard_address=None)).scheduler_address
             cluster_s = time.perf_counter() - started
-        # each runner's first night pays one-time costs (imports, the embedder, a worker's
-        # first chunk): a warm-up night on other inputs, then the timed one
+        # each runner's first night pays one-time costs (imports, the engine's load, a
+        # worker's first chunk): a warm-up night on other inputs, then the timed one
         for name, timed in (("local", False), ("local", True), (runner, False),
                             (runner, True)):
             home = Path(tmp) / f"{name}-{timed}"
-            tasks = [Task(f"p{i}", "production", f"What is {i + (0 if timed else 1000)} + 1?",
-                          str(i + 1 + (0 if timed else 1000)), metadata={"kind": "math"})
+            # a small model gets small sums right: from 1000 on its night has work to do
+            first = (1000 if model else 0) + (0 if timed else 1000)
+            tasks = [Task(f"p{i}", "production", f"What is {first + i} + 1?",
+                          str(first + i + 1), metadata={"kind": "math"})
                      for i in range(inputs)]
-            with Warehouse(home) as wh:
-                Registry(wh).register(seed("math"), evaluator=EvaluatorSpec(kind="numeric"))
+            with Warehouse(home) as wh:  # production's logs come from the scripted model
+                Registry(wh).register(workflow, evaluator=EvaluatorSpec(kind="numeric"))
                 llm = LLM("openai/bench", api_base=api_base)
                 traces = asyncio.run(Executor(llm).run_many(
-                    seed("math"), tasks, evaluate=evaluate, run_id=lambda t: f"prod-{t.id}"))
+                    workflow, tasks, evaluate=evaluate, run_id=lambda t: f"prod-{t.id}"))
                 wh.record_traces(traces, night_id="ingest", source="production",
                                  dataset="production", model=llm.identity)
             submitted = batch.SUBMITTED
             started = time.perf_counter()
             [night] = night_flow(name, address=address, workers=workers)(
-                home=str(home), model="openai/bench", api_base=api_base, runner=name,
-                chunk=chunk, budget_calls=2000, max_latency_ratio=1e9,
-                max_inputs=inputs)["nights"]
+                home=str(home), model=model or "openai/bench",
+                api_base=None if model else api_base, runner=name, chunk=chunk,
+                budget_calls=2000, max_latency_ratio=1e9, max_inputs=inputs)["nights"]
             wall = time.perf_counter() - started
             with Warehouse(home, read_only=True) as wh:
                 [(runs,)] = wh.rows("SELECT count(*) FROM runs WHERE source <> 'production'")
+                [(latency,)] = wh.rows("SELECT coalesce(avg(latency_s), 0) FROM llm_calls "
+                                       "WHERE model <> 'openai/bench' OR ?", [model is None])
             if not timed:
                 continue
             rows.append({"runner": name, "workers": workers if name == "dask" else 1,
                          "decision": night["decision"], "runs": runs,
                          "calls": night["cost"]["calls"],
-                         "tasks": batch.SUBMITTED - submitted, "wall_s": round(wall, 2)})
+                         "tasks": batch.SUBMITTED - submitted,
+                         "s_per_call": round(latency, 3), "wall_s": round(wall, 2)})
     local, fanned = rows
     extra = fanned["wall_s"] - local["wall_s"]
-    figures = {"inputs": inputs, "chunk": chunk, "latency_ms": latency_ms, "nights": rows,
-               "cluster_start_s": round(cluster_s, 2),
+    figures = {"inputs": inputs, "chunk": chunk, "model": model or "scripted",
+               "latency_ms": None if model else latency_ms, "max_tokens": max_tokens,
+               "nights": rows, "cluster_start_s": round(cluster_s, 2),
                "overhead_per_run_s": round(extra / max(1, fanned["runs"]), 4),
                "overhead_per_task_s": round(extra / max(1, fanned["tasks"]), 4)}
     render.grid(list(rows[0]), [list(r.values()) for r in rows], title="night")

@@ -75,7 +75,7 @@ from storage.nights import LEASE_S, Night, NightStore, open_catalog
 from storage.refinement import RefinementJournal
 from storage.registry import Registry, Stale
 from storage.warehouse import _now
-from tasks.batch import prefect_batch
+from tasks.batch import journaled, prefect_batch, prune_journals
 from tasks.verification import verify_chunk
 
 DATASET = SOURCE = "production"
@@ -103,6 +103,7 @@ class NightSettings:
     runner: str = "local"
     served: ModelSpec | None = None  # how a worker reaches the model (None: `model` itself)
     llm_extra: dict[str, Any] = field(default_factory=dict)  # this process's (api_base)
+    forward_env: tuple[str, ...] = ()  # variables the workers get from this process
 
     def llm(self, **kw: Any) -> LLM:
         return LLM(self.model, **kw, **self.llm_extra)
@@ -178,11 +179,22 @@ def _fan_out(wh: Warehouse, night: Night, s: NightSettings, llm: LLM, judge: LLM
     """Where a batch of this night's runs goes: None (here) or run-chunk tasks."""
     if s.runner == "local":
         return None
-    return FanOut(prefect_batch, s.served or ModelSpec(s.model), chunk=s.chunk,
-                  evaluator_json=spec.model_dump_json(),
-                  judge=ModelSpec(spec.judge_model) if spec.judge_model else None,
-                  known=known_calls(wh, night.workflow, {llm.model, judge.model},
-                                    _epoch(night.started_at)))
+    model = s.served or ModelSpec(s.model)
+    # a local model is served to the workers as `openai/<name>`: its calls are theirs too
+    return FanOut(prefect_batch, model, chunk=s.chunk, evaluator_json=spec.model_dump_json(),
+                  judge=_judge(spec, s), known=known_calls(
+                      wh, night.workflow, {llm.model, judge.model, model.model},
+                      _epoch(night.started_at)))
+
+
+def _judge(spec: Any, s: NightSettings) -> ModelSpec | None:
+    """How a worker reaches the evaluator's judge model, with its key."""
+    from cegraph.credentials import forwarded
+
+    if not spec.judge_model:
+        return None
+    return ModelSpec(spec.judge_model,
+                     credentials=forwarded([spec.judge_model], None, s.forward_env))
 
 
 def recheck(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task],
@@ -361,7 +373,8 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
     parts = 2 * len(chunks)
     share = {"max_calls": _share(left.calls, parts), "max_tokens": _share(left.tokens, parts),
              "max_dollars": _share(left.dollars, parts)}
-    spec = Registry(wh).evaluator(night.workflow).model_dump_json()
+    evaluator = Registry(wh).evaluator(night.workflow)
+    spec = evaluator.model_dump_json()
     sides = {"active": active.model_dump_json(), "candidate": refined["candidate"]}
     out: dict[str, Any] = {"holdout": [t.id for t in tasks], "active": [], "candidate": [],
                            "calls": 0, "tokens": 0, "cost": 0.0, "retried": 0,
@@ -373,8 +386,11 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
     for attempt in range(1 + s.chunk_retries):
         futures = {(side, i): verify_chunk.submit(
             sides[side], chunks[i], model=s.model, evaluator_json=spec, served=s.served,
+            judge=_judge(evaluator, s),
             known=replay[side] + made, concurrency=s.concurrency, **share)
             for (side, i), made in pending.items()}
+        # verify-chunk journals under its task run's id (`tasks.verification`)
+        journaled([f"gate-{f.task_run_id}" for f in futures.values()])
         retry: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for key, future in sorted(futures.items()):
             got = future.result()
@@ -605,6 +621,14 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
                               out)
 
 
+def _prune(log: Any) -> None:
+    """Prune the call journals of the night's chunks (`tasks.batch`): its calls are stored."""
+    try:
+        prune_journals()
+    except Exception as exc:  # a cluster gone took its journals with it
+        log.warning("could not prune the chunks' call journals: %s", exc)
+
+
 def server_params(api_base: str | None) -> dict[str, Any]:
     """The extra call arguments that reach the model through the server at `api_base`."""
     if not api_base:
@@ -612,20 +636,23 @@ def server_params(api_base: str | None) -> dict[str, Any]:
     return {"api_base": api_base, "api_key": os.environ.get("OPENAI_API_KEY", "none")}
 
 
-def served(model: str, api_base: str | None) -> ModelSpec:
+def served(model: str, api_base: str | None, forward_env: Sequence[str] = ()) -> ModelSpec:
     """How the workers reach the model: the server at `api_base`; a local model served from
     this process on loopback (the engine's OpenAI-compatible listener, named by its weights'
-    digest so the port stays out of the call keys); else the model string itself."""
+    digest so the port stays out of the call keys); else the model string itself. Each
+    carries the key it needs and `forward_env` from this process (`cegraph.credentials`)."""
+    from cegraph.credentials import forwarded
     from cegraph.local_model import MODELS, fingerprint
 
     if api_base:
-        return ModelSpec(model, {"api_base": api_base})
+        return ModelSpec(model, {"api_base": api_base},
+                         credentials=forwarded([model], api_base, forward_env))
     if model in MODELS:
         from cegraph.engine import ENGINE
 
         return ModelSpec(f"openai/{model}", {"api_base": ENGINE.address(model)},
-                         fingerprint(model))
-    return ModelSpec(model)
+                         fingerprint(model), forwarded([], None, forward_env))
+    return ModelSpec(model, credentials=forwarded([model], None, forward_env))
 
 
 def task_runner(runner: str, *, address: str | None = None, workers: int = 2) -> Any:
@@ -696,9 +723,9 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                       max_inputs=max_inputs, holdout=holdout_share,
                       concurrency=concurrency, patience=patience, seed=seed, bounds=bounds,
                       lease_s=lease_s, runner=runner, chunk=chunk,
-                      served=served(model, api_base) if runner != "local" or api_base
-                      else None,
-                      llm_extra=server_params(api_base))
+                      served=served(model, api_base, config.forward_env)
+                      if runner != "local" or api_base else None,
+                      llm_extra=server_params(api_base), forward_env=tuple(config.forward_env))
     log = get_run_logger()
     nights: list[dict[str, Any]] = []
     with open_catalog(home, wait_s=catalog_wait_s, on_wait=log.warning) as wh:
@@ -720,6 +747,7 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                     summary = WorkflowNight(wh, night, s).run()
             finally:
                 store.release(night)
+                _prune(log)
             json_path, html = write_summary(wh, summary)
             summary["summary_path"] = str(json_path)
             summary["report_path"] = str(html) if html else None

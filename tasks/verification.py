@@ -58,17 +58,19 @@ def verify_chunk(workflow_json: str, tasks: list[dict[str, Any]], *, model: str,
                  evaluator_json: str, known: list[dict[str, Any]], max_calls: int | None,
                  max_tokens: int | None = None, max_dollars: float | None = None,
                  concurrency: int | None = None,
-                 served: ModelSpec | None = None) -> dict[str, Any]:
+                 served: ModelSpec | None = None,
+                 judge: ModelSpec | None = None) -> dict[str, Any]:
     """Run `tasks` on the workflow and grade them with the registered workflow's evaluator
     (`EvaluatorSpec` JSON; a judge spends from the chunk's allowance); returns `runs` (see
     `run_result`), the new `calls`, the traces, and whether the allowance ran out. `served`:
-    how this worker reaches the model (default: `model` as a litellm string or local name)."""
+    how this worker reaches the model (default: `model` as a litellm string or local name);
+    `judge`: how it reaches the evaluator's judge model (default: its model string)."""
     spec = json.loads(evaluator_json)
     # journaled under its task run id: the same on a Dask re-run of a lost chunk
     chunk = Chunk(f"gate-{task_run.id or uuid.uuid4().hex}", workflow_json, tasks,
                   served or ModelSpec(model), known,
                   Share(max_calls, max_tokens, max_dollars), evaluator_json,
-                  ModelSpec(spec["judge_model"]) if spec.get("judge_model") else None,
+                  judge or (ModelSpec(spec["judge_model"]) if spec.get("judge_model") else None),
                   concurrency)
     log = call_log()
     got = run_chunk(chunk, prior=log.read(chunk.chunk_id),

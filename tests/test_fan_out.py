@@ -157,3 +157,43 @@ def test_bench_night_runs_the_same_night_in_process_and_fanned_out(tmp_path, mon
     local, fanned = figures["nights"]
     assert local["decision"] == fanned["decision"] and local["runs"] == fanned["runs"] > 0
     assert local["calls"] == fanned["calls"] and fanned["tasks"] > 0 == local["tasks"]
+
+
+def test_credentials_travel_with_a_chunk_but_never_show(monkeypatch):
+    from cegraph.config import Settings
+    from cegraph.credentials import Credentials, forwarded
+    from flows.nightly import served
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-flow")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant")
+    monkeypatch.setenv("AWS_REGION_NAME", "eu-west-1")
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    # a server at api_base: the OpenAI key; a hosted model: its provider's; plus the named
+    assert served("openai/x", "http://m:8080/v1").credentials.values == {
+        "OPENAI_API_KEY": "sk-flow"}
+    spec = served("anthropic/claude-3-5-haiku-latest", None, ["AWS_REGION_NAME"])
+    assert spec.credentials.values == {"ANTHROPIC_API_KEY": "sk-ant",
+                                       "AWS_REGION_NAME": "eu-west-1"}
+    assert forwarded(["gemini/gemini-2.0-flash"]).values == {}  # the worker's own, if any
+    chunk = Chunk("c", seed("math").model_dump_json(), [], spec)
+    assert "sk-ant" not in repr(chunk) and "ANTHROPIC_API_KEY" in repr(chunk)
+    got = pickle.loads(pickle.dumps(chunk)).model.credentials
+    assert got == spec.credentials
+    # on the worker they are set where litellm reads them, the flow's value winning
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-worker-stale")
+    got.apply()
+    assert __import__("os").environ["ANTHROPIC_API_KEY"] == "sk-ant"
+    assert Credentials({"OPENAI_API_KEY": "sk-x"}) != Credentials()
+    monkeypatch.setenv("CEGRAPH_NIGHT_FORWARD_ENV", "AWS_REGION_NAME, AWS_PROFILE")
+    assert Settings.load().night.forward_env == ["AWS_REGION_NAME", "AWS_PROFILE"]
+
+
+def test_journals_of_chunks_this_process_ran_are_pruned():
+    from tasks import batch
+
+    batch.LOCAL.add("lost-attempt", {"key": "k"})  # an attempt that raised left it behind
+    batch.LOCAL.add("other-night", {"key": "k2"})
+    batch.prune_journals_task.fn(["lost-attempt"])
+    assert batch.LOCAL.read("lost-attempt") == []
+    assert batch.LOCAL.read("other-night") == [{"key": "k2"}]  # another night's stays
+    batch.LOCAL.forget(["other-night"])
