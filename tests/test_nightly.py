@@ -482,6 +482,13 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
     assert held >= 6 and calls > 0 and fixed > active_fixed and failing >= 3
     report = re.search(r"report: (\S+\.html)", first.output.replace("\n", ""))
     assert report and Path(report.group(1)).is_file()
+    # one mass figure: the night's JSON summary says what the report says (the whole
+    # mapping's mass before, not the refinement's on its own inputs)
+    shown = json.loads(Path(report.group(1)).with_suffix(".json").read_text())
+    summary = json.loads((Path(report.group(1)).parent / "summary.json").read_text())
+    assert summary["mass_before"] == shown["mass_before"]
+    assert summary["mass_before"]["runs"] == 40 and summary["mass_before"]["failures"] == 27
+    assert summary["mass_after"] == shown["mass_after"] and summary["mass_after"] is not None
     for title in ("edits deployed, and why", "the cost of each night", "lineage",
                   "why each candidate"):
         assert title in first.output
