@@ -146,7 +146,10 @@ def demo(n: Annotated[int, typer.Option(
     gate_line = _gate_line(night)
     if gate_line:
         render.console.print(f"  {gate_line}", soft_wrap=True)
-    if night["decision"] == "promoted":  # the next day's traffic meets the promoted version
+    if night["decision"] == "promoted" and not next_day:
+        render.console.print("[bold]4/4 next service run[/bold]: promoted, but the split has "
+                             "no question the night saw not (--n smaller)")
+    elif night["decision"] == "promoted":  # the next day's traffic meets the promoted version
         _serve(name, home, next_day, model=model, step="4/4 next service run")
     else:  # nothing changed: the same version would answer, so it is not re-run here
         render.console.print("[bold]4/4 next service run[/bold]: the active version is "
