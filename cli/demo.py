@@ -1,19 +1,24 @@
 """`cegraph demo` (what `make demo` runs): the nightly pipeline end to end on the embedded
 defaults. Register the seed math workflow; let a small "production" service answer a GSM8K
 slice with its active version, logging OpenTelemetry GenAI spans; ingest those logs; run one
-nightly refinement (the `nightly-refinement` flow: refine, verify, gate, promote); then
-print the report's path and four audit queries with their output."""
+nightly refinement (the `nightly-refinement` flow: refine, verify, gate, promote); let the
+service answer the next day's questions with whatever version is active then; then print
+the report's path and four audit queries with their output."""
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli import render
 from cli.options import SETTINGS, DataPath, Home, Model
+
+if TYPE_CHECKING:
+    from cegraph.task import Task
 
 #: What a user asks the audit first: what changed and why, what the night cost, where the
 #: active version comes from, why a candidate was not taken (docs/schema.md).
@@ -48,25 +53,53 @@ def _start_from_seed(home: Path) -> str:
     return wf.name
 
 
-def _serve(name: str, home: Path, *, n: int, seed_value: int, model: str,
-           data_dir: str | None) -> tuple[Path, Path]:
-    """The production service answers `n` questions; returns its log and ingest mapping."""
-    from cegraph.benchmarks import load
+def _serve(name: str, home: Path, tasks: list[Task], *, model: str,
+           step: str) -> tuple[Path, Path]:
+    """The production service answers `tasks` with the active version; returns its log and
+    ingest mapping."""
     from cli.refining import open_home
     from cli.service import answer_slice, default_log, write_mapping
     from storage.registry import Registry
 
-    tasks = load("gsm8k", path=data_dir, n=n, seed=seed_value)
     log = default_log(home, name)
     mapping = write_mapping(log.parent, name)  # creates the logs folder too
     with open_home(home) as wh:
-        _, wf = Registry(wh).active(name)
+        version, wf = Registry(wh).active(name)
         traces = answer_slice(wf, tasks, model=model, target=str(log), wh=wh,
                               label="production service")
     right = sum(1 for t in traces if t.outcome and t.outcome.passed)
-    render.console.print(f"[bold]1/3 production[/bold]: {name} answered {len(traces)} "
+    render.console.print(f"[bold]{step}[/bold]: {name} {version} answered {len(traces)} "
                          f"questions, {right} right; spans -> {log}", soft_wrap=True)
     return log, mapping
+
+
+def _days(n: int, seed_value: int, data_dir: str | None) -> tuple[list[Task], list[Task]]:
+    """Today's `n` questions and the next day's: up to `n` others of the same split (seeded),
+    so the next service run answers inputs the night never saw."""
+    from cegraph.benchmarks import load
+
+    today = load("gsm8k", path=data_dir, n=n, seed=seed_value)
+    seen = {t.id for t in today}
+    rest = [t for t in load("gsm8k", path=data_dir) if t.id not in seen]
+    keep = sorted(random.Random(seed_value + 1).sample(range(len(rest)), min(n, len(rest))))
+    return today, [rest[i] for i in keep]
+
+
+def _gate_line(night: dict[str, Any]) -> str | None:
+    """What the gate saw on its own fresh evidence (the holdout: inputs the refinement never
+    touched, the candidate on new calls), or None when no candidate reached the gate."""
+    gated, v = night.get("gate"), night.get("verification")
+    if not gated or not v:
+        return None
+    seen = {column: r.get("observed") for r in gated.get("results") or []
+            for column in ("failing_pairs", "passing_pairs", "break_rate")
+            if f'"column": "{column}"' in r["expectation"]}
+    why = f" ({'; '.join(gated['failing'])})" if gated.get("failing") else ""
+    return (f"gate on {v['holdout']} held-out inputs, {v['calls']} new calls: the candidate "
+            f"passed {v['candidate_target_passed']} of {seen.get('failing_pairs')} logged "
+            f"failures (active {v['active_target_passed']}), break rate "
+            f"{seen.get('break_rate')} on {seen.get('passing_pairs')} passes -> "
+            f"{gated['decision']}{why}")
 
 
 def demo(n: Annotated[int, typer.Option(
@@ -92,11 +125,11 @@ def demo(n: Annotated[int, typer.Option(
     started = time.time()
     home = home.resolve()
     name = _start_from_seed(home)
-    log, mapping = _serve(name, home, n=n, seed_value=seed, model=model,
-                          data_dir=data_dir)
+    today, next_day = _days(n, seed, data_dir)
+    log, mapping = _serve(name, home, today, model=model, step="1/4 production")
     ingested = ingest_logs([str(log)], home=str(home), mapping=str(mapping))
     s = ingested.summary
-    render.console.print(f"[bold]2/3 ingest[/bold]: {s['lines_read']} lines, {s['runs_stored']} "
+    render.console.print(f"[bold]2/4 ingest[/bold]: {s['lines_read']} lines, {s['runs_stored']} "
                          f"runs and {s['spans_stored']} spans stored, quarantined: "
                          f"{sum(s['quarantined'].values())}")
     result = nightly_refinement(home=str(home), workflow=name, model=model,
@@ -104,9 +137,23 @@ def demo(n: Annotated[int, typer.Option(
                                 concurrency=SETTINGS.concurrency)
     [night] = result["nights"]
     render.console.print(
-        f"[bold]3/3 nightly refinement[/bold]: {night['decision']}"
+        f"[bold]3/4 nightly refinement[/bold]: {night['decision']}"
         f" ({night.get('reason') or (night.get('refine') or {}).get('stop_reason') or ''}); "
         f"{(night.get('cost') or {}).get('calls', 0)} LLM calls", soft_wrap=True)
+    for edit in night.get("edits") or []:  # judged on verification inputs never shown
+        render.console.print(f"  accepted {edit['op']} for mode {edit['target']} on inputs "
+                             f"the proposer never saw: {edit['reason']}", soft_wrap=True)
+    gate_line = _gate_line(night)
+    if gate_line:
+        render.console.print(f"  {gate_line}", soft_wrap=True)
+    if night["decision"] == "promoted" and not next_day:
+        render.console.print("[bold]4/4 next service run[/bold]: promoted, but the split has "
+                             "no question the night saw not (--n smaller)")
+    elif night["decision"] == "promoted":  # the next day's traffic meets the promoted version
+        _serve(name, home, next_day, model=model, step="4/4 next service run")
+    else:  # nothing changed: the same version would answer, so it is not re-run here
+        render.console.print("[bold]4/4 next service run[/bold]: the active version is "
+                             "unchanged; the next service run answers with it")
     from cli.refining import read_home
 
     for title, query in AUDIT:  # each as `cegraph sql` runs it: its own locked-down reader

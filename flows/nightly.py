@@ -511,9 +511,9 @@ class WorkflowNight:
                                spent=spent)
         refined = self.step("refine", lambda: refine_step(
             self.wh, night, active, refine_tasks, projection.refine_budget(budget), s))
-        summary.update(refine=refined["summary"], edits=refined["accepted"],
-                       mass_before=refined["summary"]["mass_before"],
-                       mass_after=refined["summary"]["mass_after"])
+        # the refinement's masses (on its own inputs) stay under `refine`: the night's
+        # `mass_before` / `mass_after` are the report's, set with it (`write_summary`)
+        summary.update(refine=refined["summary"], edits=refined["accepted"])
         spent = [spent[0] + refined["calls"], spent[1] + refined["tokens"],
                  spent[2] + refined["cost"]]
         if not refined["accepted"]:  # the active version may already pass them all
@@ -599,7 +599,6 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
     out = wh.home / "reports" / summary["night_id"]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     budget, cost = summary.get("budget") or {}, summary.get("cost") or {}
     reason = (summary.get("reason") or (summary.get("refine") or {}).get("stop_reason")
               or "; ".join((summary.get("gate") or {}).get("failing") or []))
@@ -616,7 +615,12 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
     except NightNotFound:
         get_run_logger().info("no failure modes mapped for %s yet (ingest-logs maps them): "
                               "JSON summary only", summary["workflow"])
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         return path, None
+    # one mass figure: the JSON (and the flow's result) says what the report says
+    summary.update(mass_before=report.mass_before.model_dump(), mass_after=(
+        report.mass_after.model_dump() if report.mass_after else None))
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path, write_report(report.model_copy(update={"night_id": summary["night_id"]}),
                               out)
 

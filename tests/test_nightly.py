@@ -439,24 +439,42 @@ def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scr
 
 def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
     """`cegraph demo` (what `make demo` runs): register, serve with OTel logs, ingest, one
-    night that promotes a gated edit, the report and four audit queries; the next demo
-    starts again from the seed."""
+    night that reaches a gate verdict on its held-out inputs and promotes, the next day's
+    service run on the promoted version (inputs the night never saw), the report and four
+    audit queries; the next demo starts again from the seed."""
     from typer.testing import CliRunner
 
     from cli.main import app
 
     scripted.reply = world
     data = tmp_path / "gsm8k.jsonl"
+    extra = [Task(f"q{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(100, 112)]
     data.write_text("".join(json.dumps({"id": t.id, "question": t.input, "answer": t.reference})
-                            + "\n" for t in TASKS))
+                            + "\n" for t in TASKS + extra))
     home = tmp_path / "home"
     args = ["demo", "--model", MODEL, "--home", str(home), "--data", str(data), "--n", "40",
             "--budget-calls", "400"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert "3/3 nightly refinement: promoted" in first.output
+    out = first.output.replace("\n", " ")
+    assert "3/4 nightly refinement: promoted" in out
+    assert re.search(r"accepted replace_operator for mode m-\w+ on inputs the proposer never "
+                     r"saw: \d+ fixed vs 0 broken", out), out
+    gate_line = re.search(r"gate on (\d+) held-out inputs, (\d+) new calls: the candidate "
+                          r"passed (\d+) of (\d+) logged failures \(active (\d+)\).*-> passed",
+                          out)
+    assert gate_line, out
+    held, calls, fixed, failing, active_fixed = map(int, gate_line.groups())
+    assert held >= 6 and calls > 0 and fixed > active_fixed and failing >= 3
     report = re.search(r"report: (\S+\.html)", first.output.replace("\n", ""))
     assert report and Path(report.group(1)).is_file()
+    # one mass figure: the night's JSON summary says what the report says (the whole
+    # mapping's mass before, not the refinement's on its own inputs)
+    shown = json.loads(Path(report.group(1)).with_suffix(".json").read_text())
+    summary = json.loads((Path(report.group(1)).parent / "summary.json").read_text())
+    assert summary["mass_before"] == shown["mass_before"]
+    assert summary["mass_before"]["runs"] == 40 and summary["mass_before"]["failures"] == 27
+    assert summary["mass_after"] == shown["mass_after"] and summary["mass_after"] is not None
     for title in ("edits deployed, and why", "the cost of each night", "lineage",
                   "why each candidate"):
         assert title in first.output
@@ -464,6 +482,17 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
         reg = Registry(wh)
         active, wf = reg.active(seed("math").name)
         assert any(n.op == "Programmer" for n in wf.nodes)
+        served = {t for (t,) in wh.rows("SELECT DISTINCT task_id FROM runs WHERE source = "
+                                        "'production'")}
+    # the next service run: the promoted version (its id, its Programmer's prompts) on
+    # questions the night never saw
+    next_run = re.search(r"4/4 next service run: math-solver (\S+) answered (\d+) questions, "
+                         r"(\d+) right", out)
+    assert next_run and next_run.group(1) == active, out
+    fresh = {t.input for t in TASKS + extra if t.id not in served}
+    assert fresh and int(next_run.group(2)) == len(fresh) == int(next_run.group(3))
+    asked = [c[-1]["content"] for c in scripted.calls if "Python program" in c[-1]["content"]]
+    assert all(any(q in a for a in asked) for q in fresh)
     # the next demo starts again from the seed (a recorded rollback), so it replays
     from cli.demo import _start_from_seed
 
