@@ -12,8 +12,18 @@ the LLM runtime (litellm) and the failure space (scikit-learn) load only when us
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+# The layers (cegraph.cli, .storage, .tasks, .flows, .deployments) are folders inside this
+# package once installed from a wheel, and folders beside it in a checkout (setup.py maps
+# them): there the checkout's root joins this package's path, so that a source tree on
+# sys.path imports its own layers, never another install's.
+_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if (not os.path.isdir(os.path.join(__path__[0], "storage"))
+        and os.path.isfile(os.path.join(_checkout, "storage", "__init__.py"))):
+    __path__.append(_checkout)
 
 if TYPE_CHECKING:
     from cegraph.benchmarks import load
