@@ -45,8 +45,9 @@ IMPORT_DOTTED = re.compile(rf"(?<![\w.])(import\s+)({LAYER})(\.\w+)")
 # name); elsewhere (prose, strings) `import cegraph.storage`
 IMPORT_BARE = re.compile(rf"^(\s*)import\s+({LAYER})\b(?![.\w])", re.M)
 IMPORT_NAMED = re.compile(rf"(?<!cegraph )(?<![\w.])(import\s+)({LAYER})\b(?![.\w])")
-# `storage.registry.Stale`, "-m cli.main", "cli.main:main": a layer followed by one of its
-# modules (so `tasks.append(...)` or the `deployments.forced` column stay as they are)
+# `storage.registry.Stale`, `storage.Warehouse`, "-m cli.main", "cli.main:main": a layer
+# followed by one of its modules or a class name (so `tasks.append(...)` or the
+# `deployments.forced` column stay as they are)
 DOTTED = re.compile(rf"(?<![\w./-])({LAYER})\.(\w+)")
 
 
@@ -55,8 +56,8 @@ def rewrite(text: str) -> str:
     text = IMPORT_DOTTED.sub(r"\1cegraph.\2\3", text)
     text = IMPORT_BARE.sub(r"\1from cegraph import \2", text)
     text = IMPORT_NAMED.sub(r"\1cegraph.\2", text)
-    return DOTTED.sub(lambda m: f"cegraph.{m[1]}.{m[2]}" if m[2] in SUBMODULES[m[1]] else m[0],
-                      text)
+    return DOTTED.sub(lambda m: f"cegraph.{m[1]}.{m[2]}"
+                      if m[2] in SUBMODULES[m[1]] or m[2][0].isupper() else m[0], text)
 
 
 def files() -> list[Path]:
