@@ -71,7 +71,7 @@ class CallStore(Protocol):
 
 
 class MemoryCallStore:
-    """A call store for one process (tests, notebooks); `storage.CallStore` persists."""
+    """A call store for one process (tests, notebooks); `cegraph.storage.CallStore` persists."""
 
     def __init__(self) -> None:
         self.records: dict[str, Completion] = {}

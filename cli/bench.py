@@ -17,10 +17,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from cegraph.cli import render
+from cegraph.cli.options import Counterexamples, DataPath, MaxBreakRate, Model
 from cegraph.task import Task
 from cegraph.trace import Trace
-from cli import render
-from cli.options import Counterexamples, DataPath, MaxBreakRate, Model
 
 app = typer.Typer(help="Benchmarks that print their figures (--json: one JSON object last).",
                   no_args_is_help=True)
@@ -266,7 +266,7 @@ def bench_fss(failures: Annotated[int, typer.Option("--failures")] = 100_000,
     failures in a temporary home."""
     from cegraph.fss.modes import find_modes
     from cegraph.fss.signature import MiniLMEmbedder, SignatureBuilder
-    from storage import VectorIndex, Warehouse, history
+    from cegraph.storage import VectorIndex, Warehouse, history
 
     pool = synthetic_failures(failures)
     embedder = MiniLMEmbedder()
@@ -501,8 +501,8 @@ def bench_ingest(spans: Annotated[int, typer.Option("--spans")] = 200_000,
     """Ingest `spans` generated GenAI spans (OTLP/JSON file, 50 spans a line) into a
     temporary home: runs, spans, failures, source spans, gate per batch (no modes); print
     spans/s, MB/s, CPU seconds and the process's peak RSS."""
-    from storage import Warehouse
-    from tasks.ingest import Ingestor
+    from cegraph.storage import Warehouse
+    from cegraph.tasks.ingest import Ingestor
 
     if shape not in ("synthetic", "real"):
         raise typer.BadParameter("--shape: synthetic or real")
@@ -570,6 +570,7 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
     p (exact sign test on the test set's discordant pairs, refined vs seed), and every
     verdict of its refinement (decision, adjusted p, interval of the mass drop, cost)."""
     from cegraph.benchmarks import load
+    from cegraph.cli.refining import progress_line
     from cegraph.evaluators import evaluate
     from cegraph.executor import Executor, stable_run_id
     from cegraph.llm import LLM
@@ -581,9 +582,8 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
     from cegraph.refine.loop import Settings as RefineSettings
     from cegraph.refine.splits import dev_test
     from cegraph.seeds import seed as seed_workflow
-    from cli.refining import progress_line
-    from storage import Warehouse
-    from storage.refinement import RefinementJournal
+    from cegraph.storage import Warehouse
+    from cegraph.storage.refinement import RefinementJournal
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if bad := [m for m in chosen if m not in ("cegraph", "scalar", "random", "gepa")]:
@@ -712,7 +712,7 @@ def _scripted_server(latency_s: float) -> Iterator[str]:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from cli.plus_one import night_world
+    from cegraph.cli.plus_one import night_world
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -789,14 +789,14 @@ def bench_night(runner: Annotated[str, typer.Option(help="threads | dask")] = "d
     from cegraph.evaluator_spec import EvaluatorSpec
     from cegraph.evaluators import evaluate
     from cegraph.executor import Executor
+    from cegraph.flows.nightly import night_flow
     from cegraph.graph import Workflow
     from cegraph.llm import LLM
     from cegraph.local_model import MODELS
     from cegraph.seeds import seed
-    from flows.nightly import night_flow
-    from storage import Warehouse
-    from storage.registry import Registry
-    from tasks import batch
+    from cegraph.storage import Warehouse
+    from cegraph.storage.registry import Registry
+    from cegraph.tasks import batch
 
     if runner not in ("threads", "dask"):
         raise typer.BadParameter("--runner: threads or dask")

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli import render
-from cli.options import SETTINGS, DataPath, Home, Model
+from cegraph.cli import render
+from cegraph.cli.options import SETTINGS, DataPath, Home, Model
 
 if TYPE_CHECKING:
     from cegraph.task import Task
@@ -38,10 +38,10 @@ AUDIT = (
 def _start_from_seed(home: Path) -> str:
     """Register the seed math workflow (once) and make its seed version active again, so
     every demo serves the same version and a second demo replays from the call store."""
+    from cegraph.cli.refining import open_home
     from cegraph.evaluator_spec import EvaluatorSpec
     from cegraph.seeds import seed
-    from cli.refining import open_home
-    from storage.registry import Registry
+    from cegraph.storage.registry import Registry
 
     wf = seed("math")
     with open_home(home) as wh:
@@ -57,9 +57,9 @@ def _serve(name: str, home: Path, tasks: list[Task], *, model: str,
            step: str) -> tuple[Path, Path]:
     """The production service answers `tasks` with the active version; returns its log and
     ingest mapping."""
-    from cli.refining import open_home
-    from cli.service import answer_slice, default_log, write_mapping
-    from storage.registry import Registry
+    from cegraph.cli.refining import open_home
+    from cegraph.cli.service import answer_slice, default_log, write_mapping
+    from cegraph.storage.registry import Registry
 
     log = default_log(home, name)
     mapping = write_mapping(log.parent, name)  # creates the logs folder too
@@ -112,12 +112,12 @@ def demo(n: Annotated[int, typer.Option(
     (OpenTelemetry logs), ingest the logs, run one nightly refinement (verify, gate,
     promote), and print the report and four audit queries. Run it bigger with --n and
     --budget-calls."""
+    from cegraph.flows.ingest import ingest_logs
+    from cegraph.flows.nightly import nightly_refinement
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
     from cegraph.preflight import check_model
-    from flows.ingest import ingest_logs
-    from flows.nightly import nightly_refinement
-    from storage.audit import audit_query
+    from cegraph.storage.audit import audit_query
 
     if model in MODELS:
         fetch(model, progress=render.console.print)
@@ -154,7 +154,7 @@ def demo(n: Annotated[int, typer.Option(
     else:  # nothing changed: the same version would answer, so it is not re-run here
         render.console.print("[bold]4/4 next service run[/bold]: the active version is "
                              "unchanged; the next service run answers with it")
-    from cli.refining import read_home
+    from cegraph.cli.refining import read_home
 
     for title, query in AUDIT:  # each as `cegraph sql` runs it: its own locked-down reader
         render.console.print(f"\n[bold]{title}[/bold]: cegraph sql \"{query}\" "

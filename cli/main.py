@@ -18,7 +18,7 @@ import typer
 # fail without a network and can lock its SQLite database mid-run.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from cli import (  # noqa: E402, F401
+from cegraph.cli import (  # noqa: E402, F401
     bench,
     demo,
     nightly,
@@ -30,8 +30,8 @@ from cli import (  # noqa: E402, F401
     service,
     signatures,
 )
-from cli.options import CONFIG_ERROR, SETTINGS, AsJson, DataPath, Home, Model  # noqa: E402
-from cli.refining import fail, read_home  # noqa: E402
+from cegraph.cli.options import CONFIG_ERROR, SETTINGS, AsJson, DataPath, Home, Model  # noqa: E402
+from cegraph.cli.refining import fail, read_home  # noqa: E402
 
 app = typer.Typer(help="CE-Graph: refine LLM workflows from their own logged failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -86,7 +86,7 @@ def _load_workflow(path: str, home: Path | None = None) -> object:
     from cegraph.seeds import SEEDS, seed
 
     if home is not None and not Path(path).is_file() and path not in SEEDS:
-        from cli.registry import registry
+        from cegraph.cli.registry import registry
 
         with registry(home, read_only=True) as reg:
             if path in {r.name for r in reg.registered()}:
@@ -130,8 +130,8 @@ def workflow_show(path: str, home: StoredIn = None) -> None:
                 title=f"{wf.name} {wf.version_id} -> output {wf.output}")
     if _home(home) is None or Path(path).is_file():
         return
-    from cli.registry import registry
-    from storage.registry import RegistryError
+    from cegraph.cli.registry import registry
+    from cegraph.storage.registry import RegistryError
 
     # a version no registered workflow owns has no more to say
     with registry(_home(home), read_only=True) as reg, contextlib.suppress(RegistryError):
@@ -222,11 +222,11 @@ def evaluate(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm8k",
     `evaluate` Prefect flow): store runs/spans/failures/signatures/modes in the warehouse and
     print the traces' summary and the failure modes (`--recipe` picks the signature recipe)."""
     from cegraph.benchmarks import DatasetNotFound, data_file
+    from cegraph.flows.evaluation import evaluate_workflow
     from cegraph.fss.recipe import check_recipe
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
     from cegraph.preflight import check_model
-    from flows.evaluation import evaluate_workflow
 
     try:
         data_file(dataset, data_dir)
@@ -265,7 +265,7 @@ def serve(model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
           ingest_cron: Annotated[str | None, typer.Option(help="ingest-logs' cron (default: "
                                                                 "on demand)")] = None) -> None:
     """Serve the nightly-refinement and ingest-logs deployments from this process (blocks)."""
-    from deployments.serve import serve as serve_deployments
+    from cegraph.deployments.serve import serve as serve_deployments
 
     serve_deployments(home=str(home.resolve()), model=model, budget_calls=budget_calls,
                       cron=cron, inbox=inbox, ingest_cron=ingest_cron)
@@ -305,7 +305,7 @@ def ingest(paths: Annotated[list[str], typer.Argument(help="files, directories, 
     warehouse: runs, spans, failures, then signatures and modes (`cegraph modes`)."""
     from cegraph.ingest.lines import InputError
     from cegraph.ingest.mapping import MappingError
-    from tasks.ingest import ingest_paths, map_failures
+    from cegraph.tasks.ingest import ingest_paths, map_failures
 
     # in this process, no Prefect server to start (the `ingest-logs` flow is for schedules)
     try:
@@ -335,8 +335,8 @@ def collect(port: Annotated[int, typer.Option(help="port (OTLP/HTTP's is 4318)")
     in the home's spool (fsynced); the spool is stored every few seconds, holding the
     warehouse only for that, and a restart stores what a crash left."""
     from cegraph.ingest.mapping import MappingError, Mappings
-    from storage.spool import SpoolBusy
-    from tasks.ingest import collect as run_collect
+    from cegraph.storage.spool import SpoolBusy
+    from cegraph.tasks.ingest import collect as run_collect
 
     # Ctrl-C or a TERM (a service manager) ends it cleanly: what was accepted is stored
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -420,7 +420,7 @@ def similar(failure_id: str, k: Annotated[int, typer.Option("--k")] = 20,
             workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = None,
             home: Home = Path(SETTINGS.home)) -> None:
     """The k past failures whose signatures lie nearest this one (from the LanceDB index)."""
-    from storage import VectorIndex
+    from cegraph.storage import VectorIndex
 
     with read_home(home) as wh:
         index = VectorIndex.open(wh.vectors_path)
@@ -448,7 +448,7 @@ def sql(query: str, home: Home = Path(SETTINGS.home),
     time, memory and temporary files."""
     import duckdb
 
-    from storage.audit import AuditLimits, AuditRefused, audit_query
+    from cegraph.storage.audit import AuditLimits, AuditRefused, audit_query
 
     if fmt not in ("table", "csv", "json"):
         fail("--format must be table, csv or json")
@@ -467,8 +467,8 @@ def sql(query: str, home: Home = Path(SETTINGS.home),
 @app.command("schema")
 def schema(markdown: bool = typer.Option(False, help="print docs/schema.md")) -> None:
     """The warehouse tables and their documented columns."""
-    from storage.schema import TABLES
-    from storage.schema import markdown as schema_markdown
+    from cegraph.storage.schema import TABLES
+    from cegraph.storage.schema import markdown as schema_markdown
 
     if markdown:
         print(schema_markdown())

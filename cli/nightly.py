@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cli import render
-from cli.options import SETTINGS, Home, Model
-from cli.refining import fail
+from cegraph.cli import render
+from cegraph.cli.options import SETTINGS, Home, Model
+from cegraph.cli.refining import fail
 
 #: Decisions of a night that did not run its refinement: the exit code is 3.
 REFUSALS = ("refused", "busy", "stale")
@@ -37,12 +37,12 @@ def nightly(workflow: Annotated[str | None, typer.Option(
     gate and promote (the `nightly-refinement` deployment's flow, run once here). Exit code
     0 for any verdict, 3 when a night was refused (budget), busy (locked) or stale."""
     from cegraph.config import Settings
+    from cegraph.flows.nightly import night_flow, server_params
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
     from cegraph.preflight import ModelUnavailable, check_model
-    from flows.nightly import night_flow, server_params
-    from storage.registry import RegistryError
-    from storage.warehouse import CatalogLocked
+    from cegraph.storage.registry import RegistryError
+    from cegraph.storage.warehouse import CatalogLocked
 
     _check_registered(home, workflow)
     if model in MODELS:
@@ -83,9 +83,9 @@ def nightly(workflow: Annotated[str | None, typer.Option(
 
 def _check_registered(home: Path, workflow: str | None) -> None:
     """An unknown --workflow fails here, before the flow starts (when the catalog is free)."""
-    from storage import Warehouse
-    from storage.registry import Registry, RegistryError
-    from storage.warehouse import CatalogLocked
+    from cegraph.storage import Warehouse
+    from cegraph.storage.registry import Registry, RegistryError
+    from cegraph.storage.warehouse import CatalogLocked
 
     if workflow is None:
         return

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cli import render
-from cli.options import SETTINGS, Home
-from cli.refining import fail, open_home, read_home
+from cegraph.cli import render
+from cegraph.cli.options import SETTINGS, Home
+from cegraph.cli.refining import fail, open_home, read_home
 
 
 def nights(clear_stale: Annotated[str | None, typer.Option(
@@ -21,7 +21,7 @@ def nights(clear_stale: Annotated[str | None, typer.Option(
            home: Home = Path(SETTINGS.home)) -> None:
     """The latest nights (decision, why, spend) and the night locks (holder, heartbeat,
     lease; a stale one's holder died)."""
-    from storage.nights import NightBusy, NightStore
+    from cegraph.storage.nights import NightBusy, NightStore
 
     # listing only reads (a snapshot while a night writes); clearing a lease writes
     with (open_home if clear_stale is not None else read_home)(home) as wh:

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cegraph.cli import render
+from cegraph.cli.options import SETTINGS, Counterexamples, DataPath, Home, MaxBreakRate, Model
 from cegraph.progress import Progress
-from cli import render
-from cli.options import SETTINGS, Counterexamples, DataPath, Home, MaxBreakRate, Model
 
 if TYPE_CHECKING:
     from cegraph.graph import Workflow
     from cegraph.refine.loop import Progress as LoopProgress
     from cegraph.refine.loop import RefineResult
+    from cegraph.storage import Warehouse
     from cegraph.task import Task
-    from storage import Warehouse
 
 WorkflowOpt = Annotated[str, typer.Option(
     "--workflow", "-w", help="a seed name (math, code, qa, or a dataset), a reference (io, cot, "
@@ -39,8 +39,8 @@ def resolve_workflow(spec: str, wh: Warehouse | None) -> Workflow:
     from cegraph.graph import Workflow, WorkflowError
     from cegraph.refine.baselines import REFERENCES, reference
     from cegraph.seeds import SEEDS, seed
+    from cegraph.storage.refinement import RefinementJournal
     from cegraph.task import DATASET_KIND
-    from storage.refinement import RefinementJournal
 
     try:
         if Path(spec).is_file():
@@ -54,7 +54,7 @@ def resolve_workflow(spec: str, wh: Warehouse | None) -> Workflow:
     found = (RefinementJournal(wh, dataset="", model="").version(spec)
              if wh is not None and len(spec) >= 6 else None)
     if found is None and wh is not None:  # a registered workflow: its active version
-        from storage.registry import Registry, RegistryError
+        from cegraph.storage.registry import Registry, RegistryError
 
         with contextlib.suppress(RegistryError):
             found = Registry(wh).active(spec)[1]
@@ -79,8 +79,8 @@ def load_tasks(dataset: str, data: str | None) -> list[Task]:
 def open_home(home: Path) -> Warehouse:
     """The warehouse at `home` for writing, created when missing (and said so: a command run
     in another folder would otherwise start a second history unnoticed)."""
-    from storage import Warehouse
-    from storage.warehouse import CatalogLocked
+    from cegraph.storage import Warehouse
+    from cegraph.storage.warehouse import CatalogLocked
 
     new = not (home / "catalog.duckdb").exists()
     try:
@@ -96,8 +96,8 @@ def open_home(home: Path) -> Warehouse:
 def read_home(home: Path) -> Warehouse:
     """The warehouse at `home` opened read-only (never created), or a clear error when there
     is none; while a job writes it, the snapshot of its last completed step."""
-    from storage import Warehouse
-    from storage.warehouse import CatalogLocked
+    from cegraph.storage import Warehouse
+    from cegraph.storage.warehouse import CatalogLocked
 
     try:
         return Warehouse(home, read_only=True)
@@ -178,7 +178,7 @@ def refine(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
     from cegraph.refine.loop import Budget, RefineError, Refinement
     from cegraph.refine.loop import Settings as RefineSettings
     from cegraph.refine.splits import dev_test
-    from storage.refinement import RefinementJournal
+    from cegraph.storage.refinement import RefinementJournal
 
     if method not in ("cegraph", "scalar", "random"):
         fail(f"--method {method!r}: choose cegraph, scalar or random")
@@ -234,10 +234,10 @@ def evaluate(workflow: WorkflowOpt = "math", dataset: DatasetOpt = "gsm8k",
              as_json: JsonOpt = False) -> None:
     """Score any workflow version on a benchmark slice; stores its runs and failures and
     computes its failure modes (see them with `cegraph modes`)."""
+    from cegraph.flows.evaluation import evaluate_workflow
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
     from cegraph.preflight import check_model
-    from flows.evaluation import evaluate_workflow
 
     if n <= 0:
         fail("--n must be at least 1")

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli import render
-from cli.options import SETTINGS, AsJson, Home, Model
-from cli.refining import fail, open_home, read_home
+from cegraph.cli import render
+from cegraph.cli.options import SETTINGS, AsJson, Home, Model
+from cegraph.cli.refining import fail, open_home, read_home
 
 if TYPE_CHECKING:
-    from storage.registry import Registry
+    from cegraph.storage.registry import Registry
 
 Reason = Annotated[str, typer.Option("--reason", help="why (kept in `deployments`)")]
 
@@ -24,7 +24,7 @@ Reason = Annotated[str, typer.Option("--reason", help="why (kept in `deployments
 def registry(home: Path, *, read_only: bool = False) -> Iterator[Registry]:
     """The registry of `home`; its errors end the command with their one line. Read-only,
     a missing home is an error, not a new empty one."""
-    from storage.registry import Registry, RegistryError
+    from cegraph.storage.registry import Registry, RegistryError
 
     with (read_home if read_only else open_home)(home) as wh:
         try:
@@ -56,8 +56,8 @@ def register(workflow_file: Annotated[str, typer.Argument(
     stored as a new version of it instead: gate it with `cegraph gate`, then promote it."""
     from pydantic import ValidationError
 
+    from cegraph.cli.refining import resolve_workflow
     from cegraph.evaluator_spec import EvaluatorSpec
-    from cli.refining import resolve_workflow
 
     if rubric and rubric.startswith("@"):
         try:
@@ -163,12 +163,12 @@ def gate(version: Annotated[str, typer.Argument(help="version id (or a 6+ char p
     as a night gates its candidate: both run on logged inputs no refinement ran, the version
     with new calls only. Exit 0 when it passed (`cegraph promote` it then), 1 when it was
     gated out or undecided; recorded in gate_results and night_runs."""
+    from cegraph.flows.gate import gate_version
     from cegraph.llm import resolve_model
     from cegraph.local_model import MODELS, fetch
     from cegraph.preflight import ModelUnavailable, check_model
-    from flows.gate import gate_version
-    from storage.registry import RegistryError
-    from storage.warehouse import CatalogLocked
+    from cegraph.storage.registry import RegistryError
+    from cegraph.storage.warehouse import CatalogLocked
 
     with registry(home, read_only=True) as reg:  # an unknown version: one line, at once
         info = reg.info(version)

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli import render
-from cli.options import SETTINGS, Home
-from cli.refining import fail
+from cegraph.cli import render
+from cegraph.cli.options import SETTINGS, Home
+from cegraph.cli.refining import fail
 
 
 def report(night: Annotated[str | None, typer.Option(
@@ -26,9 +26,9 @@ def report(night: Annotated[str | None, typer.Option(
     map, mass before/after, every candidate edit with its diff, verification, gate, decision,
     cost) and its JSON summary."""
     from cegraph.report import write_report
-    from storage import Warehouse
-    from storage.night_summary import NightNotFound, summarize
-    from storage.warehouse import CatalogLocked
+    from cegraph.storage import Warehouse
+    from cegraph.storage.night_summary import NightNotFound, summarize
+    from cegraph.storage.warehouse import CatalogLocked
 
     try:
         with Warehouse(home, read_only=True) as wh:

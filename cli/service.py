@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli import render
-from cli.options import SETTINGS, DataPath, Home, Model
-from cli.refining import DatasetOpt, WorkflowOpt, fail, open_home, resolve_workflow
+from cegraph.cli import render
+from cegraph.cli.options import SETTINGS, DataPath, Home, Model
+from cegraph.cli.refining import DatasetOpt, WorkflowOpt, fail, open_home, resolve_workflow
 
 if TYPE_CHECKING:
     from cegraph.graph import Workflow
+    from cegraph.storage import Warehouse
     from cegraph.task import Task
     from cegraph.trace import Trace
-    from storage import Warehouse
 
 
 def default_log(home: Path, workflow: str) -> Path:

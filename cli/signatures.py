@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import render
-from cli.bench import app
-from cli.options import Home
+from cegraph.cli import render
+from cegraph.cli.bench import app
+from cegraph.cli.options import Home
 
 LABELS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "failure_labels.jsonl"
 
@@ -27,7 +27,7 @@ def _pools(wh: Any, dataset: str | None) -> list[tuple[str, str, str, str]]:
 
 
 def _open(home: Path, *, read_only: bool) -> Any:
-    from storage import Warehouse
+    from cegraph.storage import Warehouse
 
     if not (home / "catalog.duckdb").exists():
         raise typer.BadParameter(f"no catalog at {home}; run `cegraph evaluate --dataset gsm8k "
@@ -46,7 +46,7 @@ def bench_failures(home: Home = Path(".cegraph"),
     from cegraph.fss.features import trace_features
     from cegraph.fss.finding import read_failures
     from cegraph.fss.steps import sandbox_runner
-    from storage.digests import passing_solutions, run_digests
+    from cegraph.storage.digests import passing_solutions, run_digests
 
     with _open(home, read_only=True) as wh:
         for workflow, version, model, ds in _pools(wh, dataset):
@@ -158,7 +158,7 @@ def bench_signatures(
     from cegraph.fss.steps import sandbox_runner
     from cegraph.llm import LLM
     from cegraph.local_model import LOCAL_PROVIDER, MODELS, fetch
-    from storage.digests import passing_solutions, run_digests
+    from cegraph.storage.digests import passing_solutions, run_digests
 
     chosen = [check_recipe(r.strip()) for r in recipes.split(",") if r.strip()]
     hand = load_labels(labels) if labels.exists() else {}

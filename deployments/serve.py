@@ -13,8 +13,8 @@ from typing import Any
 
 from prefect import serve as prefect_serve
 
-from flows.ingest import ingest_logs
-from flows.nightly import nightly_refinement
+from cegraph.flows.ingest import ingest_logs
+from cegraph.flows.nightly import nightly_refinement
 
 NIGHTLY = "0 2 * * *"
 

@@ -16,9 +16,9 @@ from cegraph.graph import Workflow
 from cegraph.llm import Meter, resolve_model
 from cegraph.preflight import check_model
 from cegraph.seeds import seed
+from cegraph.tasks.execution import run_workflow, store_traces
+from cegraph.tasks.failure_space import analyze_and_store
 from cegraph.trace import Trace
-from tasks.execution import run_workflow, store_traces
-from tasks.failure_space import analyze_and_store
 
 
 @dataclass

@@ -2,10 +2,10 @@
 a night's candidate) against the active one with the nightly gate's own machinery.
 
 Its evidence is fresh in both senses a night's is: the inputs are logged production inputs no
-refinement of the workflow ever ran (`flows.nightly.touched`), at most `max_inputs`, split
+refinement of the workflow ever ran (`cegraph.flows.nightly.touched`), at most `max_inputs`, split
 between failing and passing ones by the holdout's seeded hash (`cegraph.refine.holdout`);
 the candidate runs on them with new calls only, the active version may replay stored ones
-(`flows.nightly.verify_step`). The verdict is the Great Expectations edit gate
+(`cegraph.flows.nightly.verify_step`). The verdict is the Great Expectations edit gate
 (`cegraph.refine.gate`), stored like a night's: one `gate_results` row per expectation
 (`verification_id` = GATE-gate), the inputs in `input_roles` (`scope_id` = GATE, role
 `holdout`), the re-runs in `runs` (`night_id` = GATE) and one `night_runs` row whose
@@ -25,13 +25,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from cegraph.evaluator_spec import gradeable
+from cegraph.flows.nightly import NightSettings, evidence, logged_runs, touched, verify_step
 from cegraph.refine import gate, holdout
 from cegraph.refine.cost import CostBounds
 from cegraph.refine.loop import Budget
-from flows.nightly import NightSettings, evidence, logged_runs, touched, verify_step
-from storage.nights import Night, open_catalog
-from storage.registry import Registry, RegistryError
-from storage.warehouse import _now
+from cegraph.storage.nights import Night, open_catalog
+from cegraph.storage.registry import Registry, RegistryError
+from cegraph.storage.warehouse import _now
 
 #: a gate's verdict in the night's decision words (`night_runs.decision`)
 DECISION = {"passed": "proposed", "failed": "gated_out", "undecided": "undecided"}

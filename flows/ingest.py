@@ -7,9 +7,9 @@ from pathlib import Path
 from prefect import flow
 
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT
-from storage import default_home
-from tasks.failure_space import analyze_and_store
-from tasks.ingest import DATASET, SOURCE, Ingested, ingest_files
+from cegraph.storage import default_home
+from cegraph.tasks.failure_space import analyze_and_store
+from cegraph.tasks.ingest import DATASET, SOURCE, Ingested, ingest_files
 
 
 @flow(name="ingest-logs", log_prints=True)

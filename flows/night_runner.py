@@ -5,6 +5,6 @@ so a deployment moves to a Dask cluster by configuration, not code."""
 
 from __future__ import annotations
 
-from flows.nightly import night_flow
+from cegraph.flows.nightly import night_flow
 
 nightly_refinement = night_flow()

@@ -36,7 +36,7 @@ promoted meanwhile) stops as `stale` and promotes nothing.
 The flow holds the catalog while it writes (waiting, bounded, while an ingest holds it);
 after every step (and every few seconds of refinement) it leaves a snapshot for `cegraph
 sql` (see `Warehouse.snapshot`). Two nights of one workflow never interleave: the night's
-lock is a lease its heartbeat renews (`storage.nights`).
+lock is a lease its heartbeat renews (`cegraph.storage.nights`).
 """
 
 from __future__ import annotations
@@ -68,15 +68,15 @@ from cegraph.refine.loop import (
     llm_calls_per_run,
 )
 from cegraph.refine.projection import Projection, project
+from cegraph.storage import Warehouse
+from cegraph.storage.nights import LEASE_S, Night, NightStore, open_catalog
+from cegraph.storage.refinement import RefinementJournal
+from cegraph.storage.registry import Registry, Stale
+from cegraph.storage.warehouse import _now
 from cegraph.task import Task
+from cegraph.tasks.batch import journaled, prefect_batch, prune_journals
+from cegraph.tasks.verification import verify_chunk
 from cegraph.trace import INFRASTRUCTURE, Trace
-from storage import Warehouse
-from storage.nights import LEASE_S, Night, NightStore, open_catalog
-from storage.refinement import RefinementJournal
-from storage.registry import Registry, Stale
-from storage.warehouse import _now
-from tasks.batch import journaled, prefect_batch, prune_journals
-from tasks.verification import verify_chunk
 
 DATASET = SOURCE = "production"
 
@@ -222,7 +222,7 @@ def logged_runs(wh: Warehouse, workflow: str, *, since: Any,
     """The workflow's graded production runs logged after `since` (None: all), skipping
     batches whose ingest gate failed unless `include_marked`; failing ones first. A passing
     run's own output is its reference: it passed against the one its log carried."""
-    from storage.ingest import IngestStore
+    from cegraph.storage.ingest import IngestStore
 
     marked = [] if include_marked else sorted(IngestStore(wh).marked_batches())
     rows = wh.rows(
@@ -318,7 +318,7 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
                                          p.target[:50], p.candidate, p.message, p.calls,
                                          p.budget_calls)
     result = asyncio.run(run.run())
-    from storage.night_summary import to_mode_table
+    from cegraph.storage.night_summary import to_mode_table
 
     # the refinement names its modes among its own failures: one id everywhere, the table's
     renamed = to_mode_table(wh, result.refine_id, night.workflow)
@@ -389,7 +389,7 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
             judge=_judge(evaluator, s),
             known=replay[side] + made, concurrency=s.concurrency, **share)
             for (side, i), made in pending.items()}
-        # verify-chunk journals under its task run's id (`tasks.verification`)
+        # verify-chunk journals under its task run's id (`cegraph.tasks.verification`)
         journaled([f"gate-{f.task_run_id}" for f in futures.values()])
         retry: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for key, future in sorted(futures.items()):
@@ -594,7 +594,7 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
     """The night's JSON summary, and its HTML report (`cegraph.report.write_report`) when
     its workflow's failure modes have been mapped (`nights`, by ingest-logs)."""
     from cegraph.report import write_report
-    from storage.night_summary import NightNotFound, latest_night, summarize
+    from cegraph.storage.night_summary import NightNotFound, latest_night, summarize
 
     out = wh.home / "reports" / summary["night_id"]
     out.mkdir(parents=True, exist_ok=True)
@@ -626,7 +626,8 @@ def write_summary(wh: Warehouse, summary: dict[str, Any]) -> tuple[Path, Path | 
 
 
 def _prune(log: Any) -> None:
-    """Prune the call journals of the night's chunks (`tasks.batch`): its calls are stored."""
+    """Prune the call journals of the night's chunks (`cegraph.tasks.batch`): its calls are
+    stored."""
     try:
         prune_journals()
     except Exception as exc:  # a cluster gone took its journals with it
@@ -710,7 +711,7 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
     runner itself is `night_flow`'s). Returns the nights' summaries."""
     from cegraph.config import Settings
     from cegraph.preflight import check_model
-    from storage.nights import NightBusy
+    from cegraph.storage.nights import NightBusy
 
     config = Settings.load().night
     runner, chunk = runner or config.runner, chunk or config.chunk

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from storage.warehouse import Warehouse
+from cegraph.storage.warehouse import Warehouse
 
 
 class AuditRefused(ValueError):

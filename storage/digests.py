@@ -12,7 +12,7 @@ from cegraph.fss.failure import Failure
 from cegraph.fss.features import NodeOutput, RunDigest, kind_of_dataset, outputs_text, question_of
 
 if TYPE_CHECKING:
-    from storage.warehouse import Warehouse
+    from cegraph.storage.warehouse import Warehouse
 
 
 def run_digests(wh: Warehouse, failures: Sequence[Failure]) -> dict[str, RunDigest]:

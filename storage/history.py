@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.schema import TABLE, TABLES, arrow_schema
+from cegraph.storage.schema import TABLE, TABLES, arrow_schema
 
 
 def write(root: Path, table: str, data: pa.Table | dict[str, list[Any]] | list[dict[str, Any]],

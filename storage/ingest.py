@@ -22,7 +22,7 @@ import pyarrow as pa
 from cegraph.ingest.accounting import Fault
 from cegraph.ingest.span import LogRecord, SourceSpan
 from cegraph.ingest.staging import log_key
-from storage.warehouse import Warehouse
+from cegraph.storage.warehouse import Warehouse
 
 
 def _now() -> dt.datetime:

@@ -25,8 +25,8 @@ from cegraph.report.summary import (
     Verification,
     describe,
 )
-from storage.vectors import VectorIndex
-from storage.warehouse import Warehouse
+from cegraph.storage.vectors import VectorIndex
+from cegraph.storage.warehouse import Warehouse
 
 
 class NightNotFound(LookupError):

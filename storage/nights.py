@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.warehouse import CatalogLocked, Warehouse, _now
+from cegraph.storage.warehouse import CatalogLocked, Warehouse, _now
 
 #: Lock tokens of the nights running in this process (a holder with this pid is alive only
 #: while its token is here; a crashed in-process night leaves its row behind).

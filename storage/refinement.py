@@ -10,8 +10,8 @@ from typing import Any
 
 from cegraph.graph import Workflow
 from cegraph.refine.memory import NOT_CHOSEN
+from cegraph.storage.warehouse import Warehouse, _now
 from cegraph.trace import Trace
-from storage.warehouse import Warehouse, _now
 
 
 class RefinementJournal:

@@ -26,7 +26,7 @@ from typing import Any
 from cegraph.evaluator_spec import EvaluatorSpec
 from cegraph.graph import Workflow
 from cegraph.refine.gate import SUITE_NAME, GateVerdict
-from storage.warehouse import Warehouse, _now
+from cegraph.storage.warehouse import Warehouse, _now
 
 
 class RegistryError(ValueError):

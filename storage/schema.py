@@ -599,6 +599,6 @@ def markdown() -> str:
         out += [f"| {c.name} | {c.type} | {c.doc}"
                 + (f" (since v{c.since})" if c.since > 1 else "") + " |" for c in t.columns]
         out.append("")
-    from storage import views
+    from cegraph.storage import views
 
     return "\n".join(out + views.markdown())

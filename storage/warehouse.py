@@ -27,9 +27,9 @@ from cegraph.fss.signature import Signature
 from cegraph.graph import Workflow
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import Completion
+from cegraph.storage import history, views
+from cegraph.storage.schema import SCHEMA_VERSION, TABLE, TABLES, arrow_schema, migration
 from cegraph.trace import Trace
-from storage import history, views
-from storage.schema import SCHEMA_VERSION, TABLE, TABLES, arrow_schema, migration
 
 SNAPSHOT = Path("snapshot") / "catalog.duckdb"
 
@@ -457,7 +457,7 @@ class Warehouse:
         if not fresh:
             return 0
         by_id = {f.failure_id: f for f in failures}
-        from storage.vectors import VectorIndex  # LanceDB only when vectors are written
+        from cegraph.storage.vectors import VectorIndex  # LanceDB only when vectors are written
 
         index = VectorIndex(self.vectors_path, len(fresh[0].vector))
         groups: dict[tuple[str, str], list[Signature]] = {}

@@ -19,9 +19,9 @@ from cegraph.executor import Executor, stable_run_id
 from cegraph.graph import Workflow
 from cegraph.llm import LLM, Meter
 from cegraph.progress import Progress, live
+from cegraph.storage import Warehouse
 from cegraph.task import Task
 from cegraph.trace import Trace
-from storage import Warehouse
 
 #: Seconds between progress lines in a task's log (a line also follows every finished run).
 PROGRESS_EVERY_S = 10.0

@@ -23,8 +23,8 @@ from cegraph.fss.recipe import (
 from cegraph.fss.signature import DEFAULT_LOCUS_WEIGHT, MiniLMEmbedder, SignatureBuilder
 from cegraph.fss.steps import sandbox_runner
 from cegraph.llm import LLM, Meter
-from storage import Warehouse
-from storage.digests import passing_solutions, run_digests
+from cegraph.storage import Warehouse
+from cegraph.storage.digests import passing_solutions, run_digests
 
 
 @task(name="analyze-failures", cache_policy=NO_CACHE)

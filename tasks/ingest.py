@@ -30,11 +30,11 @@ from cegraph.ingest.lines import Cut
 from cegraph.ingest.mapping import Mappings
 from cegraph.ingest.pipeline import Batch, Line, Pipeline
 from cegraph.ingest.receiver import Refused
+from cegraph.storage import Warehouse
+from cegraph.storage.ingest import IngestStore
+from cegraph.storage.spool import Spool
+from cegraph.storage.warehouse import CatalogLocked
 from cegraph.trace import INFRASTRUCTURE, Trace
-from storage import Warehouse
-from storage.ingest import IngestStore
-from storage.spool import Spool
-from storage.warehouse import CatalogLocked
 
 SOURCE = DATASET = "production"
 #: errors of the machine, not of a record: they stop the ingest (a rerun is safe)
@@ -57,7 +57,7 @@ def source_table(runs: Sequence[Run]) -> Any:
     import pyarrow as pa
 
     from cegraph.ingest.staging import log_key
-    from storage.schema import arrow_schema
+    from cegraph.storage.schema import arrow_schema
 
     spans = [(run.trace.run_id, s, r, node, s.span_id == run.spans[0][0].span_id
               and s.parent_id is None) for run in runs for s, r, node in run.spans]
@@ -245,7 +245,7 @@ def map_failures(home: str | None, result: Ingested, *,
     the receiver; the `ingest-logs` flow runs the same task under Prefect)."""
     from prefect.logging import disable_run_logger
 
-    from tasks.failure_space import analyze_and_store
+    from cegraph.tasks.failure_space import analyze_and_store
 
     with disable_run_logger():
         for n, (workflow, version_id, model) in enumerate(result.pools):

@@ -32,8 +32,8 @@ from cegraph.batch import (
     task_dict,
     task_from,
 )
+from cegraph.tasks.batch import call_log
 from cegraph.trace import INFRASTRUCTURE, Trace
-from tasks.batch import call_log
 
 __all__ = ["BUDGET_ERRORS", "completion_dict", "run_result", "task_dict", "task_from",
            "verify_chunk"]

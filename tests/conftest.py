@@ -135,7 +135,7 @@ def bench_refine(folder: Any, problems: int, *args: str) -> list[dict]:
 
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from cegraph.cli.main import app
 
     data = folder / "gsm8k_validate.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + 1?",
@@ -150,7 +150,7 @@ def bench_refine(folder: Any, problems: int, *args: str) -> list[dict]:
 def ingest_lines(folder: Any, lines: list[str | bytes], **kw: Any) -> dict:
     """Ingest `lines` (one file) into `folder/home`; asserts the accounting holds (lines read
     = stored + duplicates + quarantined) and returns the ingest's summary."""
-    from tasks.ingest import ingest_paths
+    from cegraph.tasks.ingest import ingest_paths
 
     path = folder / "in.jsonl"
     path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n"
@@ -163,7 +163,7 @@ def ingest_lines(folder: Any, lines: list[str | bytes], **kw: Any) -> dict:
 
 def home_rows(folder: Any, sql: str) -> list[tuple]:
     """The rows of `sql` over `folder/home`, read-only."""
-    from storage import Warehouse
+    from cegraph.storage import Warehouse
 
     with Warehouse(folder / "home", read_only=True) as wh:
         return wh.rows(sql)

@@ -30,7 +30,7 @@ class FakeServer:
 
 
 def test_bench_llm_times_the_same_requests_both_ways(monkeypatch):
-    from cli.main import app
+    from cegraph.cli.main import app
 
     servers: list[FakeServer] = []
 
@@ -61,7 +61,7 @@ def test_bench_llm_times_the_same_requests_both_ways(monkeypatch):
 
 
 def test_bench_llm_wants_a_local_model():
-    from cli.main import app
+    from cegraph.cli.main import app
 
     out = CliRunner().invoke(app, ["bench", "llm", "--model", "openai/gpt-4o-mini"])
     assert out.exit_code == 2 and "times the embedded engine: give --model one of" in out.output

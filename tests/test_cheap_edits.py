@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import FixedProposer
 
+from cegraph.cli.plus_one import plus_one_world
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.graph import Workflow
@@ -43,7 +44,6 @@ from cegraph.refine.proposer import (
 from cegraph.refine.verify import Counts, Plan, Verification
 from cegraph.seeds import seed
 from cegraph.task import Task
-from cli.plus_one import plus_one_world
 
 TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(48)]
 RULE = "When a question asks for a sum, add the numbers and check the result once."
@@ -333,8 +333,8 @@ def test_the_same_mode_is_matched_by_centroid_and_a_changed_one_is_tried_anew():
 
 
 def test_the_warehouse_remembers_rejections_but_not_a_beaten_accepted_edit(tmp_path):
-    from storage import Warehouse
-    from storage.refinement import RefinementJournal
+    from cegraph.storage import Warehouse
+    from cegraph.storage.refinement import RefinementJournal
 
     with Warehouse(tmp_path) as wh:
         j = RefinementJournal(wh, dataset="gsm8k", model="m")

@@ -9,15 +9,15 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from cegraph.cli.main import app
 from cegraph.config import ConfigError, Settings
-from cli.main import app
 
 HEAVY = ("litellm", "lancedb", "sklearn", "torch", "prefect", "sentence_transformers")
 
 
-@pytest.mark.parametrize("module", ["storage", "cli.main"])
+@pytest.mark.parametrize("module", ["storage", "cegraph.cli.main"])
 def test_starting_a_command_imports_nothing_heavy(module):
-    # `cegraph sql` took 8 s when `import storage` pulled litellm, lancedb and scikit-learn
+    # `cegraph sql` took 8 s when `import cegraph.storage` pulled litellm, lancedb and scikit-learn
     code = (f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
@@ -39,7 +39,7 @@ def test_a_mistyped_setting_is_one_line_and_help_still_answers(tmp_path):
     (tmp_path / "cegraph.toml").write_text('modle = "qwen"\n')
     with pytest.raises(ConfigError, match="unknown setting 'modle'"):
         Settings.load(tmp_path)
-    run = [sys.executable, "-m", "cli.main"]
+    run = [sys.executable, "-m", "cegraph.cli.main"]
     bad = subprocess.run([*run, "sql", "select 1"], cwd=tmp_path, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr + bad.stdout

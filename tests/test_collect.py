@@ -21,9 +21,9 @@ import pytest
 from otlp_builders import request, span, trace
 
 from cegraph.ingest.receiver import Receiver
-from storage import Warehouse
-from storage.spool import Spool
-from tasks.ingest import SpoolDrainer, SpoolSink, ingest_paths
+from cegraph.storage import Warehouse
+from cegraph.storage.spool import Spool
+from cegraph.tasks.ingest import SpoolDrainer, SpoolSink, ingest_paths
 
 OTEL = Path(__file__).parent / "fixtures" / "otel"
 ROOT = Path(__file__).parent.parent
@@ -175,7 +175,7 @@ def test_a_token_is_required_off_loopback_and_checked(tmp_path: Path) -> None:
 
 def test_a_failing_store_never_stops_the_receiver(tmp_path: Path, receiver: Receiver,
                                                   monkeypatch) -> None:
-    from tasks.ingest import Ingestor
+    from cegraph.tasks.ingest import Ingestor
 
     url = receiver.address + "/v1/traces"
     poison = request(span(1, 1, None, "run", startTimeUnixNano="9" * 40), span(1, 2, 1))
@@ -199,7 +199,7 @@ def test_a_poison_request_is_quarantined_and_the_spool_goes_on(tmp_path: Path,
                                                                 monkeypatch) -> None:
     """A request whose store step raises every time is retried, then quarantined whole;
     the requests before and after it are stored and the receiver keeps answering."""
-    from tasks.ingest import Ingestor
+    from cegraph.tasks.ingest import Ingestor
 
     real = Ingestor.feed
 
@@ -251,7 +251,7 @@ def collect_process(home: Path, flush_s: float) -> tuple[subprocess.Popen, str, 
     log = home.parent / f"collect-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from cli.main import main; main()", "collect", "--port",
+            [sys.executable, "-c", "from cegraph.cli.main import main; main()", "collect", "--port",
              "0", "--home", str(home), "--flush-s", str(flush_s)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from storage import Warehouse
+from cegraph.storage import Warehouse
 from tests.test_nightly import production, world
 
 distributed = pytest.importorskip("distributed")
@@ -156,7 +156,7 @@ def cluster() -> Iterator[str]:
 
 def night(home: Path, model: Model, runner: str = "local", address: str | None = None,
           **kw: Any) -> dict[str, Any]:
-    from flows.nightly import night_flow
+    from cegraph.flows.nightly import night_flow
 
     params = {"home": str(home), "model": "openai/x", "api_base": model.url,
               "budget_calls": 400, "max_latency_ratio": 1e9, "runner": runner, "chunk": 2,
@@ -187,7 +187,7 @@ def audit(home: Path) -> dict[str, list]:
 
 
 def journals(address: str) -> list[str]:
-    """The chunks' call journals the scheduler keeps (`tasks.batch`): one topic a chunk."""
+    """The chunks' call journals the scheduler keeps (`cegraph.tasks.batch`): one topic a chunk."""
     with distributed.Client(address, timeout=60) as client:
         return client.run_on_scheduler(lambda dask_scheduler: sorted(
             t for t in dask_scheduler._broker._topics if t.startswith("cegraph-calls-")))
@@ -307,11 +307,11 @@ def stored_calls(home: Path) -> dict[str, str]:
 def test_a_night_on_the_cluster_calls_the_model_the_engine_serves_on_loopback(
         harness, scripted, cluster, tmp_path):
     from cegraph.evaluator_spec import EvaluatorSpec
+    from cegraph.flows.nightly import night_flow
     from cegraph.graph import Workflow
     from cegraph.local_model import fetch
     from cegraph.seeds import seed
-    from flows.nightly import night_flow
-    from storage.registry import Registry
+    from cegraph.storage.registry import Registry
 
     fetch(SERVED)
     short = seed("math").model_dump(exclude_defaults=True)

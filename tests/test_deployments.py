@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Warehouse
+from cegraph.storage import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")

@@ -114,7 +114,7 @@ def test_code_features_say_how_and_on_which_input():
 
 
 def test_features_are_stored_in_their_columns(tmp_path):
-    from storage import Warehouse
+    from cegraph.storage import Warehouse
 
     t = math_trace("3 * 4 = 12 apples.\n12 + 6 = 18 apples.\n\\boxed{18}", "12")
     with Warehouse(tmp_path) as wh:
@@ -225,8 +225,8 @@ def test_prompt_shows_the_trace_step_by_step():
 def test_bench_failures_and_signatures_on_a_home(tmp_path, scripted):
     from typer.testing import CliRunner
 
-    from cli.main import app
-    from storage import Warehouse
+    from cegraph.cli.main import app
+    from cegraph.storage import Warehouse
 
     question = "A shirt costs 40 dollars; the discount is 10 dollars. What percent is it?"
     percent = [math_trace("10 / 40 = 0.25\n\\boxed{0.25}", "0.25", "25", question=question,

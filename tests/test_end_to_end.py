@@ -9,12 +9,12 @@ from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from cegraph.benchmarks import load
+from cegraph.cli.main import app
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.llm import LLM
 from cegraph.local_model import fetch, verify
 from cegraph.seeds import seed
-from cli.main import app
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_real_local_model_on_two_gsm8k_problems():
 
 
 def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, prefect):
-    from flows.evaluation import evaluate_workflow
-    from storage import Warehouse
+    from cegraph.flows.evaluation import evaluate_workflow
+    from cegraph.storage import Warehouse
 
     scripted.reply = lambda messages: ('{"label": "Off-by-everything arithmetic"}'
                                        if "Name this failure mode" in messages[-1]["content"]
@@ -91,7 +91,7 @@ def test_flow_stores_runs_failures_signatures_and_modes(tmp_path, scripted, pref
 def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, monkeypatch):
     from prefect import flow
 
-    import tasks.execution
+    import cegraph.tasks.execution
     from cegraph.llm import Meter
 
     class CrashesOnce(Executor):  # the first attempt dies after its calls were made
@@ -104,12 +104,12 @@ def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, 
                 raise RuntimeError("worker lost")
             return traces
 
-    monkeypatch.setattr(tasks.execution, "Executor", CrashesOnce)
+    monkeypatch.setattr(cegraph.tasks.execution, "Executor", CrashesOnce)
     meter = Meter(max_tokens=100_000)
 
     @flow
     def job() -> int:
-        return len(tasks.execution.run_workflow.with_options(retry_delay_seconds=0)(
+        return len(cegraph.tasks.execution.run_workflow.with_options(retry_delay_seconds=0)(
             str(tmp_path), seed("math"), load("gsm8k", n=2), model="scripted/m",
             meter=meter).traces)
 
@@ -120,8 +120,8 @@ def test_a_retried_task_spends_from_the_jobs_meter(tmp_path, scripted, prefect, 
 
 def test_recipes_are_never_matched_across_nights_and_diagnosis_is_paid_once(
         tmp_path, scripted, prefect):
-    from flows.evaluation import evaluate_workflow
-    from storage import Warehouse
+    from cegraph.flows.evaluation import evaluate_workflow
+    from cegraph.storage import Warehouse
 
     diagnosis = json.dumps({"node": "solve", "step": 1, "kind": "wrong_operation",
                             "explanation": "Answered zero instead of computing."})
@@ -154,8 +154,8 @@ def test_recipes_are_never_matched_across_nights_and_diagnosis_is_paid_once(
 
 
 def test_default_recipe_names_modes_by_the_step_checkers_finding(tmp_path, scripted, prefect):
-    from flows.evaluation import evaluate_workflow
-    from storage import Warehouse
+    from cegraph.flows.evaluation import evaluate_workflow
+    from cegraph.storage import Warehouse
 
     scripted.reply = lambda messages: "So 2 + 2 = 5 and the answer is \\boxed{5}."
     analysis = evaluate_workflow(dataset="gsm8k", n=6, model="scripted/m",

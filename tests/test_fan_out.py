@@ -108,7 +108,7 @@ def test_a_fanned_out_refinement_stays_within_its_budget(scripted, embedder):
 def test_the_night_runner_is_configuration_not_code(tmp_path, monkeypatch):
     import yaml
 
-    from flows.nightly import night_flow
+    from cegraph.flows.nightly import night_flow
 
     monkeypatch.chdir(tmp_path)
     assert type(night_flow().task_runner).__name__ == "ThreadPoolTaskRunner"  # the default
@@ -131,7 +131,7 @@ def test_the_readme_night_settings_move_a_night_to_a_cluster(tmp_path, monkeypat
     import re
 
     from cegraph.config import Settings
-    from flows.nightly import night_flow
+    from cegraph.flows.nightly import night_flow
 
     readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()
     [toml] = re.findall(r"```toml\n(.*?)```", readme, re.S)
@@ -147,7 +147,7 @@ def test_bench_night_runs_the_same_night_in_process_and_fanned_out(tmp_path, mon
 
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from cegraph.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(app, ["bench", "night", "--runner", "threads", "--inputs", "12",
@@ -162,7 +162,7 @@ def test_bench_night_runs_the_same_night_in_process_and_fanned_out(tmp_path, mon
 def test_credentials_travel_with_a_chunk_but_never_show(monkeypatch):
     from cegraph.config import Settings
     from cegraph.credentials import Credentials, forwarded
-    from flows.nightly import served
+    from cegraph.flows.nightly import served
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-flow")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant")
@@ -189,7 +189,7 @@ def test_credentials_travel_with_a_chunk_but_never_show(monkeypatch):
 
 
 def test_journals_of_chunks_this_process_ran_are_pruned():
-    from tasks import batch
+    from cegraph.tasks import batch
 
     batch.LOCAL.add("lost-attempt", {"key": "k"})  # an attempt that raised left it behind
     batch.LOCAL.add("other-night", {"key": "k2"})

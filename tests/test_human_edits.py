@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from cegraph.cli.main import app
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.graph import Workflow
 from cegraph.llm import LLM
 from cegraph.refine.edits import parse_edit
 from cegraph.seeds import seed
+from cegraph.storage import Warehouse
+from cegraph.storage.registry import Registry
 from cegraph.task import Task
-from cli.main import app
-from storage import Warehouse
-from storage.registry import Registry
 from tests.test_nightly import MODEL, production, run_night, world
 
 NAME = seed("math").name

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import Warehouse
-from tasks.ingest import ingest_paths
+from cegraph.storage import Warehouse
+from cegraph.tasks.ingest import ingest_paths
 
 OTEL = Path(__file__).parent / "fixtures" / "otel"
 SPANS = OTEL / "genai_spans.jsonl"
@@ -162,7 +162,7 @@ def test_killed_ingest_rerun_equals_clean_run(tmp_path: Path, monkeypatch) -> No
     def dies_on_third(self, tables, **kw):  # killed after some files of the 3rd batch
         calls["n"] += 1
         if calls["n"] == 3:
-            from storage import history
+            from cegraph.storage import history
             history.write(self.history_root, "runs", tables["runs"], batch_id=kw["batch_id"])
             raise KeyboardInterrupt("killed")
         return original(self, tables, **kw)
@@ -185,7 +185,7 @@ def test_gate_fails_a_batch_with_negative_token_counts(tmp_path: Path) -> None:
                                   "WHERE NOT success")
     assert len(failed) == 1 and "min_tokens" in failed[0][0] and failed[0][1] == "1"
     assert rows(tmp_path / "h", "SELECT gate_passed FROM ingest_batches") == [(False,)]
-    from storage.ingest import IngestStore
+    from cegraph.storage.ingest import IngestStore
 
     with Warehouse(tmp_path / "h") as wh:
         assert IngestStore(wh).marked_batches() == set(result.marked_batches)
@@ -226,7 +226,7 @@ def test_incomplete_trace_stays_staged_across_ingests(tmp_path: Path) -> None:
 def test_cli_ingest_then_modes_show_production_failures(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from cegraph.cli.main import app
 
     runner = CliRunner()
     home = str(tmp_path / "home")
@@ -256,7 +256,7 @@ def test_cli_ingest_then_modes_show_production_failures(tmp_path: Path) -> None:
 def test_bench_ingest_on_a_small_slice() -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from cegraph.cli.main import app
 
     result = CliRunner().invoke(app, ["bench", "ingest", "--spans", "1000", "--json"])
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ from conftest import home_rows as rows
 from conftest import ingest_lines as ingest
 from otlp_builders import T0, attr, request, span, trace
 
-from tasks.ingest import ingest_paths
+from cegraph.tasks.ingest import ingest_paths
 
 
 @pytest.mark.parametrize("field", [
@@ -185,7 +185,7 @@ def test_log_records_without_ids_are_counted(tmp_path: Path) -> None:
 def test_an_unforeseen_error_costs_one_line_trace_or_run(tmp_path: Path,
                                                          monkeypatch) -> None:
     from cegraph.ingest import otlp, pipeline
-    from storage.warehouse import Warehouse as Wh
+    from cegraph.storage.warehouse import Warehouse as Wh
 
     real_spans, real_assemble, real_record = otlp.spans, pipeline.assemble, Wh.record_traces
 

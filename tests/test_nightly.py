@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from cegraph.cli.plus_one import asked, night_world
 from cegraph.evaluator_spec import EvaluatorSpec
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
 from cegraph.llm import LLM
 from cegraph.refine import holdout
 from cegraph.seeds import seed
+from cegraph.storage import Warehouse
+from cegraph.storage.registry import Registry
 from cegraph.task import Task
-from cli.plus_one import asked, night_world
-from storage import Warehouse
-from storage.registry import Registry
 
 TASKS = [Task(f"p{i}", "production", f"What is {i} + 1?", str(i + 1), metadata={"kind": "math"})
          for i in range(40)]  # 26 failing, 14 passing: the holdout gets 6 and 4
@@ -53,7 +53,7 @@ def production(home: Path, scripted: Any, *, modes: bool = False, batch: str = "
         wh.record_traces(traces, night_id=f"ingest-{batch}", source="production",
                          dataset="production", model=llm.identity)
     if modes:  # as ingest-logs does
-        from tasks.failure_space import analyze_and_store
+        from cegraph.tasks.failure_space import analyze_and_store
 
         analyze_and_store(str(home), workflow=seed("math").name, version_id=version,
                           night_id="ingest-1-0", model=llm.identity, dataset="production",
@@ -68,7 +68,7 @@ def harness():
 
 
 def run_night(home: Path, **kw: Any) -> dict[str, Any]:
-    from flows.nightly import nightly_refinement
+    from cegraph.flows.nightly import nightly_refinement
 
     # scripted calls take no time worth comparing: latency is not what these tests gate on
     return nightly_refinement(home=str(home), model=MODEL,
@@ -183,7 +183,7 @@ def test_a_memorizing_edit_accepted_by_refinement_is_gated_out_on_the_holdout(
         assert status == "gated_out" and "target_gain" in why
         [(decided, reason)] = wh.rows("SELECT decision, reason FROM night_runs")
         assert decided == "gated_out" and "target_gain" in reason
-        from storage.registry import RegistryError
+        from cegraph.storage.registry import RegistryError
 
         with pytest.raises(RegistryError, match="did not pass its gate"):
             reg.promote(night["candidate_version_id"], reason="sure?")
@@ -202,7 +202,7 @@ def test_a_holdout_too_small_to_decide_is_undecided_and_promotes_nothing(
         [(status, why)] = wh.rows("SELECT status, reject_reason FROM edits WHERE "
                                   "candidate_version_id = ?", [night["candidate_version_id"]])
         assert status == "accepted" and why.startswith("gate undecided")
-        from storage.registry import RegistryError
+        from cegraph.storage.registry import RegistryError
 
         with pytest.raises(RegistryError, match="did not pass its gate"):
             reg.promote(night["candidate_version_id"], reason="looks fine")
@@ -390,7 +390,7 @@ def test_sql_audit_succeeds_while_a_night_writes(harness, scripted, tmp_path):
 
     def audit() -> None:
         done = subprocess.run(
-            [sys.executable, "-m", "cli.main", "sql", "SELECT status, step FROM night_runs",
+            [sys.executable, "-m", "cegraph.cli.main", "sql", "SELECT status, step FROM night_runs",
              "--home", str(home), "--format", "csv"], cwd=repo, capture_output=True,
             text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})
         assert done.returncode == 0, done.stdout + done.stderr
@@ -422,7 +422,7 @@ def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scr
                                                                     tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from cegraph.cli.main import app
 
     home = tmp_path / "home"
     production(home, scripted)
@@ -444,7 +444,7 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
     audit queries; the next demo starts again from the seed."""
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from cegraph.cli.main import app
 
     scripted.reply = world
     data = tmp_path / "gsm8k.jsonl"
@@ -494,7 +494,7 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
     asked = [c[-1]["content"] for c in scripted.calls if "Python program" in c[-1]["content"]]
     assert all(any(q in a for a in asked) for q in fresh)
     # the next demo starts again from the seed (a recorded rollback), so it replays
-    from cli.demo import _start_from_seed
+    from cegraph.cli.demo import _start_from_seed
 
     _start_from_seed(home)
     with Warehouse(home) as wh:
@@ -504,7 +504,7 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
 
 
 def test_a_logged_runs_input_is_what_the_workflow_received():
-    from flows.nightly import logged_input
+    from cegraph.flows.nightly import logged_input
 
     genai = json.dumps({"gen_ai.input.messages": json.dumps([
         {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
@@ -518,7 +518,7 @@ def test_a_logged_runs_input_is_what_the_workflow_received():
 
 
 def test_a_gate_chunk_is_bounded_in_tokens_and_replays_only_what_it_is_given(scripted):
-    from tasks.verification import task_dict, verify_chunk
+    from cegraph.tasks.verification import task_dict, verify_chunk
 
     scripted.reply = world
     wf, sample = seed("math").model_dump_json(), [task_dict(t) for t in TASKS[:4]]
@@ -549,9 +549,9 @@ def test_a_wrong_model_is_one_line_and_starts_no_night(harness, scripted, tmp_pa
                                                        monkeypatch, model, says):
     from typer.testing import CliRunner
 
+    from cegraph.cli.main import app
+    from cegraph.flows.nightly import nightly_refinement
     from cegraph.preflight import ModelUnavailable
-    from cli.main import app
-    from flows.nightly import nightly_refinement
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     home = tmp_path / "home"

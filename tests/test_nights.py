@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from storage import Warehouse
-from storage.nights import NightBusy, NightStore, open_catalog
-from storage.warehouse import CatalogLocked, _now
+from cegraph.storage import Warehouse
+from cegraph.storage.nights import NightBusy, NightStore, open_catalog
+from cegraph.storage.warehouse import CatalogLocked, _now
 
 
 def _other_host_night(wh: Warehouse, *, lease_left_s: float) -> None:
@@ -47,7 +47,7 @@ def test_a_lease_held_by_a_dead_worker_on_another_host_expires(tmp_path: Path) -
 
 
 def test_a_live_lease_on_another_host_refuses_and_can_be_cleared(tmp_path: Path) -> None:
-    from cli.main import app
+    from cegraph.cli.main import app
 
     home = tmp_path / "home"
     with Warehouse(home) as wh:

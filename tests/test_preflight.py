@@ -45,7 +45,7 @@ def test_callable_models_pass(scripted):
 
 
 def test_the_flow_fails_before_any_task_runs(tmp_path, scripted):
-    from flows.evaluation import evaluate_workflow
+    from cegraph.flows.evaluation import evaluate_workflow
 
     with pytest.raises(ModelUnavailable, match="write it as provider/model"):
         evaluate_workflow.fn(dataset="gsm8k", n=2, home=str(tmp_path / "home"),
@@ -54,7 +54,7 @@ def test_the_flow_fails_before_any_task_runs(tmp_path, scripted):
 
 
 def test_the_cli_prints_one_line_and_exits_2(monkeypatch, capsys):
-    from cli.main import main
+    from cegraph.cli.main import main
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setattr(sys, "argv", ["cegraph", "run", "--n", "1", "--model", "openai/m"])

@@ -34,7 +34,7 @@ def test_live_shows_a_line_at_once_and_while_nothing_finishes():
 
 
 def test_the_prefect_task_logs_progress_lines(tmp_path, scripted, monkeypatch):
-    import tasks.execution as execution
+    import cegraph.tasks.execution as execution
     from cegraph.seeds import seed
 
     logged: list[str] = []
@@ -53,7 +53,7 @@ def test_the_prefect_task_logs_progress_lines(tmp_path, scripted, monkeypatch):
 
 
 def test_cli_run_prints_the_final_progress_line(scripted):
-    from cli.main import app
+    from cegraph.cli.main import app
 
     scripted.reply = lambda m: "\\boxed{1}"
     out = CliRunner().invoke(app, ["run", "--n", "3", "--model", "scripted/m"])
@@ -62,7 +62,7 @@ def test_cli_run_prints_the_final_progress_line(scripted):
 
 
 def test_bench_refine_shows_progress_for_scoring_and_refining(scripted):
-    from cli.main import app
+    from cegraph.cli.main import app
 
     scripted.reply = lambda m: "\\boxed{1}"
     out = CliRunner().invoke(app, ["bench", "refine", "--model", "scripted/m", "--dev", "4",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from cegraph.cli.main import app
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
@@ -60,7 +60,7 @@ def test_every_documented_command_is_run_by_a_test():
 
 
 def test_the_readme_sql_runs_verbatim(tmp_path):
-    from storage import Warehouse
+    from cegraph.storage import Warehouse
 
     Warehouse(tmp_path).close()
     queries = [a for a in readme_commands() if a[0] == "sql"]
@@ -83,7 +83,7 @@ def test_the_instrumentation_example_ingests_as_documented(tmp_path, monkeypatch
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     from cegraph.serving.otlp_file import OtlpJsonFileExporter
-    from storage import Warehouse
+    from cegraph.storage import Warehouse
 
     [example] = [b for b in blocks("python") if "invoke_workflow" in b]
     log = tmp_path / "spans.jsonl"

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cegraph.cli.main import app
+from cegraph.cli.plus_one import asked, plus_one_world, proposes
 from cegraph.evaluator_spec import EvaluatorSpec, grader
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
@@ -45,8 +47,6 @@ from cegraph.refine.proposer import (
 from cegraph.refine.verify import Counts, Plan, Verification, Verifier
 from cegraph.seeds import seed
 from cegraph.task import Task
-from cli.main import app
-from cli.plus_one import asked, plus_one_world, proposes
 
 TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(30)]
 

@@ -14,8 +14,8 @@ from cegraph.graph import Workflow
 from cegraph.refine.cost import CostPerRun
 from cegraph.refine.gate import GateEvidence, check
 from cegraph.seeds import seed
-from storage import Warehouse
-from storage.registry import Gate, Registry, RegistryError, Stale
+from cegraph.storage import Warehouse
+from cegraph.storage.registry import Gate, Registry, RegistryError, Stale
 
 NUMERIC = EvaluatorSpec(kind="numeric")
 
@@ -186,8 +186,8 @@ def test_the_latest_gate_decides(reg: Registry) -> None:
 
 
 def test_cli_register_promote_rollback_export(tmp_path: Path) -> None:
-    from cli.main import app
-    from cli.refining import resolve_workflow
+    from cegraph.cli.main import app
+    from cegraph.cli.refining import resolve_workflow
 
     home = tmp_path / "home"
     wf_file = tmp_path / "mine.yaml"

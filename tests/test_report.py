@@ -15,10 +15,10 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from cegraph.cli.main import app
+from cegraph.flows.evaluation import evaluate_workflow
 from cegraph.report import NightSummary, write_report
 from cegraph.report.projection import project
-from cli.main import app
-from flows.evaluation import evaluate_workflow
 from tests.test_refine import world
 
 CHROMIUM = os.environ.get("CEGRAPH_CHROMIUM") or shutil.which("chromium") or shutil.which(
@@ -124,7 +124,7 @@ def test_write_report_takes_a_dict_and_validates_it(tmp_path):
 
 
 def test_report_without_a_night_is_one_line(tmp_path):
-    from storage import Warehouse
+    from cegraph.storage import Warehouse
 
     Warehouse(tmp_path / "h").close()
     out = CliRunner().invoke(app, ["report", "--home", str(tmp_path / "h")])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import re
 
+from cegraph.flows.ingest import ingest_logs
 from cegraph.llm import LLM
 from cegraph.seeds import seed
 from cegraph.serving import OtlpJsonFileExporter, Service, ingest_mapping
+from cegraph.storage import Warehouse
 from cegraph.task import Task
-from flows.ingest import ingest_logs
-from storage import Warehouse
 
 TASKS = [Task(f"q{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(9)]
 
@@ -71,7 +71,7 @@ def test_spans_of_n_answers_are_ingested_without_loss(scripted, tmp_path):
 def test_cli_answer_logs_spans_that_cli_ingest_reads(scripted, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from cegraph.cli.main import app
 
     scripted.reply = reply
     data = tmp_path / "gsm8k.jsonl"

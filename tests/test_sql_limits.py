@@ -5,9 +5,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from storage import Warehouse
-from storage.audit import AuditLimits, AuditRefused, audit_query
+from cegraph.cli.main import app
+from cegraph.storage import Warehouse
+from cegraph.storage.audit import AuditLimits, AuditRefused, audit_query
 
 
 @pytest.fixture

@@ -246,8 +246,8 @@ def test_code_contrast_runs_in_the_sandbox():
 
 def test_a_passing_run_of_the_same_input_is_the_right_path(tmp_path):
     from cegraph.fss.contrast import contrast_math, reference_path
-    from storage import Warehouse
-    from storage.digests import passing_solutions
+    from cegraph.storage import Warehouse
+    from cegraph.storage.digests import passing_solutions
     from tests.test_diagnosis import math_trace
 
     wrong = math_trace("3 + 4 = 7 apples.\n7 + 6 = 13 apples.\n\\boxed{13}", "13", run="w")

@@ -10,7 +10,7 @@ from cegraph.fss.failure import failure_from_trace
 from cegraph.fss.signature import SignatureBuilder
 from cegraph.infrastructure import INFRASTRUCTURE
 from cegraph.llm import LLM
-from storage import VectorIndex, Warehouse, history  # noqa: F401  (history patched)
+from cegraph.storage import VectorIndex, Warehouse, history  # noqa: F401  (history patched)
 from tests.conftest import half_right_traces as traces
 
 STORE = {"night_id": "n1", "source": "benchmark", "dataset": "gsm8k", "model": "m"}

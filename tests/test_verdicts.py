@@ -14,6 +14,7 @@ import pytest
 from conftest import FixedProposer, bench_refine
 
 from cegraph.budget import Meter
+from cegraph.cli.plus_one import asked, plus_one_world
 from cegraph.evaluator_spec import EvaluatorSpec, grader
 from cegraph.evaluators import evaluate
 from cegraph.executor import Executor
@@ -26,7 +27,6 @@ from cegraph.refine.loop import Budget, Refinement, Settings
 from cegraph.refine.verify import CertainlyWorse, Plan, Verifier
 from cegraph.seeds import seed
 from cegraph.task import Task
-from cli.plus_one import asked, plus_one_world
 
 TASKS = [Task(f"t{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(60)]
 UNTOUCHED = [Task(f"u{i}", "gsm8k", f"What is {i} + 1?", str(i + 1)) for i in range(60, 120)]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cegraph.cli.main import app
 from cegraph.fss.signature import SignatureBuilder
 from cegraph.llm import LLM
-from cli.main import app
-from storage import VectorIndex, Warehouse
-from storage.schema import SCHEMA_VERSION, TABLES
+from cegraph.storage import VectorIndex, Warehouse
+from cegraph.storage.schema import SCHEMA_VERSION, TABLES
 from tests.conftest import half_right_traces as traces
 
 
@@ -48,7 +48,7 @@ def test_migration_from_previous_schema_version(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from storage.schema import arrow_schema
+    from cegraph.storage.schema import arrow_schema
 
     with Warehouse(tmp_path, target_version=2) as old:  # through every later migration
         assert old.schema_version() == 2
@@ -142,7 +142,7 @@ def test_every_command_has_help(cmd):
 def test_docs_schema_is_generated_from_the_code():
     from pathlib import Path
 
-    from storage.schema import markdown
+    from cegraph.storage.schema import markdown
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
     assert doc.read_text().strip() == markdown().strip(), "run: cegraph schema --markdown > " \
@@ -150,7 +150,7 @@ def test_docs_schema_is_generated_from_the_code():
 
 
 def test_vector_index_is_built_and_kept_current(tmp_path, monkeypatch):
-    import storage.vectors as vectors
+    import cegraph.storage.vectors as vectors
     from cegraph.fss.signature import Signature
 
     monkeypatch.setattr(vectors, "INDEX_MIN_ROWS", 400)
@@ -286,6 +286,6 @@ def test_history_views_are_bound_once_a_table_has_files(tmp_path, scripted, monk
     {}, {"input": "What is 2+3?"}, {"output": "".join(map(chr, range(128)))},
     {"input": "wörld \u2028 \ud83d\ude00 \x7f"}, {"input": 3, "n": [1, "a"]}, {"k\n": "v\"\\"}])
 def test_a_steps_json_is_written_as_json_dumps_writes_it(value):
-    from storage.warehouse import _json_text
+    from cegraph.storage.warehouse import _json_text
 
     assert _json_text(value) == json.dumps(value, default=str)

@@ -226,7 +226,7 @@ async def diagnose(items: Sequence[tuple[str, RunDigest]], llm: LLM, *,
 
 
 class DiagnosisStore(Protocol):
-    """Where diagnoses are kept (`storage.Warehouse`), so a failure is diagnosed once."""
+    """Where diagnoses are kept (`cegraph.storage.Warehouse`), so a failure is diagnosed once."""
 
     def diagnoses(self, failure_ids: Sequence[str], model: str
                   ) -> dict[str, DiagnosisRecord]: ...

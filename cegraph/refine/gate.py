@@ -21,7 +21,7 @@ check makes it `failed` (the edit is gated out).
 
 The frame GX sees has one row per holdout run of the candidate (its `output`), with the
 summary figures repeated on each row, so each check is one column expectation whose observed
-value is the figure itself. The verdict's rows go to `gate_results` (`storage.registry.
+value is the figure itself. The verdict's rows go to `gate_results` (`cegraph.storage.registry.
 Registry.record_gate`); only a version whose latest gate passed is promoted without `force`.
 """
 

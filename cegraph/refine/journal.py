@@ -50,7 +50,7 @@ class Journal(Protocol):
 
 @dataclass
 class MemoryJournal:
-    """A journal in memory (notebooks, tests); `storage.RefinementJournal` persists."""
+    """A journal in memory (notebooks, tests); `cegraph.storage.RefinementJournal` persists."""
 
     started: dict[str, float] = field(default_factory=dict)
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
