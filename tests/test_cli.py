@@ -15,7 +15,7 @@ from cegraph.config import ConfigError, Settings
 HEAVY = ("litellm", "lancedb", "sklearn", "torch", "prefect", "sentence_transformers")
 
 
-@pytest.mark.parametrize("module", ["storage", "cegraph.cli.main"])
+@pytest.mark.parametrize("module", ["cegraph.storage", "cegraph.cli.main"])
 def test_starting_a_command_imports_nothing_heavy(module):
     # `cegraph sql` took 8 s when `import cegraph.storage` pulled litellm, lancedb and scikit-learn
     code = (f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))")

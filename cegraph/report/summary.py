@@ -1,5 +1,6 @@
 """What one night's report says, as data: the contract between the nightly flow (or
-`cegraph.storage.night_summary.summarize`, which rebuilds it from the warehouse) and the report writer.
+`cegraph.storage.night_summary.summarize`, which rebuilds it from the warehouse) and the
+report writer.
 
 The nightly flow fills a `NightSummary` (or a dict of the same shape) and calls
 `cegraph.report.write_report(summary, out_dir)`; the same JSON is written beside the HTML.
