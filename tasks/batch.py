@@ -143,6 +143,6 @@ def prune_journals() -> int:
     with _journaled_lock:
         ids = sorted(_journaled)
         _journaled.clear()
-    if ids:
-        prune_journals_task.submit(ids).result()
+    if ids:  # bounded: a runner that cannot take the task must not hold the night open
+        prune_journals_task.submit(ids).result(timeout=60)
     return len(ids)
