@@ -754,12 +754,22 @@ def _prefect_api() -> Iterator[None]:
     if ps.PREFECT_API_URL.value():
         yield
         return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
     server = SubprocessASGIServer()  # this process's ephemeral server: started once
     ours = not server.running
     server.start(timeout=180)
     try:
         with ps.temporary_settings({ps.PREFECT_API_URL: server.api_url}):
-            yield
+            try:
+                yield
+            finally:
+                # delivered before the server stops: events left queued for a stopped
+                # server made the next drain in this process (a later flow, a test
+                # harness) wait forever
+                APILogWorker.drain_all(timeout=30)
+                EventsWorker.drain_all(timeout=30)
     finally:
         if ours:
             server.stop()
