@@ -69,10 +69,7 @@ class Meter:
         worst = Reservation(prompt_tokens + max_tokens,
                             price.of(prompt_tokens, max_tokens) if price else 0.0)
         with self._lock:
-            if self.max_calls is not None and self.calls + self.reserved_calls >= self.max_calls:
-                raise BudgetExceeded(
-                    f"call budget of {self.max_calls} would be passed: {self.calls} made, "
-                    f"{self.reserved_calls} in flight; raise max_calls to go on")
+            self._check_calls()
             used = self.tokens_in + self.tokens_out + self.reserved_tokens
             if self.max_tokens is not None and used + worst.tokens > self.max_tokens:
                 raise BudgetExceeded(
@@ -120,11 +117,22 @@ class Meter:
         self.reserved_cost -= reservation.cost
         self.reserved_calls -= 1
 
+    def _check_calls(self) -> None:
+        if self.max_calls is not None and self.calls + self.reserved_calls >= self.max_calls:
+            raise BudgetExceeded(
+                f"call budget of {self.max_calls} would be passed: {self.calls} made, "
+                f"{self.reserved_calls} in flight; raise max_calls to go on")
+
     def charge(self, calls: int, tokens_in: int, tokens_out: int, cost: float, *,
-               generated: bool = False) -> None:
+               generated: bool = False, within: bool = False) -> None:
         """Count spend this meter did not reserve: a resumed job's earlier attempt, or
-        (`generated`) calls made now by another process for this job (a fanned-out chunk)."""
+        (`generated`) calls made now by another process for this job (a fanned-out chunk).
+        `within`: refuse (`BudgetExceeded`) a call the call budget has no room for, as
+        `reserve` would have, so a resumed job replaying its calls stops where the
+        uninterrupted one did instead of passing its budget."""
         with self._lock:
+            if within:
+                self._check_calls()
             self.calls += calls
             self.tokens_in += tokens_in
             self.tokens_out += tokens_out

@@ -56,6 +56,20 @@ def test_budget_settles_to_real_usage_and_releases_on_error(scripted):
     assert meter.reserved_tokens == 0 and meter.calls == 10
 
 
+def test_replayed_calls_charged_to_a_job_never_pass_its_call_budget(scripted):
+    from cegraph.refine.journal import ChargingStore
+
+    store = MemoryCallStore()
+    asyncio.run(gather(LLM("scripted/m", store=store), ["a", "b", "c"]))  # an earlier attempt
+    meter = Meter(max_calls=2)
+    llm = LLM("scripted/m", meter=meter, store=ChargingStore(store, meter, since=0.0))
+    results = asyncio.run(gather(llm, ["a", "b", "c"]))
+    # the stored calls are charged as if made again, and the budget holds for them: a resumed
+    # (or replaying) job stops where an uninterrupted one would have, never at 3 of 2
+    assert [isinstance(r, BudgetExceeded) for r in results] == [False, False, True]
+    assert meter.calls == 2 and scripted.calls[3:] == []
+
+
 def test_one_meter_is_one_budget_across_llms_and_event_loops(scripted):
     scripted.reply = lambda m: "word " * 50  # each call really spends 51 tokens
     meter = Meter(max_tokens=150)

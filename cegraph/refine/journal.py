@@ -105,9 +105,9 @@ class ChargingStore:
         record = self.store.get(key)
         if record is None or key in self.seen or record.created_at < self.since:
             return record
+        self.meter.charge(1, record.tokens_in, record.tokens_out, record.cost, within=True)
         self.seen.add(key)
         self.charged += 1
-        self.meter.charge(1, record.tokens_in, record.tokens_out, record.cost)
         return record
 
     def put(self, record: Completion) -> None:
