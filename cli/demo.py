@@ -1,14 +1,19 @@
 """`cegraph demo` (what `make demo` runs): the nightly pipeline end to end on the embedded
-defaults. Register the seed math workflow; let a small "production" service answer a GSM8K
-slice with its active version, logging OpenTelemetry GenAI spans; ingest those logs; run one
-nightly refinement (the `nightly-refinement` flow: refine, verify, gate, promote); let the
-service answer the next day's questions with whatever version is active then; then print
-the report's path and four audit queries with their output."""
+defaults. Register the demo's production workflow (cegraph/data/demo/math-service.yaml);
+let a small production service answer a day of GSM8K questions with its active version,
+logging OpenTelemetry GenAI spans (the default model's calls for that day ship recorded, so
+it replays in seconds); ingest those logs; run one nightly refinement (the
+`nightly-refinement` flow: refine, verify, gate, promote; every candidate call is new); let
+the service answer the next day's questions with whatever version is active then; then
+print the report's path and four audit queries with their output."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,6 +24,17 @@ from cegraph.cli.options import SETTINGS, DataPath, Home, Model
 
 if TYPE_CHECKING:
     from cegraph.task import Task
+
+#: the production service's workflow, and its first day's calls recorded with the default
+#: model (`cegraph demo --record`), so the demo's day of traffic costs no model time
+WORKFLOW, RECORDED = "math-service.yaml", "production-calls.jsonl.gz"
+DAY = 96  # the recorded day's questions: the first `DAY` of the seeded GSM8K sample
+#: the demo's night is one round on the densest mode with the cheapest edit: one
+#: operator-prior candidate, verified on up to 20 members of the mode and 6 other inputs (the
+#: defaults: up to 8 rounds of 3 prior and 3 LLM-proposed candidates, on 12 and 24), so its
+#: verdict and its gate fit in the demo's minutes
+NIGHT = {"prior_candidates": 1, "llm_candidates": 0, "max_rounds": 1, "counterexamples": 20,
+         "regression": 6}
 
 #: What a user asks the audit first: what changed and why, what the night cost, where the
 #: active version comes from, why a candidate was not taken (docs/schema.md).
@@ -35,22 +51,57 @@ AUDIT = (
 )
 
 
-def _start_from_seed(home: Path) -> str:
-    """Register the seed math workflow (once) and make its seed version active again, so
-    every demo serves the same version and a second demo replays from the call store."""
+def demo_file(name: str) -> Path:
+    """A file of the demo's sample data (`cegraph/data/demo`)."""
+    import cegraph.data
+
+    return Path(cegraph.data.__file__).parent / "demo" / name
+
+
+def _start(home: Path) -> str:
+    """Register the demo's production workflow (once) and make its first version active
+    again, so every demo serves the same version and replays the same recorded calls."""
     from cegraph.cli.refining import open_home
     from cegraph.evaluator_spec import EvaluatorSpec
-    from cegraph.seeds import seed
+    from cegraph.graph import Workflow
     from cegraph.storage.registry import Registry
 
-    wf = seed("math")
+    wf = Workflow.load(demo_file(WORKFLOW))
     with open_home(home) as wh:
         registry = Registry(wh)
-        seed_version = registry.register(wf, evaluator=EvaluatorSpec(kind="numeric"))
+        first = registry.register(wf, evaluator=EvaluatorSpec(kind="numeric"))
         active, _ = registry.active(wf.name)
-        if active != seed_version:
-            registry.rollback(wf.name, to=seed_version, reason="demo: start from the seed")
+        if active != first:
+            registry.rollback(wf.name, to=first, reason="demo: start from the first version")
     return wf.name
+
+
+def _load_recorded(home: Path) -> int:
+    """Put the recorded production day's calls in the home's call store (a key stored
+    already keeps its answer); returns how many the file holds."""
+    from cegraph.cli.refining import open_home
+    from cegraph.llm import Completion
+
+    with gzip.open(demo_file(RECORDED), "rt") as f:
+        calls = [Completion(**json.loads(line)) for line in f]
+    with open_home(home) as wh:
+        for call in calls:
+            wh.put(call)
+    return len(calls)
+
+
+def _record(home: Path, out: Path) -> None:
+    """Write every call in the home's call store to `out` (gzipped JSON lines)."""
+    from cegraph.cli.refining import read_home
+
+    with read_home(home) as wh:
+        keys = [k for (k,) in wh.rows("SELECT key FROM llm_calls ORDER BY created_at, key")]
+        calls = [wh.get(k) for k in keys]
+    with gzip.open(out, "wt") as f:
+        for call in calls:
+            assert call is not None
+            f.write(json.dumps({k: v for k, v in asdict(call).items() if k != "cached"}) + "\n")
+    render.console.print(f"recorded {len(calls)} calls -> {out}", soft_wrap=True)
 
 
 def _serve(name: str, home: Path, tasks: list[Task], *, model: str,
@@ -73,15 +124,17 @@ def _serve(name: str, home: Path, tasks: list[Task], *, model: str,
     return log, mapping
 
 
-def _days(n: int, seed_value: int, data_dir: str | None) -> tuple[list[Task], list[Task]]:
-    """Today's `n` questions and the next day's: up to `n` others of the same split (seeded),
+def _days(n: int, next_n: int, seed_value: int, data_dir: str | None
+          ) -> tuple[list[Task], list[Task]]:
+    """Today's `n` questions and the next day's: `next_n` others of the same split (seeded),
     so the next service run answers inputs the night never saw."""
     from cegraph.benchmarks import load
 
     today = load("gsm8k", path=data_dir, n=n, seed=seed_value)
     seen = {t.id for t in today}
     rest = [t for t in load("gsm8k", path=data_dir) if t.id not in seen]
-    keep = sorted(random.Random(seed_value + 1).sample(range(len(rest)), min(n, len(rest))))
+    keep = sorted(random.Random(seed_value + 1).sample(range(len(rest)),
+                                                       min(next_n, len(rest))))
     return today, [rest[i] for i in keep]
 
 
@@ -103,15 +156,22 @@ def _gate_line(night: dict[str, Any]) -> str | None:
 
 
 def demo(n: Annotated[int, typer.Option(
-             "--n", help="questions the production service answers")] = 12,
+             "--n", help=f"questions the production service answers (the first {DAY} are "
+                         "recorded)")] = DAY,
+         next_n: Annotated[int, typer.Option(
+             "--next", help="questions the next day's service run answers")] = 6,
          budget_calls: Annotated[int, typer.Option(
-             help="the night's hard budget in LLM calls")] = 100,
+             help="the night's hard budget in LLM calls")] = 200,
+         record: Annotated[Path | None, typer.Option(
+             help="only answer the production day with the model (no recorded calls) and "
+                  "write its calls to this file (how the demo's recording was made)")] = None,
          model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
          data_dir: DataPath = SETTINGS.data_dir, seed: int = 0) -> None:
-    """The main job on the embedded defaults: serve the seed math workflow on a GSM8K slice
-    (OpenTelemetry logs), ingest the logs, run one nightly refinement (verify, gate,
-    promote), and print the report and four audit queries. Run it bigger with --n and
-    --budget-calls."""
+    """The main job on the embedded defaults: a production service (cegraph/data/demo/
+    math-service.yaml, the 1.5B's answers to 96 GSM8K questions recorded) logs OpenTelemetry
+    spans; ingest them; run one nightly refinement (verify, gate, promote); let the service
+    answer the next day's questions with whatever version is active then; print the report
+    and four audit queries."""
     from cegraph.flows.ingest import ingest_logs
     from cegraph.flows.nightly import nightly_refinement
     from cegraph.llm import resolve_model
@@ -124,8 +184,16 @@ def demo(n: Annotated[int, typer.Option(
     check_model(resolve_model(model))
     started = time.time()
     home = home.resolve()
-    name = _start_from_seed(home)
-    today, next_day = _days(n, seed, data_dir)
+    name = _start(home)
+    today, next_day = _days(n, next_n, seed, data_dir)
+    if record is not None:
+        _serve(name, home, today, model=model, step="production (recording)")
+        _record(home, record)
+        return
+    recorded = _load_recorded(home)
+    render.console.print(f"[bold]0/4 setup[/bold]: {name} registered; {recorded} recorded calls "
+                         f"of the production day in the call store (home {home})",
+                         soft_wrap=True)
     log, mapping = _serve(name, home, today, model=model, step="1/4 production")
     ingested = ingest_logs([str(log)], home=str(home), mapping=str(mapping))
     s = ingested.summary
@@ -134,7 +202,7 @@ def demo(n: Annotated[int, typer.Option(
                          f"{sum(s['quarantined'].values())}")
     result = nightly_refinement(home=str(home), workflow=name, model=model,
                                 budget_calls=budget_calls, max_inputs=n,
-                                concurrency=SETTINGS.concurrency)
+                                concurrency=SETTINGS.concurrency, **NIGHT)
     [night] = result["nights"]
     render.console.print(
         f"[bold]3/4 nightly refinement[/bold]: {night['decision']}"
@@ -166,6 +234,7 @@ def demo(n: Annotated[int, typer.Option(
     if not night.get("report_path") and night.get("summary_path"):
         render.console.print(f"\nsummary: {night['summary_path']}", soft_wrap=True)
     render.console.print(
-        f"\ndemo done in {time.time() - started:.0f}s. Bigger: cegraph demo --n 100 "
-        f"--budget-calls 400 --home {home}; every night: cegraph serve --home {home}",
+        f"\ndemo done in {time.time() - started:.0f}s. Bigger (questions past the recorded "
+        f"{DAY} answered live): cegraph demo --n 200 --budget-calls 400 --home {home}; every "
+        f"night: cegraph serve --home {home}",
         soft_wrap=True)

@@ -96,6 +96,12 @@ class NightSettings:
     concurrency: int | None = None  # None: as many as the engine has slots
     patience: int = 2
     seed: int = 0
+    # candidates a round verifies: the operator prior's (no call) and the LLM proposers'
+    prior_candidates: int = 3
+    llm_candidates: int = 3
+    max_rounds: int = 8
+    counterexamples: int = 12  # the target mode's verification-role members per candidate
+    regression: int = 24  # other verification-role inputs per candidate (fails and passes)
     bounds: gate.GateBounds = field(default_factory=gate.GateBounds)
     lease_s: float = LEASE_S
     # where the refinement's evaluations and verifications run (`cegraph.config.NightConfig`):
@@ -309,7 +315,11 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
     # never for an earlier night's that an identical refinement would replay
     run = Refinement(active, tasks, llm=llm, budget=budget, journal=journal,
                      settings=Settings(patience=s.patience, seed=s.seed,
-                                       concurrency=s.concurrency, cost=s.bounds.cost),
+                                       concurrency=s.concurrency, cost=s.bounds.cost,
+                                       prior_k=s.prior_candidates, k=s.llm_candidates,
+                                       max_rounds=s.max_rounds,
+                                       counterexamples=s.counterexamples,
+                                       regression=s.regression),
                      evaluate=grader(spec, judge),
                      judge_llm=judge if spec.kind == "judge" else None,  # its calls projected
                      charge_since=_epoch(night.started_at), fan_out=fan_out)
@@ -498,7 +508,9 @@ class WorkflowNight:
         # projected once: a resumed night keeps its projection, hence its refinement's budget
         projected = self.step("project", lambda: asdict(project(
             calls_per_run=llm_calls_per_run(active), inputs=len(refine_tasks),
-            verification=least_verification(Settings(), len(refine_tasks)),
+            verification=least_verification(Settings(counterexamples=s.counterexamples,
+                                                  regression=s.regression),
+                                         len(refine_tasks)),
             gate_inputs=len(held),
             history=_history(self.wh, s.llm().model))))
         projection = Projection(**projected)
@@ -695,6 +707,8 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                        max_inputs: int = 60, holdout_share: float = 0.25,
                        min_failing: int = 3, min_passing: int = 3,
                        concurrency: int | None = None, patience: int = 2, seed: int = 0,
+                       prior_candidates: int = 3, llm_candidates: int = 3,
+                       max_rounds: int = 8, counterexamples: int = 12, regression: int = 24,
                        max_break_rate: float = 0.05,
                        max_calls_ratio: float | None = CostBounds.max_calls_ratio,
                        max_tokens_ratio: float | None = CostBounds.max_tokens_ratio,
@@ -706,7 +720,9 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
     """Refine every registered workflow (or `workflow`) from its logged failures, one hard
     budget per night (calls, tokens, dollars), gated on a holdout of `holdout_share` of the
     night's fresh inputs; the cost bounds (per run, as ratios to the active version's) are
-    the ones refinement and gate share. `runner`, `chunk`, `api_base`: where the batches of
+    the ones refinement and gate share. `prior_candidates` and `llm_candidates`: candidates
+    a round verifies, each on up to `counterexamples` members of the mode and `regression`
+    other inputs; at most `max_rounds` rounds. `runner`, `chunk`, `api_base`: where the batches of
     runs go (default: `[night]` of the settings, `cegraph.config.NightConfig`; the task
     runner itself is `night_flow`'s). Returns the nights' summaries."""
     from cegraph.config import Settings
@@ -727,6 +743,9 @@ def nightly_refinement(home: str | None = None, workflow: str | None = None,
                       propose_only=propose_only, include_marked=include_marked,
                       max_inputs=max_inputs, holdout=holdout_share,
                       concurrency=concurrency, patience=patience, seed=seed, bounds=bounds,
+                      prior_candidates=prior_candidates, llm_candidates=llm_candidates,
+                      max_rounds=max_rounds,
+                      counterexamples=counterexamples, regression=regression,
                       lease_s=lease_s, runner=runner, chunk=chunk,
                       served=served(model, api_base, config.forward_env)
                       if runner != "local" or api_base else None,

@@ -13,6 +13,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cegraph-prefect-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the default home is a fresh folder, never the checkout's `.cegraph`: a test that passes no
+# --home must not meet (or wait on) a job running in the same checkout, such as `make demo`
+os.environ["CEGRAPH_HOME"] = tempfile.mkdtemp(prefix="cegraph-home-")
 
 import litellm  # noqa: E402
 import prefect.main  # noqa: E402, F401  (Prefect's console log handler binds the stderr it first
@@ -39,6 +42,9 @@ class ScriptedLLM(CustomLLM):
         self.calls: list[list[dict[str, str]]] = []
         self.fail_first: int = 0
         self.finish_reason = "stop"
+        # a test's function of the messages and the call's max_tokens giving the reply and
+        # its finish reason (a token cap that cuts the reasoning); `reply` otherwise
+        self.capped: Callable[[list[dict[str, str]], int], tuple[str, str]] | None = None
         self.delay = 0.0
         self.in_flight = 0
         self.peak = 0
@@ -49,9 +55,12 @@ class ScriptedLLM(CustomLLM):
             self.fail_first -= 1
             raise litellm.ServiceUnavailableError("scripted outage", llm_provider="scripted",
                                                   model=model)
-        text = self.reply(messages)
+        text, finish = self.reply(messages), self.finish_reason
+        if self.capped is not None:
+            text, finish = self.capped(
+                messages, int((kwargs.get("optional_params") or {}).get("max_tokens") or 0))
         return litellm.ModelResponse(
-            model=model, choices=[{"index": 0, "finish_reason": self.finish_reason,
+            model=model, choices=[{"index": 0, "finish_reason": finish,
                                    "message": {"role": "assistant", "content": text}}],
             usage={"prompt_tokens": sum(len(m["content"].split()) for m in messages),
                    "completion_tokens": len(text.split()),
@@ -78,6 +87,7 @@ def scripted() -> Iterator[ScriptedLLM]:
     _HANDLER.calls = []
     _HANDLER.fail_first = 0
     _HANDLER.finish_reason = "stop"
+    _HANDLER.capped = None
     _HANDLER.delay = 0.0
     _HANDLER.in_flight = 0
     _HANDLER.peak = 0

@@ -228,6 +228,25 @@ def test_the_loop_accepts_demonstrations_drawn_only_from_shown_inputs(scripted):
                                      for d in shown_as_demo)
 
 
+def test_the_last_rounds_accepted_version_is_not_rerun_on_every_input(scripted):
+    """With no round after it, nothing needs the accepted version's failures: its mass is the
+    verified estimate and its calls are the verification's only (a second round re-runs it
+    on every input to find the next mode)."""
+    scripted.reply = world
+    edit = AddDemonstrations(node="solve", k=2)
+    asked = {}
+    for rounds in (1, 2):
+        scripted.calls = []
+        _, result = _run([FixedProposer(edit)], max_rounds=rounds)
+        asked[rounds] = {c[-1]["content"].split("Problem:\n")[-1] for c in scripted.calls
+                         if c[-1]["content"].startswith("Worked example:")}
+        if rounds == 1:
+            [accepted] = result.accepted
+            assert result.mass_after == pytest.approx(
+                max(0.0, result.mass_before - accepted.verdict.drop))
+    assert 0 < len(asked[1]) < len(TASKS) // 2 and len(asked[2]) > len(TASKS) // 2
+
+
 # --- adversary: a rule may not paste shown answers --------------------------------------
 def _target(examples=()) -> Target:
     return Target("m-1", "solve (ChainOfThought): expected <num>, got <num>", "solve",

@@ -434,6 +434,8 @@ class Refinement:
                 continue
             k = self.settings.prior_k if isinstance(proposer, PriorProposer) else \
                 self.settings.k
+            if k <= 0:  # this proposer asked for no candidates: it makes no call either
+                continue
             self._emit("propose", target=target.label, message=type(proposer).__name__)
             got = await proposer.propose(state.wf, target, kind, k)
             merged.candidates += got.candidates
@@ -598,6 +600,11 @@ class Refinement:
         self._emit("accept", target=target.label, candidate=cand.edit.op,
                    message=verdict.reason)
         state.wf = applied.workflow
+        if self.round >= self.settings.max_rounds:
+            # the last round: no later round needs the new version's failures, so its mass is
+            # the verified estimate rather than a re-run of every input
+            state.mass = max(0.0, state.mass - verdict.drop)
+            return True
         projected = len(self.tasks) * self._calls_per_run(
             applied.workflow, changed_nodes(self.seed, applied.workflow))
         if not self._affordable(projected, self._worst_call_tokens(applied.workflow,
