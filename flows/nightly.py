@@ -370,15 +370,21 @@ def verify_step(wh: Warehouse, night: Night, refined: dict[str, Any], active: Wo
     """Run the holdout on the active version (replaying stored calls) and on the candidate
     (new calls only), fanned out in chunks that each spend at most their share of `left`;
     a chunk an outage left incomplete is re-submitted, replaying its own earlier calls."""
-    identity = s.llm(store=wh).identity
+    llm = s.llm(store=wh)
+    identity = llm.identity
     sample = [task_dict(t) for t in tasks]
+    # what the active version may replay: the calls its stored runs of these inputs made, and
+    # the model's stored calls that quote one of the inputs (an ingested span's call keys are
+    # its log's, not the call store's; a replay still needs the exact key)
     known = [completion_dict(Completion(r[0], r[1], json.loads(r[2]), json.loads(r[3]),
                                         *r[4:])) for r in wh.rows(
         "SELECT key, model, messages, params, sample, text, tokens_in, tokens_out, cost, "
         "latency_s, finish_reason, epoch(created_at) FROM llm_calls WHERE key IN (SELECT "
         "unnest(s.call_keys) FROM spans s JOIN runs r USING (run_id) WHERE r.version_id = ? "
-        "AND list_contains(?::VARCHAR[], r.task_id))",
-        [active.version_id, [t.id for t in tasks]])]
+        "AND list_contains(?::VARCHAR[], r.task_id)) OR (model = ? AND EXISTS (SELECT 1 FROM "
+        "unnest(?::VARCHAR[]) AS q(text) WHERE contains(messages, q.text)))",
+        [active.version_id, [t.id for t in tasks], llm.model,
+         [json.dumps(t.input)[1:-1] for t in tasks if t.input]])]
     chunks = _chunks(sample, s.chunk)
     parts = 2 * len(chunks)
     share = {"max_calls": _share(left.calls, parts), "max_tokens": _share(left.tokens, parts),
