@@ -23,10 +23,12 @@ an explicit setting in the environment wins).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,6 +62,31 @@ def default_concurrency(model: str) -> int:
     """Calls (and runs) to keep in flight by default: a local model's slots, else 4."""
     name = model.removeprefix(f"{LOCAL_PROVIDER}/")
     return slots(name) if name in MODELS else 4
+
+
+_SLOT_GUARDS: dict[str, threading.Semaphore] = {}
+_SLOT_GUARDS_LOCK = threading.Lock()
+
+
+@contextlib.asynccontextmanager
+async def engine_slot(model: str) -> AsyncIterator[None]:
+    """Hold one of a local model's engine slots for a call, across every LLM, event loop and
+    thread of this process (other models: no bound). Calls beyond the slots would wait in the
+    engine's own queue, and that wait would be measured as the model's latency: a night's
+    concurrent gate chunks made a candidate look 3x slower than the runs it was compared
+    with. Polled, so a cancelled caller never holds a slot."""
+    name = model.removeprefix(f"{LOCAL_PROVIDER}/")
+    if model == name or name not in MODELS:
+        yield
+        return
+    with _SLOT_GUARDS_LOCK:
+        guard = _SLOT_GUARDS.setdefault(name, threading.Semaphore(slots(name)))
+    while not guard.acquire(blocking=False):
+        await asyncio.sleep(0.02)
+    try:
+        yield
+    finally:
+        guard.release()
 
 
 def info() -> dict[str, str]:

@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from cegraph.budget import BudgetExceeded, Meter, Price, Reservation, UnpricedModel
-from cegraph.engine import default_concurrency
+from cegraph.engine import default_concurrency, engine_slot
 from cegraph.preflight import ModelUnavailable, check_model
 
 __all__ = ["LLM", "BudgetExceeded", "CallStore", "Completion",
@@ -262,7 +262,7 @@ class LLM:
                     params: dict[str, Any], sample: int, price: Price | None,
                     reservation: Reservation, slots: asyncio.Semaphore) -> Completion:
         try:
-            async with slots:
+            async with slots, engine_slot(model):  # latency: the model's, not a queue's
                 started = time.perf_counter()
                 response = await self._call_with_retries(model, messages, params, sample)
                 latency = time.perf_counter() - started

@@ -184,3 +184,37 @@ def test_the_core_imports_without_litellm():
                   "from cegraph import LLM; LLM('openai/x', api_key='k'); "
                   "print(litellm.suppress_debug_info, litellm.drop_params)")
     assert out == "False True False"
+
+
+def test_a_local_models_engine_slots_bound_its_calls_across_threads_and_loops():
+    """Calls beyond a local model's engine slots would wait in the engine's queue, and the
+    wait would count as the model's latency (a night's concurrent gate chunks made a candidate
+    look 3x slower); the bound holds across LLMs, event loops and threads; other models have
+    none."""
+    import threading
+
+    from cegraph.engine import engine_slot, slots
+    from cegraph.local_model import LOCAL_PROVIDER
+
+    name = "smollm2-135m"
+    held, peak, lock = {}, {}, threading.Lock()
+
+    async def one(model: str) -> None:
+        async with engine_slot(model):
+            with lock:
+                held[model] = held.get(model, 0) + 1
+                peak[model] = max(peak.get(model, 0), held[model])
+            await asyncio.sleep(0.02)
+            with lock:
+                held[model] -= 1
+
+    async def many(model: str) -> None:
+        await asyncio.gather(*(one(model) for _ in range(slots(name))))
+
+    for model in (f"{LOCAL_PROVIDER}/{name}", "openai/elsewhere"):
+        threads = [threading.Thread(target=asyncio.run, args=(many(model),)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert peak == {f"{LOCAL_PROVIDER}/{name}": slots(name), "openai/elsewhere": 3 * slots(name)}
