@@ -96,10 +96,9 @@ def _record(home: Path, out: Path) -> None:
 
     with read_home(home) as wh:
         keys = [k for (k,) in wh.rows("SELECT key FROM llm_calls ORDER BY created_at, key")]
-        calls = [wh.get(k) for k in keys]
+        calls = [c for k in keys if (c := wh.get(k)) is not None]
     with gzip.open(out, "wt") as f:
         for call in calls:
-            assert call is not None
             f.write(json.dumps({k: v for k, v in asdict(call).items() if k != "cached"}) + "\n")
     render.console.print(f"recorded {len(calls)} calls -> {out}", soft_wrap=True)
 

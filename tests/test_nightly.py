@@ -517,6 +517,38 @@ def test_demo_runs_the_nightly_pipeline_end_to_end(harness, scripted, tmp_path):
         assert wh.rows("SELECT count(*) FROM deployments WHERE action = 'rollback'")[0][0] == 1
 
 
+def test_demo_record_writes_the_days_calls_for_a_later_demo_to_replay(scripted, tmp_path):
+    """`cegraph demo --record FILE` (how the shipped day was made): the service answers the
+    day with the model and the file holds its calls, one JSON line each, that a later demo
+    replays (none paid again)."""
+    import gzip
+
+    from typer.testing import CliRunner
+
+    from cegraph.cli.demo import WORKFLOW, demo_file
+    from cegraph.cli.main import app
+    from cegraph.llm import Completion, MemoryCallStore
+
+    scripted.capped = cut_at_256
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"id": t.id, "question": t.input, "answer": t.reference})
+                            + "\n" for t in TASKS[:6]))
+    out = tmp_path / "day.jsonl.gz"
+    done = CliRunner().invoke(app, ["demo", "--model", MODEL, "--home", str(tmp_path / "h"),
+                                    "--data", str(data), "--n", "6", "--record", str(out)])
+    assert done.exit_code == 0 and "recorded 6 calls" in done.output, done.output
+    with gzip.open(out, "rt") as f:
+        calls = [Completion(**json.loads(line)) for line in f]
+    store = MemoryCallStore()
+    for call in calls:
+        store.put(call)
+    scripted.calls = []
+    llm = LLM(MODEL, store=store)
+    wf = Workflow.load(demo_file(WORKFLOW))
+    asyncio.run(Executor(llm).run_many(wf, TASKS[:6]))
+    assert scripted.calls == [] and llm.meter.calls == 0
+
+
 def test_a_logged_runs_input_is_what_the_workflow_received():
     from cegraph.flows.nightly import logged_input
 
