@@ -114,6 +114,13 @@ class NightSettings:
     def llm(self, **kw: Any) -> LLM:
         return LLM(self.model, **kw, **self.llm_extra)
 
+    def loop(self) -> Settings:
+        """The refinement loop's settings for this night (also what its projection assumes)."""
+        return Settings(patience=self.patience, seed=self.seed, concurrency=self.concurrency,
+                        cost=self.bounds.cost, prior_k=self.prior_candidates,
+                        k=self.llm_candidates, max_rounds=self.max_rounds,
+                        counterexamples=self.counterexamples, regression=self.regression)
+
 
 class SnapshotJournal:
     """The refinement's journal in the warehouse, leaving a snapshot for readers every few
@@ -314,12 +321,7 @@ def refine_step(wh: Warehouse, night: Night, active: Workflow, tasks: list[Task]
     # charged for the calls this night made (a resumed night: its earlier attempt's too),
     # never for an earlier night's that an identical refinement would replay
     run = Refinement(active, tasks, llm=llm, budget=budget, journal=journal,
-                     settings=Settings(patience=s.patience, seed=s.seed,
-                                       concurrency=s.concurrency, cost=s.bounds.cost,
-                                       prior_k=s.prior_candidates, k=s.llm_candidates,
-                                       max_rounds=s.max_rounds,
-                                       counterexamples=s.counterexamples,
-                                       regression=s.regression),
+                     settings=s.loop(),
                      evaluate=grader(spec, judge),
                      judge_llm=judge if spec.kind == "judge" else None,  # its calls projected
                      charge_since=_epoch(night.started_at), fan_out=fan_out)
@@ -514,9 +516,7 @@ class WorkflowNight:
         # projected once: a resumed night keeps its projection, hence its refinement's budget
         projected = self.step("project", lambda: asdict(project(
             calls_per_run=llm_calls_per_run(active), inputs=len(refine_tasks),
-            verification=least_verification(Settings(counterexamples=s.counterexamples,
-                                                  regression=s.regression),
-                                         len(refine_tasks)),
+            verification=least_verification(s.loop(), len(refine_tasks)),
             gate_inputs=len(held),
             history=_history(self.wh, s.llm().model))))
         projection = Projection(**projected)
