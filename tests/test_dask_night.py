@@ -324,17 +324,19 @@ def test_a_night_on_the_cluster_calls_the_model_the_engine_serves_on_loopback(
     log_production(home, scripted, workflow, "1")
 
     def run() -> dict[str, Any]:
-        # no api_base: the flow's process serves the local model to the workers on loopback
+        # no api_base: the flow's process serves the local model to the workers on loopback.
+        # No rounds: whether the 135M's answers leave a failure to aim at varies between
+        # machines, and a round on one night only would hide the replay the test compares.
         [summary] = night_flow("dask", address=cluster)(
             home=str(home), model=SERVED, runner="dask", chunk=2, budget_calls=300,
-            max_latency_ratio=1e9, propose_only=True, max_inputs=12)["nights"]
+            max_latency_ratio=1e9, propose_only=True, max_inputs=12, max_rounds=0)["nights"]
         assert summary["decision"] not in ("refused", "busy"), summary.get("reason")
         return summary
 
     first = run()
     after_first = stored_calls(home)
-    # the workers' runs called the served model (`openai/<name>`, keyed by its weights), the
-    # flow's own proposals the in-process engine; each paid call is stored once
+    # the workers' runs called the served model (`openai/<name>`, keyed by its weights); each
+    # paid call is stored once
     served_by = set(after_first.values())
     assert f"openai/{SERVED}" in served_by, served_by
     assert first["cost"]["calls"] == len(after_first) > 0
