@@ -91,7 +91,29 @@ def _litellm() -> ModuleType:
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
+    _log_only_when_observed(litellm)
     return litellm
+
+
+def _log_only_when_observed(litellm: ModuleType) -> None:
+    """litellm hands each async call's success logging to one process-wide worker bound to
+    one event loop. cegraph runs calls on several loops at once (a chunk per thread), which
+    that worker does not support: it re-binds from thread to thread and leaves its task on a
+    closed loop ("Task was destroyed but it is pending!", "cannot reuse already awaited
+    coroutine"). cegraph meters calls itself, so the logging only matters when a user has
+    registered litellm callbacks; without any, the logging coroutine is closed unqueued."""
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER as worker
+
+    enqueue = worker.ensure_initialized_and_enqueue
+
+    def enqueue_if_observed(async_coroutine: Any) -> None:
+        if (litellm.callbacks or litellm.success_callback or litellm._async_success_callback
+                or litellm.failure_callback or litellm._async_failure_callback):
+            enqueue(async_coroutine)
+        else:
+            async_coroutine.close()
+
+    worker.ensure_initialized_and_enqueue = enqueue_if_observed
 
 
 @functools.cache

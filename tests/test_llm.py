@@ -218,3 +218,49 @@ def test_a_local_models_engine_slots_bound_its_calls_across_threads_and_loops():
         for t in threads:
             t.join()
     assert peak == {f"{LOCAL_PROVIDER}/{name}": slots(name), "openai/elsewhere": 3 * slots(name)}
+
+
+def test_calls_on_several_loops_at_once_log_no_litellm_worker_errors(scripted, caplog):
+    """litellm's success-logging worker is bound to one event loop; a night runs chunks on a
+    loop per thread. Without litellm callbacks nothing is queued to it (it used to print
+    'Task was destroyed but it is pending!' and 'cannot reuse already awaited coroutine');
+    a user's registered callback still sees every call."""
+    import gc
+    import threading
+
+    import litellm
+    from litellm.integrations.custom_logger import CustomLogger
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    scripted.delay = 0.02
+
+    def chunk(i: int) -> None:
+        llm = LLM("scripted/m")
+        for j in range(2):  # the worker re-binds to whichever loop queues to it last
+            asyncio.run(gather(llm, [f"chunk {i} loop {j} question {k}" for k in range(3)]))
+
+    threads = [threading.Thread(target=chunk, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.collect()  # an orphaned task reports itself when collected
+    assert len(scripted.calls) == 36
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+    class Seen(CustomLogger):
+        calls = 0
+
+        async def async_log_success_event(self, *args, **kwargs) -> None:
+            Seen.calls += 1
+
+    async def observed() -> None:
+        await LLM("scripted/m").complete(ask("observed"))
+        await GLOBAL_LOGGING_WORKER.flush()
+
+    litellm.callbacks = [Seen()]
+    try:
+        asyncio.run(observed())
+    finally:
+        litellm.callbacks = []
+    assert Seen.calls == 1
