@@ -31,6 +31,16 @@ def nightly(workflow: Annotated[str | None, typer.Option(
             catalog_wait_s: Annotated[float, typer.Option(
                 help="how long to wait while another job (an ingest) holds the catalog")
             ] = 600.0,
+            max_rounds: Annotated[int | None, typer.Option(
+                help="rounds of propose-and-verify (default 8)")] = None,
+            prior_candidates: Annotated[int | None, typer.Option(
+                help="the operator prior's candidates a round verifies (default 3)")] = None,
+            llm_candidates: Annotated[int | None, typer.Option(
+                help="the LLM proposer's candidates a round verifies (default 3)")] = None,
+            counterexamples: Annotated[int | None, typer.Option(
+                help="members of the mode each candidate is verified on (default 12)")] = None,
+            regression: Annotated[int | None, typer.Option(
+                help="other inputs each candidate is verified on (default 24)")] = None,
             model: Model = SETTINGS.model, home: Home = Path(SETTINGS.home),
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Refine each registered workflow from the failures logged since the last night: verify,
@@ -51,6 +61,11 @@ def nightly(workflow: Annotated[str | None, typer.Option(
         check_model(resolve_model(model), server_params(Settings.load().night.api_base))
     except ModelUnavailable as exc:
         fail(str(exc))
+    # the flow's own defaults for the round settings not given (one place states them)
+    rounds = {k: v for k, v in {"max_rounds": max_rounds, "prior_candidates": prior_candidates,
+                                "llm_candidates": llm_candidates,
+                                "counterexamples": counterexamples,
+                                "regression": regression}.items() if v is not None}
     error = None
     try:
         # the task runner `[night]` of the settings names (cegraph.config.NightConfig)
@@ -59,7 +74,7 @@ def nightly(workflow: Annotated[str | None, typer.Option(
                                     budget_dollars=budget_dollars, propose_only=propose_only,
                                     max_inputs=max_inputs, holdout_share=holdout_share,
                                     catalog_wait_s=catalog_wait_s,
-                                    concurrency=SETTINGS.concurrency)
+                                    concurrency=SETTINGS.concurrency, **rounds)
     except (RegistryError, CatalogLocked) as exc:
         error = str(exc).splitlines()[0]
     if error is not None:  # outside the handler: Prefect's exception chain stays out of it

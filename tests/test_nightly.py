@@ -433,6 +433,15 @@ def test_cli_nightly_runs_the_flow_once_and_names_unknown_workflows(harness, scr
     assert json.loads(refused.output.strip().splitlines()[-1])["nights"][0]["decision"] == \
         "refused"
     assert "math-solver: refused: " in refused.output and "--budget-calls" in refused.output
+    projected = json.loads(refused.output.strip().splitlines()[-1])["nights"][0]["projection"]
+    # a smaller night: the round options reach the flow, and its projection shrinks
+    small = CliRunner().invoke(app, [*base, "--budget-calls", "40", "--json", "--max-rounds",
+                                     "1", "--prior-candidates", "1", "--llm-candidates", "0",
+                                     "--counterexamples", "2", "--regression", "2"])
+    assert small.exit_code == 3, small.output
+    night = json.loads(small.output.strip().splitlines()[-1])["nights"][0]
+    assert night["decision"] == "refused"
+    assert night["projection"]["calls"] < projected["calls"], (night, projected)
     bad = CliRunner().invoke(app, [*base, "--workflow", "nope"])
     assert bad.exit_code == 2 and "not registered" in bad.output
     assert "Traceback" not in bad.output
