@@ -654,7 +654,8 @@ def bench_refine(dataset: Annotated[str, typer.Option("--dataset", "-d")] = "gsm
                                                      max_break_rate=max_break_rate,
                                                      counterexamples=counterexamples,
                                                      patience=patience, seed=seed,
-                                                     concurrency=concurrency),
+                                                     concurrency=concurrency,
+                                                     remember=False),
                              journal=RefinementJournal(wh, dataset=dataset,
                                                        model=llm.identity),
                              charge_since=0.0)

@@ -323,6 +323,11 @@ def test_a_rejected_edit_is_not_proposed_again_for_the_same_mode(scripted):
     [again] = [r for r in journal.edits.values() if r["night_id"] == second.refine_id]
     assert again["status"] == "invalid" and "rejected before" in again["reject_reason"]
     assert not result.verdicts  # never verified again
+    # a benchmark's method starts without another refinement's rejections
+    third, result = _run([FixedProposer(USELESS)], budget=601, journal=journal, max_rounds=1,
+                         remember=False)
+    [fresh] = [r for r in journal.edits.values() if r["night_id"] == third.refine_id]
+    assert fresh["status"] == "rejected" and [op for _, op, _ in result.verdicts] == ["add_rule"]
 
 
 def _mode(centroid, failures: int, runs: int, mode_id: str = "m-new") -> Target:

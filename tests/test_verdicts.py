@@ -250,3 +250,16 @@ def test_bench_refine_reports_cost_paired_p_and_every_verdict(scripted, tmp_path
     accepted = [v for v in row["verdicts"] if v["decision"] == "accepted"]
     assert len(accepted) == len(row["accepted_edits"].split(",")) - (
         row["accepted_edits"] == "-")
+
+
+def test_a_bench_method_never_sees_an_earlier_refinements_rejections(scripted, tmp_path):
+    """Benchmark runs share a warehouse (`--home`, and the methods of one run); cegraph's
+    memory of rejected edits would hand it verdicts another refinement paid for. A rerun
+    with another budget (another refinement) gets the same verdicts as the first."""
+    scripted.reply = lambda messages: "42"  # nothing the candidates try fixes anything
+    home = ["--home", str(tmp_path / "home"), "--methods", "cegraph"]
+    rows = [bench_refine(tmp_path, 30, "--dev", "16", "--test", "6", "--budget", budget,
+                         *home)[0] for budget in ("150", "151")]
+    ops = [[(v["op"], v["decision"]) for v in row["verdicts"]] for row in rows]
+    assert ops[0] and all(d == "rejected" for _, d in ops[0])
+    assert ops[1] == ops[0]

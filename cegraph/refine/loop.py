@@ -122,6 +122,10 @@ class Settings:
     proposer_tokens: int = 512
     heartbeat_s: float = 20.0  # a progress event at least this often while verifying
     cost: CostBounds = CostBounds()  # one cost rule with the gate (cegraph.refine.cost)
+    # skip candidates an earlier refinement of this workflow rejected for the same mode
+    # (cegraph only). A benchmark turns it off: its methods share one warehouse, and one
+    # method's rejections would be evidence another never paid for.
+    remember: bool = True
 
 
 @dataclass(frozen=True)
@@ -444,7 +448,7 @@ class Refinement:
         merged = materialize(merged, target.task_ids, tasks=self.tasks, roles=self.roles,
                              traces=state.traces,
                              embedder=lambda: self._builder().embedder)
-        if self.settings.method == "cegraph":  # what was rejected for this mode before
+        if self.settings.method == "cegraph" and self.settings.remember:  # rejected before
             merged = forget_rejected(merged, rejected_keys(target, self.journal.rejected_edits(
                 state.wf.name, exclude=self.refine_id)))
         # the screen sees only what the proposer saw: the shown role's inputs and answers
