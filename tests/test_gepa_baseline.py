@@ -97,3 +97,22 @@ def test_bench_refine_scores_gepa_on_test(scripted, tmp_path) -> None:
     assert row["refined_test_acc"] == 1.0 and row["seed_test_acc"] == 0.5
     assert row["test_fixed"] == 10 and row["test_broken"] == 0
     assert {"calls_ratio", "tokens_ratio", "paired_p"} <= set(row)
+
+
+def test_gepa_spends_the_calls_budget_when_its_evaluations_replay(scripted) -> None:
+    """GEPA re-evaluates its parent on minibatches it has seen; those calls replay from the
+    store for free. Its metric-call cap must not end the search while the calls budget still
+    pays for steps (it did: 36 of 120 calls spent, 'max_metric_calls reached')."""
+    seen: list[str] = []
+    careful = _reply(seen)
+
+    def reply(messages: list[dict[str, str]]) -> str:  # the reflection never helps
+        if "write a new instruction" in messages[-1]["content"]:
+            return "```\nThink.\n```"
+        return careful(messages)
+
+    scripted.reply = reply
+    result = optimize_workflow(seed("math"), DEV, llm=LLM("scripted/m"), budget_calls=120)
+    assert result.stop_reason.startswith("budget"), result.stop_reason
+    assert 120 - 13 <= result.llm_calls <= 120  # short of it by at most one minibatch step
+    assert result.metric_calls > 120 // 2  # more evaluations than calls could pay for

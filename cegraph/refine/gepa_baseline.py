@@ -12,9 +12,10 @@ through our `LLM` (litellm, the local engine's endpoint for a local model).
 Split discipline as in the loop: the train set is the `shown` role of dev, the validation
 set its `verification` role (`splits.assign_roles` with the same share and seed); the
 benchmark's test set is never given. The budget is the other methods' in LLM calls: one
-meter for task and reflection calls, `max_metric_calls` set from it (budget over the
-seed's calls per run), and a stopper that ends the search when the next minibatch may not
-be paid for, so GEPA never spends more calls than the loop would.
+meter for task and reflection calls, and a stopper that ends the search when the next
+minibatch may not be paid for, so GEPA spends as many calls as the loop may and never more
+(`max_metric_calls` counts GEPA's evaluations, replayed ones too: it is set not to bind
+first).
 """
 
 from __future__ import annotations
@@ -240,10 +241,15 @@ def optimize_workflow(workflow: Workflow, dev: Sequence[Task], *, llm: LLM, budg
     reflection = ReflectionLM(reflection_llm)
     stopper = BudgetStopper(meter, per_run * 2 * minibatch + 1, adapter, reflection,
                             on_progress)
+    # GEPA counts an evaluation it repeats (the parent on a minibatch again) as a metric call;
+    # its calls replay from the store and cost nothing. The meter is the budget (`stopper`
+    # ends the search); this bound, which a step that pays at least one call cannot reach
+    # first, only ends a search whose every step replays.
+    metric_calls = budget_calls * (2 * minibatch + len(val))
     try:
         result = gepa.optimize(
             seed_candidate=seed_candidate, trainset=train, valset=val, adapter=adapter,
-            reflection_lm=reflection, max_metric_calls=max(1, budget_calls // per_run),
+            reflection_lm=reflection, max_metric_calls=metric_calls,
             reflection_minibatch_size=minibatch, stop_callbacks=[stopper], logger=_Quiet(),
             seed=seed, raise_on_exception=True, display_progress_bar=False)
     finally:
