@@ -41,6 +41,7 @@ from cegraph.refine.proposer import (
     LLMProposer,
     Target,
     parse_proposals,
+    proposal_prompt,
     reply_format,
     screen,
 )
@@ -161,6 +162,25 @@ def test_llm_proposer_asks_with_the_schema_and_parses(scripted):
     assert got.candidates[0].source == "llm"
     assert "Target failure mode" in scripted.calls[0][-1]["content"]
 
+
+
+@pytest.mark.parametrize("workflow", ["math", "code", "qa"])
+@pytest.mark.parametrize("locus", ["", "first"])
+def test_every_edit_form_the_proposer_is_shown_names_nodes_of_its_workflow(workflow, locus):
+    """A small proposer copies the forms' node names: on MBPP the 1.5B copied 'solve' from
+    forms written for the math seed into all 6 of its edits for the code seed (no 'solve')."""
+    wf = seed(workflow)
+    node = wf.nodes[0].id if locus else ""  # '' is the scalar ablation's aggregate target
+    target = Target("m-1", "x", node, wf.nodes[0].op if locus else "", "wrong_answer", ("t1",),
+                    0.5)
+    prompt = proposal_prompt(wf, target, 3)
+    forms = [json.loads(line[2:line.rindex("}") + 1])
+             for line in prompt.split("Edit forms:\n")[1].split("\n\n")[0].splitlines()]
+    assert [f["op"] for f in forms] == list(EDIT_OPS)
+    named = {n for f in forms for key in ("node", "anchor", "sources")
+             for n in ([f[key]] if isinstance(f.get(key), str) else f.get(key, []))}
+    assert named and named <= set(wf.by_id), named - set(wf.by_id)
+    assert f'"node": "{wf.nodes[0].id}"' in prompt
 
 # --- incremental verification --------------------------------------------------------------
 def test_verification_reruns_only_the_changed_node_and_its_descendants(scripted):

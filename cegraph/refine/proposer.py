@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from string import Template
 from typing import Any, Protocol
 
 import yaml
@@ -157,26 +158,39 @@ def reply_format() -> dict[str, Any]:
             "schema": require_tag(_lighten(_SchemaReply.model_json_schema()))}
 
 
+#: One form per edit op. `$solve` and `$format` name nodes of the workflow at hand: a small
+#: proposer copies a form's node names, and a name the workflow lacks makes the edit invalid.
 _EXAMPLES = {
-    "insert_node": '{"op": "insert_node", "operator": "Format", "anchor": "solve"}',
-    "replace_operator": '{"op": "replace_operator", "node": "solve", "operator": "Programmer"}',
-    "wrap_ensemble": '{"op": "wrap_ensemble", "node": "solve", "n": 5}',
-    "add_test_revise": '{"op": "add_test_revise", "node": "generate", "rounds": 1}',
-    "add_review_revise": '{"op": "add_review_revise", "node": "solve", "rounds": 1}',
-    "edit_prompt": '{"op": "edit_prompt", "node": "solve", "param": "instruction", '
+    "insert_node": '{"op": "insert_node", "operator": "Format", "anchor": "$solve"}',
+    "replace_operator": '{"op": "replace_operator", "node": "$solve", "operator": "Programmer"}',
+    "wrap_ensemble": '{"op": "wrap_ensemble", "node": "$solve", "n": 5}',
+    "add_test_revise": '{"op": "add_test_revise", "node": "$solve", "rounds": 1}',
+    "add_review_revise": '{"op": "add_review_revise", "node": "$solve", "rounds": 1}',
+    "edit_prompt": '{"op": "edit_prompt", "node": "$solve", "param": "instruction", '
                    '"text": "..."}',
-    "rewire": '{"op": "rewire", "node": "format", "port": "solution", "sources": ["solve"]}',
-    "remove_node": '{"op": "remove_node", "node": "format"}',
-    "set_param": '{"op": "set_param", "node": "solve", "param": "max_tokens", "value": 1024}',
-    "add_demonstrations": '{"op": "add_demonstrations", "node": "solve", "k": 2} (worked '
+    "rewire": '{"op": "rewire", "node": "$format", "port": "solution", "sources": ["$solve"]}',
+    "remove_node": '{"op": "remove_node", "node": "$format"}',
+    "set_param": '{"op": "set_param", "node": "$solve", "param": "max_tokens", "value": 1024}',
+    "add_demonstrations": '{"op": "add_demonstrations", "node": "$solve", "k": 2} (worked '
                           'examples of solved inputs, picked for you)',
-    "add_rule": '{"op": "add_rule", "node": "solve", "text": "When ..., ..."} (one short '
+    "add_rule": '{"op": "add_rule", "node": "$solve", "text": "When ..., ..."} (one short '
                 'general rule against the failure, no numbers from the examples)',
-    "check_then_escalate": '{"op": "check_then_escalate", "node": "solve", "n": 3} (a cheap '
+    "check_then_escalate": '{"op": "check_then_escalate", "node": "$solve", "n": 3} (a cheap '
                            'second path; an ensemble only when they disagree)',
-    "repair_extraction": '{"op": "repair_extraction", "node": "format"} (answers lost by '
+    "repair_extraction": '{"op": "repair_extraction", "node": "$format"} (answers lost by '
                          'formatting)',
 }
+
+
+def edit_forms(wf: Workflow, target: Target) -> str:
+    """The edit forms, naming the target's node (else the workflow's first node that is not
+    a Format) and a Format node (else the output node)."""
+    work = [n.id for n in wf.nodes if n.op != "Format"] or [wf.nodes[0].id]
+    solve = target.locus_node if target.locus_node in work else work[0]
+    fmt = _downstream_format(wf, solve) \
+        or next((n.id for n in wf.nodes if n.op == "Format"), wf.output.split(".")[0])
+    return "\n".join(f"- {Template(_EXAMPLES[op]).substitute(solve=solve, format=fmt)}"
+                     for op in EDIT_OPS)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -200,12 +214,11 @@ def proposal_prompt(wf: Workflow, target: Target, k: int, *, accuracy: float | N
         + (f"\nOutput of node '{c.locus_node}': {_clip(c.locus_output, 400)}"
            if c.locus_output else "")
         for i, c in enumerate(target.examples))
-    ops = "\n".join(f"- {_EXAMPLES[op]}" for op in EDIT_OPS)
     return (f"You improve an LLM workflow by editing its graph.\n\nOperators:\n"
             f"{library_description()}\n\nWorkflow:\n{graph}\n{aim}\n\n{shown}\n\n"
             f"Propose up to {k} different edits that would fix such failures in general "
             "(never copy an input or an answer into a prompt). Edit forms:\n"
-            f"{ops}\n\nReply with JSON only: "
+            f"{edit_forms(wf, target)}\n\nReply with JSON only: "
             '{"candidates": [{"rationale": "...", "edit": {...}}]}')
 
 
