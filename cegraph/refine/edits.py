@@ -449,17 +449,15 @@ class AddRule(_Edit):
 
 
 class CheckThenEscalate(_Edit):
-    """Check a reasoning node (`CrossCheck`) and sample an ensemble of `n` only when the check
-    fails. `check="path"`: an independent second path, one call per run; `check="steps"`
-    (math): the step checker recomputes the solution's stated steps, no call. The cost is
-    measured by verification. A Format step reading the check extracts by rule from then on:
-    the answer the check returns is already the one it accepted (or the majority's), so a
-    Format call could only lose it, and its call pays for the check."""
+    """Check a reasoning node by an independent second path (`CrossCheck`) and sample an
+    ensemble of `n` only when the two disagree: the cost is one call per run plus `n` on
+    disagreements, measured by verification. A Format step reading the check extracts by rule
+    from then on: the answer the check returns is already the one it agreed on (or the
+    majority's), so a Format call could only lose it, and its call pays for the check."""
 
     op: Literal["check_then_escalate"] = "check_then_escalate"
     node: NodeId
     n: int = Field(3, ge=2, le=8)
-    check: Literal["path", "steps"] = "path"
 
     def _edit(self, wf: Workflow) -> tuple[list[Node], str]:
         old = self._node(wf, self.node)
@@ -468,10 +466,8 @@ class CheckThenEscalate(_Edit):
                                "ChainOfThought, Generate or Programmer node")
         if any(n.op == "CrossCheck" and self.node in n.upstream() for n in wf.nodes):
             raise EditRejected(f"check_then_escalate: {self.node!r} is checked already")
-        # the default check is left out of the params, so a path check's version id is stable
-        params = {"n": self.n} | ({"check": self.check} if self.check != "path" else {})
         nodes, output = InsertNode(operator="CrossCheck", anchor=self.node,
-                                   params=params)._edit(wf)
+                                   params={"n": self.n})._edit(wf)
         check = next(n.id for n in nodes if n.op == "CrossCheck" and n.id not in wf.by_id)
         return [n.model_copy(update={"params": {**n.params, "llm": False}})
                 if n.op == "Format" and check in n.upstream() else n for n in nodes], output

@@ -205,9 +205,8 @@ def llm_calls_per_run(wf: Workflow, nodes: Sequence[str] | None = None, *,
         if n.op == "Test" or (n.op == "Format" and not params.get("llm", True)) or (
                 least and n.when):
             continue
-        if n.op == "CrossCheck":  # the check (a call unless it checks steps), n on a slip
-            check = 0 if params["check"] == "steps" else 1
-            total += check if least else check + int(params["n"])
+        if n.op == "CrossCheck":  # one check, n more samples on a disagreement
+            total += 1 if least else 1 + int(params["n"])
         elif n.op == "SelfConsistency":
             total += int(params["n"]) + (1 if params["vote"] == "llm" else 0)
         else:

@@ -175,9 +175,8 @@ _EXAMPLES = {
                           'examples of solved inputs, picked for you)',
     "add_rule": '{"op": "add_rule", "node": "$solve", "text": "When ..., ..."} (one short '
                 'general rule against the failure, no numbers from the examples)',
-    "check_then_escalate": '{"op": "check_then_escalate", "node": "$solve", "n": 3, "check": '
-                           '"path"} (a cheap second path, or for math "steps": recompute the '
-                           'stated steps; an ensemble only when the check fails)',
+    "check_then_escalate": '{"op": "check_then_escalate", "node": "$solve", "n": 3} (a cheap '
+                           'second path; an ensemble only when they disagree)',
     "repair_extraction": '{"op": "repair_extraction", "node": "$format"} (answers lost by '
                          'formatting)',
 }
@@ -352,10 +351,9 @@ def prior_edits(wf: Workflow, target: Target, kind: Kind) -> list[tuple[Edit, st
     reasoning = op in ("ChainOfThought", "Generate", "Programmer")
     if reasoning and kind == "math" and cls == "wrong_answer" and target.kind in (
             "", "arithmetic_slip", "other"):
-        # the steps check costs no call; a program's second opinion is the LLM's to propose
-        edits.append((CheckThenEscalate(node=node, n=3, check="steps"),
-                      "slips in the stated steps: recompute them, sample more only where one "
-                      "is wrong"))
+        edits.append((CheckThenEscalate(node=node, n=3),
+                      "unstable answers: check by a program, sample more only on a "
+                      "disagreement"))
     if reasoning and cls in ("wrong_answer", "test_failure") and target.kind not in (
             "arithmetic_slip", "extraction_format"):
         edits.append((AddDemonstrations(node=node, k=2),
