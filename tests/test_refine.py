@@ -163,7 +163,6 @@ def test_llm_proposer_asks_with_the_schema_and_parses(scripted):
     assert "Target failure mode" in scripted.calls[0][-1]["content"]
 
 
-
 @pytest.mark.parametrize("workflow", ["math", "code", "qa"])
 @pytest.mark.parametrize("locus", ["", "first"])
 def test_every_edit_form_the_proposer_is_shown_names_nodes_of_its_workflow(workflow, locus):
@@ -181,6 +180,7 @@ def test_every_edit_form_the_proposer_is_shown_names_nodes_of_its_workflow(workf
              for n in ([f[key]] if isinstance(f.get(key), str) else f.get(key, []))}
     assert named and named <= set(wf.by_id), named - set(wf.by_id)
     assert f'"node": "{wf.nodes[0].id}"' in prompt
+
 
 # --- incremental verification --------------------------------------------------------------
 def test_verification_reruns_only_the_changed_node_and_its_descendants(scripted):
